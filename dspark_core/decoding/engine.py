@@ -1,0 +1,192 @@
+"""The speculative decoding engine: batched draft -> verify rounds over a target with a KV cache.
+
+With no drafter (or `speculative=False`) every round verifies zero draft tokens, which is plain
+autoregressive decoding through the same code: the baseline for every speed-up figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
+from dspark_core.decoding.kv_cache import BatchedKVCache
+from dspark_core.decoding.metrics import DecodingStats, RoundRecord, summarize
+from dspark_core.decoding.sampling import SamplingConfig, probabilities
+from dspark_core.decoding.verification import verify_greedy, verify_sampled
+from dspark_core.errors import PromptError
+from dspark_core.models.target import TargetModel
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    #: ℓ, the most draft tokens verified per round (the drafter's block size)
+    max_draft_tokens: int = 7
+    #: the one switch that turns the draft module on or off
+    speculative: bool = True
+    stop_at_eos: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_draft_tokens < 0:
+            raise ValueError(f"max_draft_tokens must be >= 0, got {self.max_draft_tokens}")
+
+
+@dataclass
+class RequestOutput:
+    prompt_tokens: list[int]
+    tokens: list[int]  # generated tokens only
+    finish_reason: str  # "eos" | "length" | "context"
+    rounds: list[RoundRecord]
+
+
+@dataclass
+class GenerationResult:
+    outputs: list[RequestOutput]
+    stats: DecodingStats
+
+
+class SpeculativeEngine:
+    """Decode a batch of prompts with `target`, drafting with `drafter` (None: autoregressive)."""
+
+    def __init__(self, target: TargetModel, drafter: Drafter | None = None):
+        self.target = target
+        self.drafter = drafter
+
+    def generate(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
+        target, device = self.target, self.target.device
+        if not prompts:
+            raise PromptError("no prompts given")
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                raise PromptError(f"prompt #{index} is empty; every request needs at least one token")
+            target.check_prompt_length(len(prompt))
+
+        drafter = self.drafter if config.speculative and config.max_draft_tokens > 0 else None
+        layer_ids = drafter.feature_layers if drafter else ()
+        want_features = drafter is not None and drafter.wants_features
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+        eos = target.eos_token_ids if config.stop_at_eos else frozenset()
+        started = time.perf_counter()
+
+        # Prefill everything but the last prompt token; that token is the first round's anchor.
+        tokens = [list(p) for p in prompts]
+        kv = BatchedKVCache(target.forward_features, len(prompts), device)
+        context = DraftProposal.from_lists([p[:-1] for p in prompts], device=device)
+        new_features: list = [None] * len(prompts)
+        if context.tokens.shape[1]:
+            prefill = kv.extend(context.tokens, context.lengths, layer_ids=layer_ids, with_logits=False)
+            if want_features:
+                new_features = [prefill.select((r, slice(0, int(n)))) for r, n in enumerate(context.lengths)]
+        prefill_s = time.perf_counter() - started
+
+        if drafter:
+            drafter.begin([list(p) for p in prompts])
+        active = list(range(len(prompts)))
+        generated = [0] * len(prompts)
+        records: list[list[RoundRecord]] = [[] for _ in prompts]
+        finish: list[str | None] = [None] * len(prompts)
+        draft_s = verify_s = 0.0
+        batch_rounds = 0
+        try:
+            while active:
+                batch_rounds += 1
+                limits = [
+                    max(0, min(config.max_draft_tokens, config.max_new_tokens - generated[i] - 1,
+                               target.max_context - len(tokens[i]) - 1))
+                    for i in active
+                ]
+                t0 = time.perf_counter()
+                proposal = self._propose(drafter, active, tokens, limits, new_features, config, generator, device)
+                t1 = time.perf_counter()
+                anchors = torch.tensor([tokens[i][-1] for i in active], dtype=torch.long, device=device)
+                block = torch.cat([anchors[:, None], proposal.tokens], dim=1)
+                out = kv.extend(block, proposal.lengths + 1, layer_ids=layer_ids, with_logits=True)
+                if config.sampling.greedy:
+                    result = verify_greedy(proposal.tokens, proposal.lengths, out.logits)
+                else:
+                    target_probs = probabilities(out.logits, config.sampling)
+                    result = verify_sampled(proposal.tokens, proposal.lengths, proposal.probs, target_probs, generator)
+                # The anchor and the accepted drafts stay cached; rejected drafts become holes.
+                kv.truncate(kv.lengths - proposal.lengths + result.accepted)
+                verify_s += time.perf_counter() - t1
+                draft_s += t1 - t0
+
+                accepted = result.accepted.tolist()
+                next_tokens = result.next_token.tolist()
+                drafted = proposal.tokens.tolist()
+                proposed = proposal.lengths.tolist()
+                keep_rows, new_features = [], []
+                for row, i in enumerate(active):
+                    n = accepted[row]
+                    committed = drafted[row][:n] + [next_tokens[row]]
+                    judged = proposed[row]
+                    eos_at = next((j for j, tok in enumerate(committed) if tok in eos), None)
+                    if eos_at is not None:
+                        committed = committed[: eos_at + 1]
+                        if eos_at < n:  # EOS inside the accepted prefix: later drafts were never judged
+                            n = judged = eos_at + 1
+                        finish[i] = "eos"
+                    tokens[i].extend(committed)
+                    generated[i] += len(committed)
+                    records[i].append(RoundRecord(proposed=judged, accepted=n, emitted=len(committed)))
+                    if finish[i] is None and generated[i] >= config.max_new_tokens:
+                        finish[i] = "length"
+                    if finish[i] is None and len(tokens[i]) >= target.max_context:
+                        finish[i] = "context"
+                    if finish[i] is None:
+                        keep_rows.append(row)
+                        if want_features:
+                            new_features.append(out.select((row, slice(0, accepted[row] + 1))))
+                if len(keep_rows) < len(active):
+                    kv.select_rows(torch.tensor(keep_rows, dtype=torch.long, device=device))
+                    active = [active[row] for row in keep_rows]
+                if not want_features:
+                    new_features = [None] * len(active)
+        finally:
+            if drafter:
+                drafter.end()
+
+        wall_s = time.perf_counter() - started
+        outputs = [
+            RequestOutput(prompt_tokens=list(p), tokens=t[len(p):], finish_reason=f or "length", rounds=r)
+            for p, t, f, r in zip(prompts, tokens, finish, records)
+        ]
+        stats = summarize(
+            [rec for recs in records for rec in recs],
+            requests=len(prompts),
+            batch_rounds=batch_rounds,
+            wall_s=wall_s,
+            prefill_s=prefill_s,
+            draft_s=draft_s,
+            verify_s=verify_s,
+        )
+        return GenerationResult(outputs=outputs, stats=stats)
+
+    @staticmethod
+    def _propose(drafter, active, tokens, limits, new_features, config, generator, device) -> DraftProposal:
+        if drafter is None or not any(limits):
+            return DraftProposal.from_lists([[] for _ in active], device=device)
+        proposal = drafter.propose(
+            DraftRequest(
+                request_ids=list(active),
+                tokens=[tokens[i] for i in active],
+                max_lengths=limits,
+                new_features=new_features,
+                sampling=config.sampling,
+                generator=generator,
+            )
+        )
+        # A drafter may propose fewer tokens than allowed, never more.
+        cap = torch.tensor(limits, dtype=torch.long, device=proposal.lengths.device)
+        proposal.lengths = torch.minimum(proposal.lengths.to(device), cap.to(device))
+        proposal.tokens = proposal.tokens.to(device)
+        if proposal.probs is not None:
+            proposal.probs = proposal.probs.to(device)
+        return proposal

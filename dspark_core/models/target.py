@@ -1,0 +1,219 @@
+"""A loaded, frozen target model with a feature tap (logits + chosen decoder-layer outputs + pre-LM-head state)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from dspark_core.device import resolve_device, resolve_dtype
+from dspark_core.errors import PromptError, UnsupportedModelError
+from dspark_core.models.snapshot import Snapshot, resolve_snapshot
+
+
+def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) else None
+
+
+def check_supported(model: nn.Module, spec: str) -> None:
+    """Refuse models whose structure the feature tap and the engine cannot drive."""
+    if _decoder_layers(model) is None or model.get_output_embeddings() is None:
+        raise UnsupportedModelError(
+            f"model {spec!r} ({type(model).__name__}) is not a decoder-only causal LM with a `layers` list and an "
+            f"LM head; dspark supports Llama-, Qwen-, Mistral-, Gemma-style architectures"
+        )
+
+
+@dataclass
+class TargetFeatures:
+    """One forward pass's outputs, all shaped [batch, seq, ...].
+
+    `layers[i]` is the output of decoder layer `layer_ids[i]` (0-based; i.e. HF `hidden_states[id + 1]`),
+    taken *before* the final norm. `last_hidden` is after the final norm: exactly what the LM head sees.
+    """
+
+    last_hidden: torch.Tensor
+    layer_ids: tuple[int, ...] = ()
+    layers: tuple[torch.Tensor, ...] = ()
+    logits: torch.Tensor | None = None
+
+    def select(self, index) -> "TargetFeatures":
+        """Index every tensor along the leading dims, e.g. `select((row, slice(a, b)))`."""
+        return TargetFeatures(
+            last_hidden=self.last_hidden[index],
+            layer_ids=self.layer_ids,
+            layers=tuple(layer[index] for layer in self.layers),
+            logits=None if self.logits is None else self.logits[index],
+        )
+
+
+class TargetModel:
+    """A frozen causal LM plus its tokenizer and snapshot record. Use `load_target(spec)` to build one."""
+
+    def __init__(self, model: nn.Module, tokenizer, snapshot: Snapshot | None, spec: str):
+        check_supported(model, spec)
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.snapshot = snapshot
+        self.spec = spec
+        self.config = model.config.get_text_config()
+        self._decoder = model.get_decoder()
+        self._layers = _decoder_layers(model)
+        self._lm_head = model.get_output_embeddings()
+        self._softcap = getattr(self.config, "final_logit_softcapping", None)
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._lm_head.weight.dtype
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the logits (may exceed the tokenizer's vocabulary by padding)."""
+        return self._lm_head.weight.shape[0]
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", None) or 2048)
+
+    @property
+    def revision(self) -> str | None:
+        return self.snapshot.revision if self.snapshot else None
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.config, self.tokenizer):
+            value = getattr(source, "eos_token_id", None)
+            if value is None:
+                continue
+            ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+        return frozenset(int(i) for i in ids)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    # ---- text ------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, *, chat: bool = False, system: str | None = None) -> list[int]:
+        """Token ids for a prompt; with `chat`, wrapped in the model's chat template as a user turn."""
+        if not prompt or not prompt.strip():
+            raise PromptError("the prompt is empty; pass some text with --prompt")
+        if chat:
+            if not self.has_chat_template:
+                raise PromptError(f"model {self.spec!r} has no chat template; drop --chat to use the raw prompt")
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(prompt)["input_ids"]
+        self.check_prompt_length(len(ids))
+        return list(ids)
+
+    def check_prompt_length(self, n_tokens: int, max_new_tokens: int = 1) -> None:
+        if n_tokens + max(1, max_new_tokens) > self.max_context:
+            raise PromptError(
+                f"the prompt is {n_tokens} tokens but {self.spec!r} has a context of {self.max_context} tokens "
+                f"(prompt + at least one new token must fit); shorten the prompt"
+            )
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def tokenizer_vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
+    # ---- forward ---------------------------------------------------------------------------
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits from pre-LM-head hidden states with the frozen LM head (and softcapping if the model has it)."""
+        logits = self._lm_head(hidden)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    @contextmanager
+    def _tap(self, layer_ids: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+        captured: dict[int, torch.Tensor] = {}
+        handles = []
+        for layer_id in layer_ids:
+            if not 0 <= layer_id < self.num_layers:
+                raise ValueError(f"layer id {layer_id} out of range for {self.spec!r} ({self.num_layers} layers)")
+
+            def hook(_module, _inputs, output, layer_id=layer_id):
+                captured[layer_id] = output[0] if isinstance(output, tuple) else output
+
+            handles.append(self._layers[layer_id].register_forward_hook(hook))
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.inference_mode()
+    def forward_features(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        layer_ids: Sequence[int] = (),
+        with_logits: bool = True,
+    ) -> TargetFeatures:
+        """One target pass: pre-LM-head hidden states, chosen decoder-layer outputs and (optionally) logits.
+
+        `cache` (a transformers Cache) is extended in place with the new tokens' keys and values.
+        """
+        with self._tap(layer_ids) as captured:
+            out = self._decoder(
+                input_ids=input_ids.to(self.device),
+                attention_mask=None if attention_mask is None else attention_mask.to(self.device),
+                position_ids=None if position_ids is None else position_ids.to(self.device),
+                cache=cache,
+                use_cache=cache is not None,
+            )
+        hidden = out.last_hidden_state
+        return TargetFeatures(
+            last_hidden=hidden,
+            layer_ids=tuple(layer_ids),
+            layers=tuple(captured[i] for i in layer_ids),
+            logits=self.lm_logits(hidden) if with_logits else None,
+        )
+
+
+def load_target(
+    spec: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    refresh: bool = False,
+) -> TargetModel:
+    """Resolve `spec` to its snapshot (importing once) and load it on `device` in `dtype`.
+
+    Defaults: CUDA + bfloat16 when a GPU is present, CPU + float32 otherwise.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    snapshot = resolve_snapshot(spec, refresh=refresh)
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    model = AutoModelForCausalLM.from_pretrained(snapshot.path, dtype=resolved_dtype, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(snapshot.path)
+    return TargetModel(model.to(resolved_device), tokenizer, snapshot, spec.strip())

@@ -1,0 +1,59 @@
+"""The one home directory everything the platform writes goes under ($DSPARK_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+DEFAULT_HOME = Path.home() / ".dspark"
+
+
+def dspark_home() -> Path:
+    """`$DSPARK_HOME` if set, else `~/.dspark`. Created on first use."""
+    home = Path(os.environ.get("DSPARK_HOME", DEFAULT_HOME)).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def models_dir() -> Path:
+    path = dspark_home() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """Write JSON via a temp file + rename so readers never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temp directory next to `final`; rename it into place only if the block succeeds.
+
+    If `final` already exists (another process won the race) the new copy is discarded.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
