@@ -1,0 +1,34 @@
+"""The `dspark` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from dspark_core.cli.generate import generate_command
+from dspark_core.cli.models import models_app
+from dspark_core.errors import DsparkError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
+app.add_typer(models_app, name="models")
+app.command("generate")(generate_command)
+
+
+def main() -> None:
+    """Console-script entry: user errors print one clear line and exit 2, without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except DsparkError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
+        sys.exit(getattr(exc, "exit_code", 1))
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

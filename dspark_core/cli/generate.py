@@ -1,0 +1,107 @@
+"""`dspark generate`: decode one prompt with or without a drafter and print text + statistics."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
+from dspark_core.decoding.factory import DRAFTER_FORMS, build_drafter
+from dspark_core.models import load_target
+
+console = Console()
+
+
+def generate_command(
+    target: str = typer.Option(..., "--target", help="Target model spec (alias, HF id, directory, .gguf)."),
+    prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
+    drafter: str = typer.Option("none", "--drafter", help=DRAFTER_FORMS),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    top_k: int = typer.Option(0, "--top-k", help="0 = off."),
+    top_p: float = typer.Option(1.0, "--top-p", help="1.0 = off."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    block_size: int = typer.Option(7, "--block-size", help="Most draft tokens verified per round (ℓ)."),
+    speculative: bool = typer.Option(True, "--speculative/--no-speculative", help="The switch for the draft module."),
+    compare: bool = typer.Option(False, "--compare", help="Also decode autoregressively; report speed-up and equality."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... (default: auto)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text and a table."),
+) -> None:
+    """Generate from TARGET, drafting with --drafter, and print the text and decoding statistics."""
+    model = load_target(target, device=device, dtype=dtype)
+    ids = model.encode_prompt(prompt, chat=chat)
+    model.check_prompt_length(len(ids), max_new_tokens)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
+        max_draft_tokens=block_size,
+        speculative=speculative,
+        seed=seed,
+    )
+    draft = build_drafter(drafter, model) if speculative else None
+    runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft)}
+    if compare and draft:
+        runs["autoregressive"] = SpeculativeEngine(model, None)
+    results = {name: engine.generate([ids], config) for name, engine in runs.items()}
+
+    main_name = next(iter(results))
+    main = results[main_name]
+    report = {
+        "target": model.spec,
+        "target_revision": model.revision,
+        "drafter": drafter if draft else "none",
+        "prompt_tokens": len(ids),
+        "text": model.decode(main.outputs[0].tokens),
+        "tokens": main.outputs[0].tokens,
+        "finish_reason": main.outputs[0].finish_reason,
+        "stats": main.stats.to_dict(),
+    }
+    if "autoregressive" in results and main_name != "autoregressive":
+        base = results["autoregressive"]
+        report["baseline_stats"] = base.stats.to_dict()
+        report["identical_to_autoregressive"] = base.outputs[0].tokens == main.outputs[0].tokens
+        report["speedup"] = main.stats.tokens_per_s / base.stats.tokens_per_s if base.stats.tokens_per_s else None
+
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    console.rule(f"{model.spec} · drafter {report['drafter']}")
+    console.print(report["text"], highlight=False, markup=False)
+    console.rule()
+    table = Table(title="decoding statistics")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    for label, getter in _ROWS:
+        table.add_row(label, *(getter(r.stats) for r in results.values()))
+    console.print(table)
+    if "speedup" in report:
+        console.print(
+            f"speed-up over autoregressive: [bold]{report['speedup']:.2f}x[/]  ·  output identical: "
+            f"[bold]{report['identical_to_autoregressive']}[/]"
+        )
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+_ROWS = [
+    ("new tokens", lambda s: str(s.new_tokens)),
+    ("rounds", lambda s: str(s.rounds)),
+    ("τ (accepted length)", lambda s: _fmt(s.tau)),
+    ("tokens/s", lambda s: _fmt(s.tokens_per_s, 1)),
+    ("draft ms / round", lambda s: _fmt(s.draft_ms_per_round)),
+    ("verify ms / round", lambda s: _fmt(s.verify_ms_per_round)),
+    ("prefill ms", lambda s: _fmt(s.prefill_ms, 1)),
+    ("prefix accept @1..k", lambda s: " ".join(_fmt(v) for v in s.prefix_accept) or "-"),
+    ("cond. accept @1..k", lambda s: " ".join(_fmt(v) for v in s.cond_accept) or "-"),
+]
+
+
