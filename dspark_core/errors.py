@@ -23,3 +23,7 @@ class PromptError(DsparkError):
 
 class DrafterSpecError(DsparkError):
     """A `--drafter` value that names no known drafter."""
+
+
+class ConfigError(DsparkError, ValueError):
+    """An out-of-range setting (temperature, top-p, block size, ...)."""

@@ -21,7 +21,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except DsparkError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
         sys.exit(2)
     except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
         sys.exit(getattr(exc, "exit_code", 1))

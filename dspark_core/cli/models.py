@@ -19,7 +19,8 @@ console = Console()
 def list_models() -> None:
     """Packaged aliases (installed or not) and every imported snapshot under $DSPARK_HOME."""
     aliases = Table(title="Packaged models")
-    for column in ("alias", "installed", "imported", "description"):
+    aliases.add_column("alias", no_wrap=True)
+    for column in ("installed", "imported", "description"):
         aliases.add_column(column)
     for alias, model in PACKAGED_MODELS.items():
         imported = find_imported(alias)
@@ -27,12 +28,13 @@ def list_models() -> None:
                         imported.path.name if imported else "-", model.description)
     console.print(aliases)
     snapshots = Table(title=f"Imported snapshots in {dspark_home() / 'models' / 'snapshots'}")
-    for column in ("spec", "type", "layers", "hidden", "vocab", "revision", "created"):
+    snapshots.add_column("spec", no_wrap=True)
+    for column in ("type", "layers", "d", "V", "revision", "imported"):
         snapshots.add_column(column)
     for snap in list_snapshots():
         i = snap.info
         snapshots.add_row(i["spec"], i["model_type"], str(i["num_layers"]), str(i["hidden_size"]),
-                          str(i["vocab_size"]), i["revision"][:12], i["created_at"])
+                          str(i["vocab_size"]), i["revision"][:8], i["created_at"][:10])
     console.print(snapshots)
 
 

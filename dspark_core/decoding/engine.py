@@ -16,7 +16,7 @@ from dspark_core.decoding.kv_cache import BatchedKVCache
 from dspark_core.decoding.metrics import DecodingStats, RoundRecord, summarize
 from dspark_core.decoding.sampling import SamplingConfig, probabilities
 from dspark_core.decoding.verification import verify_greedy, verify_sampled
-from dspark_core.errors import PromptError
+from dspark_core.errors import ConfigError, PromptError
 from dspark_core.models.target import TargetModel
 
 
@@ -33,9 +33,9 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_draft_tokens < 0:
-            raise ValueError(f"max_draft_tokens must be >= 0, got {self.max_draft_tokens}")
+            raise ConfigError(f"max_draft_tokens must be >= 0, got {self.max_draft_tokens}")
 
 
 @dataclass

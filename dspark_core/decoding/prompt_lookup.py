@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
+from dspark_core.errors import ConfigError
 
 
 def lookup_continuation(tokens: list[int], max_tokens: int, max_ngram: int = 3, min_ngram: int = 1) -> list[int]:
@@ -30,7 +31,7 @@ class PromptLookupDrafter(Drafter):
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         if not 1 <= min_ngram <= max_ngram:
-            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
+            raise ConfigError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram = max_ngram
         self.min_ngram = min_ngram
 

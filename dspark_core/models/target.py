@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dspark_core.device import resolve_device, resolve_dtype
-from dspark_core.errors import PromptError, UnsupportedModelError
+from dspark_core.errors import ConfigError, PromptError, UnsupportedModelError
 from dspark_core.models.snapshot import Snapshot, resolve_snapshot
 
 
@@ -154,7 +154,7 @@ class TargetModel:
         handles = []
         for layer_id in layer_ids:
             if not 0 <= layer_id < self.num_layers:
-                raise ValueError(f"layer id {layer_id} out of range for {self.spec!r} ({self.num_layers} layers)")
+                raise ConfigError(f"layer id {layer_id} out of range for {self.spec!r} ({self.num_layers} layers)")
 
             def hook(_module, _inputs, output, layer_id=layer_id):
                 captured[layer_id] = output[0] if isinstance(output, tuple) else output
@@ -211,9 +211,18 @@ def load_target(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     snapshot = resolve_snapshot(spec, refresh=refresh)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
-    model = AutoModelForCausalLM.from_pretrained(snapshot.path, dtype=resolved_dtype, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(snapshot.path)
+    # A snapshot loads in about a second; transformers' per-tensor progress bar would only be noise.
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(snapshot.path, dtype=resolved_dtype, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(snapshot.path)
+    finally:
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
     return TargetModel(model.to(resolved_device), tokenizer, snapshot, spec.strip())

@@ -1,0 +1,81 @@
+"""The `dspark` command line on the tiny model: output, switches, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import TINY, run_cli
+
+
+def _generate(capsys, *extra):
+    return run_cli(["generate", "--target", TINY, "--max-new-tokens", "12", *extra], capsys)
+
+
+def test_generate_json_reports_text_tokens_and_stats(capsys, tiny_target):
+    code, out, err = _generate(capsys, "--prompt", "a b a b a b", "--drafter", "prompt-lookup", "--json", "--compare")
+    assert code == 0, err
+    report = json.loads(out)
+    assert len(report["tokens"]) == 12 and isinstance(report["text"], str)
+    assert report["target_revision"] == tiny_target.revision
+    assert report["identical_to_autoregressive"] is True
+    for key in ("tau", "prefix_accept", "cond_accept", "rounds", "tokens_per_s", "draft_ms_per_round", "verify_ms_per_round"):
+        assert key in report["stats"]
+
+
+def test_no_speculative_flag_disables_the_drafter(capsys):
+    code, out, _ = _generate(capsys, "--prompt", "hello", "--drafter", "prompt-lookup", "--no-speculative", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["drafter"] == "none" and report["stats"]["tau"] == 1.0 and report["stats"]["rounds"] == 12
+
+
+def test_generate_prints_a_table(capsys):
+    code, out, _ = _generate(capsys, "--prompt", "hello", "--drafter", f"draft-lm:{TINY}", "--compare")
+    assert code == 0
+    assert "decoding statistics" in out and "speed-up over autoregressive" in out and "identical: True" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "   "], "the prompt is empty"),
+        (["--prompt", "word " * 1100], "has a context of 1024 tokens"),
+        (["--prompt", "hi", "--drafter", "medusa"], "unknown drafter 'medusa'"),
+        (["--prompt", "hi", "--chat", "--drafter", "none", "--temperature", "-1"], "temperature must be >= 0"),
+    ],
+)
+def test_bad_generate_input_gives_clear_error(capsys, args, message):
+    code, out, err = _generate(capsys, *args)
+    assert code != 0
+    assert message in err + out
+
+
+def test_unknown_target_gives_clear_error(capsys):
+    code, _, err = run_cli(["generate", "--target", "llama-9000", "--prompt", "hi"], capsys)
+    assert code == 2 and "unknown model spec 'llama-9000'" in err
+
+
+def test_drafter_with_other_vocabulary_is_refused(capsys, tiny_target, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_target.snapshot.path)
+    tokenizer.add_tokens(["<extra_token_only_in_draft>"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_target.snapshot.path)
+    model.resize_token_embeddings(len(tokenizer))
+    model.save_pretrained(tmp_path / "other-vocab")
+    tokenizer.save_pretrained(tmp_path / "other-vocab")
+    code, _, err = _generate(capsys, "--prompt", "hi", "--drafter", f"draft-lm:{tmp_path / 'other-vocab'}")
+    assert code == 2
+    assert "different vocabulary" in err and "shares the target's tokenizer" in err
+
+
+def test_models_commands(capsys, tiny_target):
+    code, out, _ = run_cli(["models", "list"], capsys)
+    assert code == 0 and "smollm2-135m" in out and "gemma3-270m" in out and "tiny:smollm2-135m" in out
+    code, out, _ = run_cli(["models", "show", TINY], capsys)
+    assert code == 0 and json.loads(out)["revision"] == tiny_target.revision
+    code, out, _ = run_cli(["models", "import", TINY], capsys)
+    assert code == 0 and "imported" in out
+    code, _, err = run_cli(["models", "show", "nope"], capsys)
+    assert code == 2 and "unknown model spec 'nope'" in err
