@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml Makefile
 # compared against plain autoregressive decoding through the same engine.
 run: setup
 	$(VENV)/bin/dspark generate --target smollm2-135m --drafter prompt-lookup --chat --compare \
-		--max-new-tokens 96 \
-		--prompt "Repeat the following list exactly, twice: apples, pears, plums, cherries, grapes, lemons, limes, oranges."
+		--max-new-tokens 128 \
+		--prompt "Rewrite this sentence in the past tense, keeping every other word the same: The engineer opens the laptop, reads the failing test, fixes the bug and pushes the change." \
+		--prompt "Add a docstring to this Python function and return it otherwise unchanged: def area(width, height): return width * height"
 
 test: setup
 	$(PY) -m pytest -q

@@ -18,7 +18,8 @@ def test_generate_json_reports_text_tokens_and_stats(capsys, tiny_target):
     code, out, err = _generate(capsys, "--prompt", "a b a b a b", "--drafter", "prompt-lookup", "--json", "--compare")
     assert code == 0, err
     report = json.loads(out)
-    assert len(report["tokens"]) == 12 and isinstance(report["text"], str)
+    (request,) = report["requests"]
+    assert len(request["tokens"]) == 12 and isinstance(request["text"], str) and request["tau"] >= 1
     assert report["target_revision"] == tiny_target.revision
     assert report["identical_to_autoregressive"] is True
     for key in ("tau", "prefix_accept", "cond_accept", "rounds", "tokens_per_s", "draft_ms_per_round", "verify_ms_per_round"):
@@ -30,6 +31,15 @@ def test_no_speculative_flag_disables_the_drafter(capsys):
     assert code == 0
     report = json.loads(out)
     assert report["drafter"] == "none" and report["stats"]["tau"] == 1.0 and report["stats"]["rounds"] == 12
+
+
+def test_several_prompts_are_decoded_as_a_batch(capsys):
+    code, out, _ = _generate(capsys, "--prompt", "first", "--prompt", "a much longer second prompt", "--json",
+                             "--drafter", f"draft-lm:{TINY}", "--compare")
+    assert code == 0
+    report = json.loads(out)
+    assert len(report["requests"]) == 2 and report["stats"]["requests"] == 2
+    assert report["identical_to_autoregressive"] is True
 
 
 def test_generate_prints_a_table(capsys):

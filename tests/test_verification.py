@@ -49,3 +49,14 @@ def test_sampled_point_mass_outside_target_support_is_rejected_and_never_reemitt
     result = verify_sampled(drafts, torch.ones(200, dtype=torch.long), None, target, torch.Generator().manual_seed(0))
     assert result.accepted.sum() == 0
     assert set(result.next_token.tolist()) <= {1, 2}
+
+
+def test_prompt_lookup_copies_after_latest_match():
+    from dspark_core.decoding.prompt_lookup import lookup_continuation
+
+    tokens = [1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2]
+    # Suffix (1, 2) last occurred at index 5 -> continuation 3, 7, 8.
+    assert lookup_continuation(tokens, 3, max_ngram=3, min_ngram=2) == [3, 7, 8]
+    assert lookup_continuation(tokens, 10, max_ngram=3, min_ngram=2) == [3, 7, 8, 5, 1, 2]
+    assert lookup_continuation([4, 5, 6], 3, max_ngram=3, min_ngram=2) == []  # no earlier bigram
+    assert lookup_continuation([4, 5, 4], 2, max_ngram=3, min_ngram=1) == [5, 4]  # unigram fallback

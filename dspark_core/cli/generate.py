@@ -11,6 +11,7 @@ from rich.table import Table
 
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.factory import DRAFTER_FORMS, build_drafter
+from dspark_core.decoding.metrics import tau
 from dspark_core.models import load_target
 
 console = Console()
@@ -18,7 +19,7 @@ console = Console()
 
 def generate_command(
     target: str = typer.Option(..., "--target", help="Target model spec (alias, HF id, directory, .gguf)."),
-    prompt: str = typer.Option(..., "--prompt", help="Prompt text."),
+    prompts: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat the option to decode a batch."),
     drafter: str = typer.Option("none", "--drafter", help=DRAFTER_FORMS),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
@@ -33,10 +34,14 @@ def generate_command(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... (default: auto)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text and a table."),
 ) -> None:
-    """Generate from TARGET, drafting with --drafter, and print the text and decoding statistics."""
+    """Generate from --target, drafting with --drafter, and print the text and decoding statistics.
+
+    Several --prompt options are decoded together as one batch.
+    """
     model = load_target(target, device=device, dtype=dtype)
-    ids = model.encode_prompt(prompt, chat=chat)
-    model.check_prompt_length(len(ids), max_new_tokens)
+    batch = [model.encode_prompt(prompt, chat=chat) for prompt in prompts]
+    for ids in batch:
+        model.check_prompt_length(len(ids), max_new_tokens)
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
@@ -48,7 +53,7 @@ def generate_command(
     runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft)}
     if compare and draft:
         runs["autoregressive"] = SpeculativeEngine(model, None)
-    results = {name: engine.generate([ids], config) for name, engine in runs.items()}
+    results = {name: engine.generate(batch, config) for name, engine in runs.items()}
 
     main_name = next(iter(results))
     main = results[main_name]
@@ -56,23 +61,34 @@ def generate_command(
         "target": model.spec,
         "target_revision": model.revision,
         "drafter": drafter if draft else "none",
-        "prompt_tokens": len(ids),
-        "text": model.decode(main.outputs[0].tokens),
-        "tokens": main.outputs[0].tokens,
-        "finish_reason": main.outputs[0].finish_reason,
+        "requests": [
+            {
+                "prompt_tokens": len(output.prompt_tokens),
+                "text": model.decode(output.tokens),
+                "tokens": output.tokens,
+                "finish_reason": output.finish_reason,
+                "rounds": len(output.rounds),
+                "tau": tau(output.rounds),
+            }
+            for output in main.outputs
+        ],
         "stats": main.stats.to_dict(),
     }
     if "autoregressive" in results and main_name != "autoregressive":
         base = results["autoregressive"]
         report["baseline_stats"] = base.stats.to_dict()
-        report["identical_to_autoregressive"] = base.outputs[0].tokens == main.outputs[0].tokens
+        report["identical_to_autoregressive"] = all(
+            b.tokens == m.tokens for b, m in zip(base.outputs, main.outputs)
+        )
         report["speedup"] = main.stats.tokens_per_s / base.stats.tokens_per_s if base.stats.tokens_per_s else None
 
     if as_json:
         typer.echo(json.dumps(report))
         return
-    console.rule(f"{model.spec} · drafter {report['drafter']}")
-    console.print(report["text"], highlight=False, markup=False)
+    for number, request in enumerate(report["requests"], start=1):
+        title = f"{model.spec} · drafter {report['drafter']}" + (f" · request {number}" if len(batch) > 1 else "")
+        console.rule(title)
+        console.print(request["text"], highlight=False, markup=False)
     console.rule()
     table = Table(title="decoding statistics")
     table.add_column("metric")

@@ -29,7 +29,8 @@ class PromptLookupDrafter(Drafter):
 
     name = "prompt-lookup"
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+    # Defaults measured on SmolLM2 (benchmarks/bench_decoding.py): unigram matches mostly propose junk.
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram:
             raise ConfigError(f"need 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram = max_ngram
