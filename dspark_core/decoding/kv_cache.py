@@ -5,6 +5,11 @@ Instead of recomputing, rejected entries stay in the cache as *holes*: masked ou
 mask, while RoPE positions come from each row's own token count. Columns that are holes in every row are
 cropped from the tail, so a single request never has holes at all; when holes pile up in a batch, the
 cache is compacted by gathering each row's valid entries.
+
+The cache keeps every layer's full history (a plain DynamicCache, also for sliding-window layers such as
+Gemma 3's) so that it can always be cropped; transformers still applies the sliding-window mask. With
+holes in a batch, a window counts cache columns, so a row with holes sees slightly *fewer* true tokens in
+its window than the reference model: exact for a single request, approximate for batches beyond the window.
 """
 
 from __future__ import annotations
