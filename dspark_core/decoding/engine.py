@@ -75,16 +75,18 @@ class SpeculativeEngine:
         eos = target.eos_token_ids if config.stop_at_eos else frozenset()
         started = time.perf_counter()
 
-        # Prefill everything but the last prompt token; that token is the first round's anchor.
         tokens = [list(p) for p in prompts]
         kv = BatchedKVCache(target.forward_features, len(prompts), device)
-        context = DraftProposal.from_lists([p[:-1] for p in prompts], device=device)
         new_features: list = [None] * len(prompts)
-        if context.tokens.shape[1]:
-            prefill = kv.extend(context.tokens, context.lengths, layer_ids=layer_ids, with_logits=False)
-            if want_features:
+        prefill_s = 0.0
+        if want_features:
+            # The drafter needs the context's features before its first proposal: prefill all but the last
+            # prompt token (the first anchor). Otherwise the prompt rides along in the first round's pass.
+            context = DraftProposal.from_lists([p[:-1] for p in prompts], device=device)
+            if context.tokens.shape[1]:
+                prefill = kv.extend(context.tokens, context.lengths, layer_ids=layer_ids, with_logits=False)
                 new_features = [prefill.select((r, slice(0, int(n)))) for r, n in enumerate(context.lengths)]
-        prefill_s = time.perf_counter() - started
+            prefill_s = time.perf_counter() - started
 
         if drafter:
             drafter.begin([list(p) for p in prompts])
@@ -93,7 +95,7 @@ class SpeculativeEngine:
         records: list[list[RoundRecord]] = [[] for _ in prompts]
         finish: list[str | None] = [None] * len(prompts)
         draft_s = verify_s = 0.0
-        batch_rounds = 0
+        batch_rounds = timed_rounds = 0
         try:
             while active:
                 batch_rounds += 1
@@ -105,23 +107,38 @@ class SpeculativeEngine:
                 t0 = time.perf_counter()
                 proposal = self._propose(drafter, active, tokens, limits, new_features, config, generator, device)
                 t1 = time.perf_counter()
-                anchors = torch.tensor([tokens[i][-1] for i in active], dtype=torch.long, device=device)
-                block = torch.cat([anchors[:, None], proposal.tokens], dim=1)
-                out = kv.extend(block, proposal.lengths + 1, layer_ids=layer_ids, with_logits=True)
+                # Committed tokens not yet in the cache: the whole prompt in a merged first round, else the anchor.
+                cached = kv.lengths.tolist()
+                uncached = [tokens[i][cached[row]:] for row, i in enumerate(active)]
+                drafted = proposal.tokens.tolist()
+                proposed = proposal.lengths.tolist()
+                block = DraftProposal.from_lists(
+                    [u + d[:n] for u, d, n in zip(uncached, drafted, proposed)], device=device
+                )
+                out = kv.extend(block.tokens, block.lengths, layer_ids=layer_ids, with_logits=False)
+                # Logits only where verification looks: the last uncached token and the drafts after it.
+                width = proposal.tokens.shape[1]
+                starts = torch.tensor([len(u) - 1 for u in uncached], dtype=torch.long, device=device)
+                index = (starts[:, None] + torch.arange(width + 1, device=device)).clamp_max(block.tokens.shape[1] - 1)
+                hidden = out.last_hidden.gather(1, index[:, :, None].expand(-1, -1, out.last_hidden.shape[-1]))
+                logits = target.lm_logits(hidden)
                 if config.sampling.greedy:
-                    result = verify_greedy(proposal.tokens, proposal.lengths, out.logits)
+                    result = verify_greedy(proposal.tokens, proposal.lengths, logits)
                 else:
-                    target_probs = probabilities(out.logits, config.sampling)
+                    target_probs = probabilities(logits, config.sampling)
                     result = verify_sampled(proposal.tokens, proposal.lengths, proposal.probs, target_probs, generator)
-                # The anchor and the accepted drafts stay cached; rejected drafts become holes.
+                # The uncached tokens and the accepted drafts stay cached; rejected drafts become holes.
                 kv.truncate(kv.lengths - proposal.lengths + result.accepted)
-                verify_s += time.perf_counter() - t1
-                draft_s += t1 - t0
+                t2 = time.perf_counter()
+                if max(len(u) for u in uncached) > 1 and not want_features:
+                    prefill_s += t2 - t1  # this pass processed the prompts: count it as prefill, not a round
+                else:
+                    verify_s += t2 - t1
+                    draft_s += t1 - t0
+                    timed_rounds += 1
 
                 accepted = result.accepted.tolist()
                 next_tokens = result.next_token.tolist()
-                drafted = proposal.tokens.tolist()
-                proposed = proposal.lengths.tolist()
                 keep_rows, new_features = [], []
                 for row, i in enumerate(active):
                     n = accepted[row]
@@ -143,7 +160,7 @@ class SpeculativeEngine:
                     if finish[i] is None:
                         keep_rows.append(row)
                         if want_features:
-                            new_features.append(out.select((row, slice(0, accepted[row] + 1))))
+                            new_features.append(out.select((row, slice(0, len(uncached[row]) + accepted[row]))))
                 if len(keep_rows) < len(active):
                     kv.select_rows(torch.tensor(keep_rows, dtype=torch.long, device=device))
                     active = [active[row] for row in keep_rows]
@@ -162,6 +179,7 @@ class SpeculativeEngine:
             [rec for recs in records for rec in recs],
             requests=len(prompts),
             batch_rounds=batch_rounds,
+            timed_rounds=timed_rounds,
             wall_s=wall_s,
             prefill_s=prefill_s,
             draft_s=draft_s,

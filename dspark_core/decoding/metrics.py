@@ -55,7 +55,7 @@ class DecodingStats:
     prefix_accept: list[float | None] = field(default_factory=list)
     cond_accept: list[float | None] = field(default_factory=list)
     wall_s: float = 0.0
-    prefill_ms: float = 0.0
+    prefill_ms: float = 0.0  # processing the prompts (a separate pass, or the first round's pass)
     draft_ms_per_round: float = 0.0
     verify_ms_per_round: float = 0.0
 
@@ -75,11 +75,15 @@ def summarize(
     requests: int,
     batch_rounds: int,
     wall_s: float,
+    timed_rounds: int | None = None,
     prefill_s: float,
     draft_s: float,
     verify_s: float,
 ) -> DecodingStats:
+    """`timed_rounds`: batch rounds whose draft/verify time was recorded (a first round that also processed
+    the prompts is counted as prefill instead); defaults to all batch rounds."""
     max_position = max((r.proposed for r in records), default=0)
+    timed = batch_rounds if timed_rounds is None else timed_rounds
     return DecodingStats(
         requests=requests,
         new_tokens=sum(r.emitted for r in records),
@@ -90,6 +94,6 @@ def summarize(
         cond_accept=conditional_acceptance(records, max_position),
         wall_s=wall_s,
         prefill_ms=prefill_s * 1e3,
-        draft_ms_per_round=draft_s * 1e3 / batch_rounds if batch_rounds else 0.0,
-        verify_ms_per_round=verify_s * 1e3 / batch_rounds if batch_rounds else 0.0,
+        draft_ms_per_round=draft_s * 1e3 / timed if timed else 0.0,
+        verify_ms_per_round=verify_s * 1e3 / timed if timed else 0.0,
     )

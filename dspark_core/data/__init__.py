@@ -1,0 +1,1 @@
+"""Training data: prompt sources, response regeneration by the target, and the target feature cache."""
