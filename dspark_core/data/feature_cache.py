@@ -1,0 +1,320 @@
+"""The target feature cache: what the drafters train on, computed once per (target, layers, data).
+
+Directory layout:
+    manifest.json            target + revision, layer ids, hidden size, dtype, tokenizer hash, max length,
+                             counts and one entry per shard (sample ids, splits, sha256); written last
+    shard-00000.safetensors  input_ids [T] int32, loss_mask [T] uint8, offsets [n+1] int64,
+                             layers [T, m*d] (the chosen layers' outputs, concatenated), last_hidden [T, d]
+Shards are written atomically one by one, so a killed build resumes at the first missing shard. Readers
+memory-map shards and validate the manifest against what the caller expects; checksums catch corruption.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from dspark_core.data.chat import tokenize_with_assistant_mask
+from dspark_core.errors import DsparkError
+from dspark_core.models.target import TargetModel
+from dspark_core.paths import write_json_atomic
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+class CacheMismatchError(DsparkError):
+    """A cache built for another target, other layers or another tokenizer."""
+
+
+class CorruptCacheError(DsparkError):
+    """A shard whose bytes do not match the manifest's checksum (or that cannot be read)."""
+
+
+def tokenizer_hash(tokenizer) -> str:
+    payload = json.dumps(sorted(tokenizer.get_vocab().items())) + (tokenizer.chat_template or "")
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def estimate_cache_bytes(num_tokens: int, hidden_size: int, num_layers: int, dtype: str) -> int:
+    per_token = (num_layers + 1) * hidden_size * _DTYPES[dtype].itemsize + 4 + 1
+    return num_tokens * per_token
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    layer_ids: tuple[int, ...]
+    dtype: str = "bfloat16"
+    max_length: int = 2048
+    #: tokens per shard (a shard is the unit of atomic writing and resuming)
+    shard_tokens: int = 262_144
+    #: tokens per target forward batch
+    batch_tokens: int = 4096
+
+
+def default_layer_ids(num_layers: int, count: int = 5) -> tuple[int, ...]:
+    """`count` layers spread evenly over the depth, from the second layer to the third-to-last."""
+    first, last = 1, max(1, num_layers - 3)
+    if count == 1:
+        return (last,)
+    return tuple(sorted({round(first + i * (last - first) / (count - 1)) for i in range(count)}))
+
+
+def build_feature_cache(
+    target: TargetModel,
+    conversations: list[dict],
+    out_dir: Path,
+    config: CacheConfig,
+    *,
+    source: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Tokenize conversations (assistant-token mask), run the target, and write the cache. Returns the manifest."""
+    if config.dtype not in _DTYPES:
+        raise DsparkError(f"cache dtype {config.dtype!r} is not one of {sorted(_DTYPES)}")
+    for layer in config.layer_ids:
+        if not 0 <= layer < target.num_layers:
+            raise DsparkError(f"layer id {layer} is out of range for {target.spec!r} ({target.num_layers} layers)")
+    samples = []
+    for conversation in conversations:
+        messages = [(m["role"], m["content"]) for m in conversation["messages"]]
+        ids, mask = tokenize_with_assistant_mask(target, messages, max_length=min(config.max_length, target.max_context))
+        if any(mask):
+            samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids, "mask": mask})
+    if not samples:
+        raise DsparkError("no conversation has assistant tokens to learn from: the dataset is empty")
+
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "target": target.spec,
+        "target_revision": target.revision,
+        "layer_ids": list(config.layer_ids),
+        "hidden_size": target.hidden_size,
+        "dtype": config.dtype,
+        "tokenizer_hash": tokenizer_hash(target.tokenizer),
+        "max_length": config.max_length,
+        "samples_hash": hashlib.sha256("".join(s["id"] for s in samples).encode()).hexdigest(),
+    }
+    num_tokens = sum(len(s["ids"]) for s in samples)
+    needed = estimate_cache_bytes(num_tokens, target.hidden_size, len(config.layer_ids), config.dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_dir).free
+    if needed * 1.05 > free:
+        raise DsparkError(
+            f"the feature cache needs about {needed / 2**30:.2f} GiB but {out_dir} has {free / 2**30:.2f} GiB free; "
+            f"free space, choose fewer layers / a shorter max length, or another directory"
+        )
+
+    manifest_path = out_dir / MANIFEST_FILE
+    progress_path = out_dir / "progress.json"
+    previous = json.loads(progress_path.read_text()) if progress_path.exists() else None
+    if manifest_path.exists():
+        existing = json.loads(manifest_path.read_text())
+        if {k: existing.get(k) for k in spec} == spec:
+            return existing  # already built from the same data with the same settings
+        raise DsparkError(
+            f"{out_dir} already holds a feature cache for {existing.get('target')!r} (layers {existing.get('layer_ids')}) "
+            f"built from other data or settings; use another directory or delete it"
+        )
+    if previous and previous.get("spec") != spec:
+        raise DsparkError(
+            f"{out_dir} holds an unfinished cache build with other settings or data; use another directory or delete it"
+        )
+
+    # Deterministic shard plan, so a resumed build writes the same shards.
+    shards, current, current_tokens = [], [], 0
+    for sample in samples:
+        if current and current_tokens + len(sample["ids"]) > config.shard_tokens:
+            shards.append(current)
+            current, current_tokens = [], 0
+        current.append(sample)
+        current_tokens += len(sample["ids"])
+    if current:
+        shards.append(current)
+
+    done = {entry["file"]: entry for entry in (previous or {}).get("shards", [])}
+    entries = []
+    bar = tqdm(total=num_tokens, desc="caching target features", unit="tok", disable=not progress)
+    for index, shard in enumerate(shards):
+        name = f"shard-{index:05d}.safetensors"
+        shard_tokens = sum(len(s["ids"]) for s in shard)
+        if name in done and (out_dir / name).exists() and _sha256(out_dir / name) == done[name]["sha256"]:
+            entries.append(done[name])
+            bar.update(shard_tokens)
+            continue
+        tensors = _shard_tensors(target, shard, config, bar)
+        tmp = out_dir / f".{name}.tmp"
+        save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
+        os.replace(tmp, out_dir / name)
+        entries.append({
+            "file": name,
+            "ids": [s["id"] for s in shard],
+            "splits": [s["split"] for s in shard],
+            "tokens": shard_tokens,
+            "sha256": _sha256(out_dir / name),
+        })
+        write_json_atomic(progress_path, {"spec": spec, "shards": entries})
+    bar.close()
+
+    manifest = {
+        **spec,
+        "status": "complete",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "num_samples": len(samples),
+        "num_tokens": num_tokens,
+        "assistant_tokens": sum(sum(s["mask"]) for s in samples),
+        "dropped_without_assistant_tokens": len(conversations) - len(samples),
+        "bytes": sum((out_dir / e["file"]).stat().st_size for e in entries),
+        "source": source or {},
+        "shards": entries,
+    }
+    write_json_atomic(manifest_path, manifest)
+    progress_path.unlink(missing_ok=True)
+    return manifest
+
+
+@torch.inference_mode()
+def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, bar) -> dict[str, torch.Tensor]:
+    dtype = _DTYPES[config.dtype]
+    layers_out, hidden_out = [], []
+    start = 0
+    while start < len(shard):
+        # Grow the batch while padded tokens stay within the budget.
+        end, longest = start, 0
+        while end < len(shard):
+            longest_next = max(longest, len(shard[end]["ids"]))
+            if end > start and longest_next * (end - start + 1) > config.batch_tokens:
+                break
+            longest, end = longest_next, end + 1
+        batch = shard[start:end]
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        attention = torch.zeros(len(batch), longest, dtype=torch.long)
+        for row, sample in enumerate(batch):
+            ids[row, : len(sample["ids"])] = torch.tensor(sample["ids"])
+            attention[row, : len(sample["ids"])] = 1
+        features = target.forward_features(ids, attention_mask=attention, layer_ids=config.layer_ids, with_logits=False)
+        fused = torch.cat(features.layers, dim=-1)
+        for row, sample in enumerate(batch):
+            n = len(sample["ids"])
+            layers_out.append(fused[row, :n].to("cpu", dtype))
+            hidden_out.append(features.last_hidden[row, :n].to("cpu", dtype))
+            bar.update(n)
+        start = end
+    lengths = torch.tensor([len(s["ids"]) for s in shard], dtype=torch.long)
+    return {
+        "input_ids": torch.tensor([t for s in shard for t in s["ids"]], dtype=torch.int32),
+        "loss_mask": torch.tensor([m for s in shard for m in s["mask"]], dtype=torch.uint8),
+        "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
+        "layers": torch.cat(layers_out).contiguous(),
+        "last_hidden": torch.cat(hidden_out).contiguous(),
+    }
+
+
+@dataclass
+class CachedSample:
+    id: str
+    split: str
+    input_ids: torch.Tensor  # [T] long
+    loss_mask: torch.Tensor  # [T] bool, True on assistant tokens
+    layers: torch.Tensor  # [T, m*d]
+    last_hidden: torch.Tensor  # [T, d]
+
+
+class FeatureCache:
+    """Read a feature cache, memory-mapped. Pass what you expect (target revision, layer ids, tokenizer hash):
+    a cache built for anything else is refused with a message naming both sides."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        target_revision: str | None = None,
+        layer_ids: tuple[int, ...] | list[int] | None = None,
+        tokenizer: str | None = None,
+        split: str | None = None,
+        verify: bool = True,
+    ):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST_FILE
+        if not manifest_path.is_file():
+            partial = (self.path / "progress.json").exists()
+            raise DsparkError(
+                f"{self.path} is not a finished feature cache ({'the build was interrupted; rerun it to resume' if partial else 'no manifest.json'})"
+            )
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CorruptCacheError(f"{manifest_path} is not valid JSON ({exc}); rebuild the cache") from exc
+        m = self.manifest
+        if m.get("format_version") != FORMAT_VERSION:
+            raise CacheMismatchError(f"{self.path} has cache format {m.get('format_version')}, expected {FORMAT_VERSION}; rebuild it")
+        if target_revision is not None and m["target_revision"] != target_revision:
+            raise CacheMismatchError(
+                f"feature cache {self.path} was built for target {m['target']!r} (revision {str(m['target_revision'])[:12]}), "
+                f"not for revision {target_revision[:12]}; build a cache for this target with `dspark data cache`"
+            )
+        if layer_ids is not None and list(layer_ids) != m["layer_ids"]:
+            raise CacheMismatchError(
+                f"feature cache {self.path} holds layers {m['layer_ids']}, but {list(layer_ids)} were requested; "
+                f"rebuild the cache with these layers or train with --layer-ids {','.join(map(str, m['layer_ids']))}"
+            )
+        if tokenizer is not None and m["tokenizer_hash"] != tokenizer:
+            raise CacheMismatchError(f"feature cache {self.path} was made with a different tokenizer than the target's; rebuild it")
+        self.layer_ids = tuple(m["layer_ids"])
+        self.hidden_size = m["hidden_size"]
+        self._handles: dict[str, object] = {}
+        self._index: list[tuple[str, int, str, str]] = []  # (file, row in shard, id, split)
+        for entry in m["shards"]:
+            file = self.path / entry["file"]
+            if not file.is_file():
+                raise CorruptCacheError(f"shard {file} is missing; rebuild the cache")
+            if verify and _sha256(file) != entry["sha256"]:
+                raise CorruptCacheError(f"shard {file} is corrupt (checksum mismatch); rebuild the cache")
+            for row, (sample_id, sample_split) in enumerate(zip(entry["ids"], entry["splits"])):
+                if split is None or sample_split == split:
+                    self._index.append((entry["file"], row, sample_id, sample_split))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _open(self, file: str):
+        if file not in self._handles:
+            try:
+                handle = safe_open(str(self.path / file), framework="pt")
+                offsets = handle.get_tensor("offsets")
+            except Exception as exc:
+                raise CorruptCacheError(f"shard {self.path / file} cannot be read ({exc}); rebuild the cache") from exc
+            self._handles[file] = (handle, offsets)
+        return self._handles[file]
+
+    def __getitem__(self, index: int) -> CachedSample:
+        file, row, sample_id, split = self._index[index]
+        handle, offsets = self._open(file)
+        start, end = int(offsets[row]), int(offsets[row + 1])
+        return CachedSample(
+            id=sample_id,
+            split=split,
+            input_ids=handle.get_slice("input_ids")[start:end].long(),
+            loss_mask=handle.get_slice("loss_mask")[start:end].bool(),
+            layers=handle.get_slice("layers")[start:end],
+            last_hidden=handle.get_slice("last_hidden")[start:end],
+        )

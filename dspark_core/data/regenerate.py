@@ -1,0 +1,206 @@
+"""Self-distillation data: the target answers every prompt itself, with its recommended sampling settings.
+
+Output directory:
+    responses.jsonl   one conversation per line (system/user turns + the target's assistant turns)
+    manifest.json     target spec and revision, settings, counts, status
+Resumable: lines are appended and flushed batch by batch; a rerun skips prompts already answered (a line
+cut short by a kill is dropped) and refuses to mix in answers made with other settings or another target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dspark_core.data.chat import render_ids
+from dspark_core.data.prompts import PromptRecord
+from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
+from dspark_core.decoding.drafter import Drafter
+from dspark_core.errors import DsparkError
+from dspark_core.models.packaged import PACKAGED_MODELS
+from dspark_core.models.target import TargetModel
+from dspark_core.paths import write_json_atomic
+
+RESPONSES_FILE = "responses.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def recommended_sampling(target: TargetModel) -> SamplingConfig:
+    """The model authors' settings for packaged models, else the model's generation_config, else T=1."""
+    packaged = PACKAGED_MODELS.get(target.spec)
+    if packaged and packaged.recommended_sampling:
+        return SamplingConfig(**packaged.recommended_sampling)
+    generation = getattr(target.model, "generation_config", None)
+    if generation is not None and getattr(generation, "do_sample", False):
+        return SamplingConfig(
+            temperature=float(generation.temperature or 1.0),
+            top_p=float(generation.top_p or 1.0),
+            top_k=int(generation.top_k or 0),
+        )
+    return SamplingConfig(temperature=1.0)
+
+
+@dataclass(frozen=True)
+class RegenerationConfig:
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    seed: int = 0
+    #: None: the target's recommended settings (see `recommended_sampling`)
+    sampling: SamplingConfig | None = None
+
+
+def _read_done(path: Path) -> set[str]:
+    """Ids already answered; truncates a trailing partial line left by a killed run."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(cut)
+    done = set()
+    for number, line in enumerate(data[:cut].decode("utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                done.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise DsparkError(f"{path}:{number} is not a response line ({exc}); delete the file to start over") from exc
+    return done
+
+
+def regenerate_responses(
+    target: TargetModel,
+    prompts: list[tuple[PromptRecord, str]],
+    out_dir: Path,
+    config: RegenerationConfig = RegenerationConfig(),
+    *,
+    drafter: Drafter | None = None,
+    progress: bool = True,
+) -> dict:
+    """Answer every (record, split) pair with the target; returns the final manifest."""
+    if not prompts:
+        raise DsparkError("no prompts to answer: the prompt source is empty")
+    sampling = config.sampling or recommended_sampling(target)
+    settings = {"max_new_tokens": config.max_new_tokens, "seed": config.seed, "sampling": asdict(sampling),
+                "chat_template": target.has_chat_template}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path, responses_path = out_dir / MANIFEST_FILE, out_dir / RESPONSES_FILE
+    if manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous.get("target_revision") != target.revision or previous.get("settings") != settings:
+            raise DsparkError(
+                f"{out_dir} holds responses from {previous.get('target')!r} with settings {previous.get('settings')}; "
+                f"these would be mixed with new ones from {target.spec!r} with {settings}. Use another output "
+                f"directory or delete this one"
+            )
+    done = _read_done(responses_path)
+    manifest = {
+        "target": target.spec,
+        "target_revision": target.revision,
+        "settings": settings,
+        "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(manifest_path, manifest)
+
+    todo = [(r, s) for r, s in prompts if r.id not in done]
+    todo.sort(key=lambda pair: sum(len(c) for _, c in pair[0].messages))  # similar lengths batch well
+    engine = SpeculativeEngine(target, drafter)
+    skipped: list[str] = []
+    bar = tqdm(total=len(todo), desc="regenerating responses", disable=not progress)
+    with open(responses_path, "a", encoding="utf-8") as handle:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start : start + config.batch_size]
+            lines = _answer_batch(target, engine, batch, sampling, config, start, skipped)
+            for line in lines:
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            bar.update(len(batch))
+    bar.close()
+
+    counts = {"train": 0, "validation": 0}
+    tokens = 0
+    with open(responses_path, encoding="utf-8") as handle:
+        for line in handle:
+            obj = json.loads(line)
+            counts[obj["split"]] += 1
+            tokens += sum(obj["response_tokens"])
+    manifest.update(
+        status="complete",
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        conversations=counts["train"] + counts["validation"],
+        splits=counts,
+        response_tokens=tokens,
+        skipped_too_long=skipped,
+    )
+    write_json_atomic(manifest_path, manifest)
+    return manifest
+
+
+def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> list[dict]:
+    """Answer a batch of conversations turn by turn (all first turns together, then all second turns, ...)."""
+    conversations = [[] for _ in batch]
+    response_tokens = [[] for _ in batch]
+    finish = [[] for _ in batch]
+    alive = list(range(len(batch)))
+    turn = 0
+    while alive:
+        rows, prompt_ids = [], []
+        for index in alive:
+            record = batch[index][0]
+            user_turns = record.user_turns
+            if turn >= len(user_turns):
+                continue
+            if turn == 0 and record.system:
+                conversations[index].append(("system", record.system))
+            conversations[index].append(("user", user_turns[turn]))
+            ids = render_ids(target, conversations[index], add_generation_prompt=True)
+            if len(ids) + config.max_new_tokens > target.max_context:
+                skipped.append(record.id)
+                continue
+            rows.append(index)
+            prompt_ids.append(ids)
+        if not rows:
+            break
+        result = engine.generate(
+            prompt_ids,
+            GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling, seed=config.seed + offset + turn),
+        )
+        for index, output in zip(rows, result.outputs):
+            conversations[index].append(("assistant", target.decode(output.tokens).strip()))
+            response_tokens[index].append(len(output.tokens))
+            finish[index].append(output.finish_reason)
+        alive = rows
+        turn += 1
+    lines = []
+    for (record, split), messages, counts, reasons in zip(batch, conversations, response_tokens, finish):
+        if not counts:
+            continue  # too long for the context even for its first turn (listed in the manifest)
+        lines.append({
+            "id": record.id,
+            "split": split,
+            "source": record.source,
+            "messages": [{"role": r, "content": c} for r, c in messages],
+            "response_tokens": counts,
+            "finish_reasons": reasons,
+        })
+    return lines
+
+
+def read_responses(out_dir: Path) -> tuple[dict, list[dict]]:
+    """The manifest and the conversations of a finished regeneration directory."""
+    manifest_path = out_dir / MANIFEST_FILE
+    if not manifest_path.exists():
+        raise DsparkError(f"{out_dir} has no {MANIFEST_FILE}; run `dspark data regenerate` first")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("status") != "complete":
+        raise DsparkError(f"regeneration in {out_dir} did not finish (status {manifest.get('status')!r}); rerun it to resume")
+    with open(out_dir / RESPONSES_FILE, encoding="utf-8") as handle:
+        conversations = [json.loads(line) for line in handle if line.strip()]
+    return manifest, conversations

@@ -1,0 +1,180 @@
+"""Response regeneration and the target feature cache, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from dspark_core.data import feature_cache as cache_module
+from dspark_core.data.chat import tokenize_with_assistant_mask
+from dspark_core.data.feature_cache import (
+    CacheConfig,
+    CacheMismatchError,
+    CorruptCacheError,
+    FeatureCache,
+    build_feature_cache,
+    default_layer_ids,
+    tokenizer_hash,
+)
+from dspark_core.data.prompts import PromptRecord
+from dspark_core.data.regenerate import RegenerationConfig, read_responses, recommended_sampling, regenerate_responses
+from dspark_core.decoding import SamplingConfig
+from dspark_core.errors import DsparkError
+
+SETTINGS = RegenerationConfig(max_new_tokens=10, batch_size=3, sampling=SamplingConfig(temperature=1.0, top_k=20))
+
+
+def _prompts(n: int = 7):
+    pairs = [(PromptRecord.create([("user", f"Tell me about topic {i}.")], "t"), "validation" if i == 0 else "train")
+             for i in range(n)]
+    multi = PromptRecord.create([("system", "Be brief."), ("user", "First question?"), ("user", "And a follow-up?")], "t")
+    return pairs + [(multi, "train")]
+
+
+def test_regeneration_answers_every_turn_and_writes_a_manifest(tiny_target, tmp_path):
+    manifest = regenerate_responses(tiny_target, _prompts(), tmp_path / "r", SETTINGS, progress=False)
+    assert manifest["status"] == "complete" and manifest["conversations"] == 8
+    assert manifest["splits"] == {"train": 7, "validation": 1}
+    assert manifest["target_revision"] == tiny_target.revision
+    _, conversations = read_responses(tmp_path / "r")
+    multi = next(c for c in conversations if len(c["response_tokens"]) == 2)
+    assert [m["role"] for m in multi["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert all(1 <= n <= 10 for c in conversations for n in c["response_tokens"])
+
+
+def test_regeneration_resumes_after_a_kill(tiny_target, tmp_path):
+    out = tmp_path / "r"
+    prompts = _prompts()
+    regenerate_responses(tiny_target, prompts[:4], out, SETTINGS, progress=False)
+    # A run killed mid-write leaves a partial last line and a "running" manifest.
+    with open(out / "responses.jsonl", "a") as handle:
+        handle.write('{"id": "half-writ')
+    manifest = regenerate_responses(tiny_target, prompts, out, SETTINGS, progress=False)
+    lines = (out / "responses.jsonl").read_text().splitlines()
+    assert manifest["conversations"] == 8 and len(lines) == 8
+    assert len({json.loads(line)["id"] for line in lines}) == 8
+
+
+def test_regeneration_refuses_to_mix_settings(tiny_target, tmp_path):
+    regenerate_responses(tiny_target, _prompts(2), tmp_path / "r", SETTINGS, progress=False)
+    other = RegenerationConfig(max_new_tokens=10, batch_size=3, sampling=SamplingConfig(temperature=0.5))
+    with pytest.raises(DsparkError, match="would be mixed"):
+        regenerate_responses(tiny_target, _prompts(2), tmp_path / "r", other, progress=False)
+
+
+def test_empty_prompt_source_is_refused(tiny_target, tmp_path):
+    with pytest.raises(DsparkError, match="prompt source is empty"):
+        regenerate_responses(tiny_target, [], tmp_path / "r", SETTINGS, progress=False)
+
+
+def test_recommended_sampling_of_packaged_models(tiny_target):
+    assert recommended_sampling(tiny_target) == SamplingConfig(temperature=1.0)  # tiny: no recommendation
+
+
+def test_assistant_mask_covers_exactly_the_assistant_turns(tiny_target):
+    messages = [("user", "Hi there"), ("assistant", "Hello! How can I help?"), ("user", "Thanks"), ("assistant", "Bye")]
+    ids, mask = tokenize_with_assistant_mask(tiny_target, messages)
+    tokenizer = tiny_target.tokenizer
+    spans, current = [], []
+    for token, flag in zip(ids, mask):
+        if flag:
+            current.append(token)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    assert [tokenizer.decode(s) for s in spans] == ["Hello! How can I help?<|im_end|>", "Bye<|im_end|>"]
+
+
+@pytest.fixture(scope="module")
+def responses(tiny_target, tmp_path_factory):
+    out = tmp_path_factory.mktemp("responses")
+    regenerate_responses(tiny_target, _prompts(), out, SETTINGS, progress=False)
+    return read_responses(out)[1]
+
+
+def _config(**kwargs) -> CacheConfig:
+    return CacheConfig(**{"layer_ids": (0, 2), "dtype": "float32", "shard_tokens": 120, "batch_tokens": 256, **kwargs})
+
+
+def test_cache_round_trip_matches_a_fresh_target_pass(tiny_target, responses, tmp_path):
+    manifest = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert manifest["num_samples"] == 8 and len(manifest["shards"]) > 1
+    cache = FeatureCache(tmp_path / "c", target_revision=tiny_target.revision, layer_ids=(0, 2),
+                         tokenizer=tokenizer_hash(tiny_target.tokenizer))
+    assert len(cache) == 8 and len(FeatureCache(tmp_path / "c", split="validation")) == 1
+    by_id = {c["id"]: c for c in responses}
+    for index in range(len(cache)):
+        sample = cache[index]
+        messages = [(m["role"], m["content"]) for m in by_id[sample.id]["messages"]]
+        ids, mask = tokenize_with_assistant_mask(tiny_target, messages)
+        assert sample.input_ids.tolist() == ids and sample.loss_mask.tolist() == [bool(m) for m in mask]
+        fresh = tiny_target.forward_features(torch.tensor([ids]), layer_ids=(0, 2), with_logits=False)
+        expected_layers = torch.cat(fresh.layers, -1)[0].float()
+        assert torch.allclose(sample.layers, expected_layers, atol=1e-5)
+        assert torch.allclose(sample.last_hidden, fresh.last_hidden[0].float(), atol=1e-5)
+
+
+def test_cache_for_other_target_or_layers_is_refused(tiny_target, responses, tmp_path):
+    build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    with pytest.raises(CacheMismatchError, match="was built for target 'tiny:smollm2-135m'"):
+        FeatureCache(tmp_path / "c", target_revision="f" * 64)
+    with pytest.raises(CacheMismatchError, match=r"holds layers \[0, 2\], but \[1, 3\] were requested"):
+        FeatureCache(tmp_path / "c", layer_ids=(1, 3))
+    with pytest.raises(CacheMismatchError, match="different tokenizer"):
+        FeatureCache(tmp_path / "c", tokenizer="0" * 64)
+
+
+def test_corrupt_shard_is_detected(tiny_target, responses, tmp_path):
+    build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    shard = tmp_path / "c" / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError, match="shard-00001.safetensors is corrupt"):
+        FeatureCache(tmp_path / "c")
+
+
+def test_killed_build_resumes_and_reuses_finished_shards(tiny_target, responses, tmp_path, monkeypatch):
+    original = cache_module._shard_tensors
+    calls = []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_shard_tensors", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    with pytest.raises(DsparkError, match="interrupted; rerun it to resume"):
+        FeatureCache(tmp_path / "c")
+    monkeypatch.setattr(cache_module, "_shard_tensors", original)
+    shards_before = sorted(p.name for p in (tmp_path / "c").glob("shard-*"))
+    manifest = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert len(shards_before) == 2 and len(manifest["shards"]) > 2
+    reference = build_feature_cache(tiny_target, responses, tmp_path / "ref", _config(), progress=False)
+    assert [e["sha256"] for e in manifest["shards"]] == [e["sha256"] for e in reference["shards"]]
+
+
+def test_cache_refuses_when_the_disk_is_too_small(tiny_target, responses, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DsparkError, match=r"needs about .* GiB but .* free"):
+        build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert not list((tmp_path / "c").glob("shard-*"))
+
+
+def test_cache_of_nothing_is_refused(tiny_target, tmp_path):
+    with pytest.raises(DsparkError, match="dataset is empty"):
+        build_feature_cache(tiny_target, [], tmp_path / "c", _config(), progress=False)
+
+
+def test_default_layer_ids_spread_over_depth():
+    assert default_layer_ids(30) == (1, 8, 14, 20, 27)
+    assert default_layer_ids(36) == (1, 9, 17, 25, 33)  # DFlash's choice for Qwen3-8B
+    assert default_layer_ids(4, 2) == (1,)  # too shallow for two distinct layers
