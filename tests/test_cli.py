@@ -89,3 +89,30 @@ def test_models_commands(capsys, tiny_target):
     assert code == 0 and "imported" in out
     code, _, err = run_cli(["models", "show", "nope"], capsys)
     assert code == 2 and "unknown model spec 'nope'" in err
+
+
+def test_data_chain_on_the_command_line(capsys, tmp_path, tiny_target):
+    source = tmp_path / "prompts.jsonl"
+    source.write_text('{"prompt": "What is a cache?"}\n{"turns": ["Name three colours."]}\nnot json\n'
+                      '{"messages": [{"role": "user", "content": "Say hi."}]}\n')
+    code, out, err = run_cli(["data", "prompts", "--source", str(source), "--dataset", "cli-chain",
+                              "--validation-fraction", "0"], capsys)
+    assert code == 0, err
+    assert f"{source}:3" in out and "malformed 1" in out and "train" in out
+    code, out, err = run_cli(["data", "regenerate", "--target", TINY, "--dataset", "cli-chain",
+                              "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    assert "conversations" in out and "temperature" in out
+    code, out, err = run_cli(["data", "cache", "--target", TINY, "--dataset", "cli-chain", "--layer-ids", "0,2",
+                              "--dtype", "float16"], capsys)
+    assert code == 0, err
+    assert "assistant tokens" in out
+    code, _, err = run_cli(["data", "prompts", "--source", str(source), "--dataset", "x", "--on-error", "raise"], capsys)
+    assert code == 2 and f"{source}:3" in err
+
+
+def test_data_steps_out_of_order_give_clear_errors(capsys):
+    code, _, err = run_cli(["data", "regenerate", "--target", TINY, "--dataset", "never-made"], capsys)
+    assert code == 2 and "run `dspark data prompts` first" in err
+    code, _, err = run_cli(["data", "cache", "--target", TINY, "--dataset", "never-made"], capsys)
+    assert code == 2 and "run `dspark data regenerate` first" in err

@@ -44,3 +44,13 @@ def test_snapshot_reload_is_fast_and_identical(smollm2):
     assert again.revision == smollm2.revision
     assert again.snapshot.info["model_type"] == "llama" and again.num_layers == 30
     assert again.has_chat_template and again.eos_token_ids == smollm2.eos_token_ids
+
+
+def test_self_generated_prompts_are_plausible_user_requests(smollm2):
+    from dspark_core.data.selfgen import SelfGenerationConfig, self_generated_prompts
+
+    records = self_generated_prompts(smollm2, SelfGenerationConfig(count=4, batch_size=8, seed=1), progress=False)
+    assert len(records) == 4 and len({r.id for r in records}) == 4
+    for record in records:
+        (text,) = record.user_turns
+        assert 16 <= len(text) <= 400 and "<|im_start|>" not in text
