@@ -111,7 +111,12 @@ def test_cache_round_trip_matches_a_fresh_target_pass(tiny_target, responses, tm
     for index in range(len(cache)):
         sample = cache[index]
         messages = [(m["role"], m["content"]) for m in by_id[sample.id]["messages"]]
-        ids, mask = tokenize_with_assistant_mask(tiny_target, messages)
+        exact = by_id[sample.id]["response_ids"][-1]
+        ids, mask = tokenize_with_assistant_mask(tiny_target, messages, last_response_ids=exact)
+        # The final response is stored exactly as the target generated it (up to and including its EOS).
+        eos = [k for k, t in enumerate(exact) if t in tiny_target.eos_token_ids]
+        tail = exact[: eos[0] + 1] if eos else exact
+        assert ids[-len(tail):] == tail and all(mask[-len(tail):])
         assert sample.input_ids.tolist() == ids and sample.loss_mask.tolist() == [bool(m) for m in mask]
         fresh = tiny_target.forward_features(torch.tensor([ids]), layer_ids=(0, 2), with_logits=False)
         expected_layers = torch.cat(fresh.layers, -1)[0].float()

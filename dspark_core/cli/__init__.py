@@ -10,12 +10,14 @@ from rich.console import Console
 from dspark_core.cli.data import data_app
 from dspark_core.cli.generate import generate_command
 from dspark_core.cli.models import models_app
+from dspark_core.cli.train import train_command
 from dspark_core.errors import DsparkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.command("generate")(generate_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -42,10 +42,31 @@ def user_turn_prefix(target: TargetModel) -> list[int]:
 
 
 def tokenize_with_assistant_mask(
-    target: TargetModel, messages: list[tuple[str, str]], max_length: int | None = None
+    target: TargetModel,
+    messages: list[tuple[str, str]],
+    max_length: int | None = None,
+    last_response_ids: list[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """(ids, mask) for a full conversation; mask is 1 on assistant tokens up to and including the end-of-turn
-    token, 0 elsewhere. Spans are found by rendering growing prefixes of the conversation."""
+    token, 0 elsewhere. Spans are found by rendering growing prefixes of the conversation.
+
+    `last_response_ids`: the exact tokens the target generated for the final assistant turn. They replace
+    that turn's re-tokenized text, so the sequence is exactly what the target saw and produced (earlier turns
+    were fed to it as rendered text, so rendering them is exact already)."""
+    if last_response_ids is not None:
+        last = max(i for i, (role, _) in enumerate(messages) if role == "assistant")
+        ids, mask = tokenize_with_assistant_mask(target, messages[:last], max_length=None)
+        prompt = render_ids(target, messages[:last], add_generation_prompt=True)
+        if prompt[: len(ids)] != ids:
+            raise DsparkError(f"the chat template of {target.spec!r} is not prefix-consistent; cannot build the sequence")
+        ends = [k for k, token in enumerate(last_response_ids) if token in target.eos_token_ids]
+        supervised = ends[0] + 1 if ends else len(last_response_ids)
+        response = list(last_response_ids[:supervised])
+        mask = mask + [0] * (len(prompt) - len(ids)) + [1] * len(response)
+        ids = prompt + response
+        if max_length is not None:
+            ids, mask = ids[:max_length], mask[:max_length]
+        return ids, mask
     ids: list[int] = []
     mask: list[int] = []
     for index, (role, _) in enumerate(messages):

@@ -97,7 +97,11 @@ def build_feature_cache(
     samples = []
     for conversation in conversations:
         messages = [(m["role"], m["content"]) for m in conversation["messages"]]
-        ids, mask = tokenize_with_assistant_mask(target, messages, max_length=min(config.max_length, target.max_context))
+        exact = conversation.get("response_ids")
+        ids, mask = tokenize_with_assistant_mask(
+            target, messages, max_length=min(config.max_length, target.max_context),
+            last_response_ids=exact[-1] if exact else None,
+        )
         if any(mask):
             samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids, "mask": mask})
     if not samples:

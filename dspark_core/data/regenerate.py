@@ -147,6 +147,7 @@ def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> l
     """Answer a batch of conversations turn by turn (all first turns together, then all second turns, ...)."""
     conversations = [[] for _ in batch]
     response_tokens = [[] for _ in batch]
+    response_ids = [[] for _ in batch]
     finish = [[] for _ in batch]
     alive = list(range(len(batch)))
     turn = 0
@@ -173,13 +174,14 @@ def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> l
             GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling, seed=config.seed + offset + turn),
         )
         for index, output in zip(rows, result.outputs):
-            conversations[index].append(("assistant", target.decode(output.tokens).strip()))
+            conversations[index].append(("assistant", target.decode(output.tokens)))
             response_tokens[index].append(len(output.tokens))
+            response_ids[index].append(output.tokens)
             finish[index].append(output.finish_reason)
         alive = rows
         turn += 1
     lines = []
-    for (record, split), messages, counts, reasons in zip(batch, conversations, response_tokens, finish):
+    for (record, split), messages, counts, reasons, ids in zip(batch, conversations, response_tokens, finish, response_ids):
         if not counts:
             continue  # too long for the context even for its first turn (listed in the manifest)
         lines.append({
@@ -189,6 +191,8 @@ def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> l
             "messages": [{"role": r, "content": c} for r, c in messages],
             "response_tokens": counts,
             "finish_reasons": reasons,
+            # The exact tokens the target produced (text round trips can re-tokenize differently).
+            "response_ids": ids,
         })
     return lines
 

@@ -27,8 +27,7 @@ def build_drafter(value: str, target: TargetModel) -> Drafter | None:
         draft = load_target(spec, device=target.device, dtype=target.dtype)
         return DraftModelDrafter(draft, target)
     if Path(value).is_dir():
-        raise DrafterSpecError(
-            f"{value!r} is a directory but not a drafter checkpoint dspark can load (no trained-drafter config found); "
-            f"train one with `dspark train` or use one of: {DRAFTER_FORMS}"
-        )
+        from dspark_core.drafters.runtime import DSparkDrafter
+
+        return DSparkDrafter.from_checkpoint(Path(value), target)
     raise DrafterSpecError(f"unknown drafter {value!r}; use one of: {DRAFTER_FORMS}")

@@ -1,0 +1,236 @@
+"""DSpark and DFlash draft modules: a parallel backbone over a block, plus (DSpark) a sequential head and a
+confidence head (DESIGN.md §3.3–3.5). DFlash is the same backbone with `head="none"`.
+
+The target's embedding and LM head are shared and frozen: they are attached from the target at load time
+(`attach_target`) and never stored in the draft checkpoint. The LM head is restricted to a *draft
+vocabulary* (the most frequent tokens of the training data), which makes drafting cheap; verification stays
+lossless because the proposal distribution q is exactly what was sampled from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from dspark_core.drafters.heads import HEADS
+from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
+
+
+@dataclass
+class DSparkConfig:
+    """Everything needed to rebuild the module; stored in the checkpoint's config.json."""
+
+    algorithm: str = "dspark"  # "dspark" | "dflash"
+    hidden_size: int = 576
+    num_layers: int = 2
+    num_heads: int = 9
+    num_kv_heads: int = 3
+    head_dim: int = 64
+    intermediate_size: int = 1536
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 100000.0
+    block_size: int = 7  # γ: block positions, each predicting one token after the anchor
+    target_layer_ids: tuple[int, ...] = (1, 8, 14, 20, 27)
+    vocab_size: int = 49152  # the target's
+    draft_vocab_size: int = 8192
+    head: str = "markov"  # "markov" | "gated" | "rnn" | "none" (DFlash)
+    head_rank: int = 256
+    confidence: bool = True
+    mask_token: str = "learned"  # block slots after the anchor use a learned mask embedding
+
+    def __post_init__(self) -> None:
+        self.target_layer_ids = tuple(self.target_layer_ids)
+        if self.head != "none" and self.head not in HEADS:
+            raise ValueError(f"head must be one of {sorted(HEADS)} or 'none', got {self.head!r}")
+        if self.confidence and self.head == "none":
+            raise ValueError("the confidence head reads the sequential head's token embedding: it needs a head")
+        if self.algorithm == "dflash" and (self.head != "none" or self.confidence):
+            raise ValueError("DFlash has no sequential head and no confidence head (head='none', confidence=False)")
+
+    @staticmethod
+    def for_target(target, algorithm: str = "dspark", **overrides) -> "DSparkConfig":
+        config = target.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        rope = getattr(config, "rope_parameters", None) or {}
+        defaults = dict(
+            algorithm=algorithm,
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
+            head_dim=head_dim,
+            intermediate_size=config.intermediate_size,
+            rms_norm_eps=getattr(config, "rms_norm_eps", 1e-6),
+            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+            vocab_size=target.vocab_size,
+        )
+        if algorithm == "dflash":
+            defaults.update(head="none", confidence=False)
+        defaults.update(overrides)
+        return DSparkConfig(**defaults)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["target_layer_ids"] = list(self.target_layer_ids)
+        return data
+
+
+class DraftLayer(nn.Module):
+    """A decoder layer whose keys/values are [context ; block] and whose queries are the block's."""
+
+    def __init__(self, config: DSparkConfig):
+        super().__init__()
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.attention = Attention(config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
+                                   config.rope_theta)
+        self.post_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, h, positions, context_kv, mask):
+        """h [B, Q, d] block states; context_kv = (k, v) [B, kvH, C, D] already projected; mask [B, Q, C+Q]."""
+        x = self.input_norm(h)
+        q = self.attention.project_q(x, positions)
+        k_block, v_block = self.attention.project_kv(x, positions)
+        k = torch.cat([context_kv[0], k_block], dim=2)
+        v = torch.cat([context_kv[1], v_block], dim=2)
+        h = h + self.attention.attend(q, k, v, mask)
+        return h + self.mlp(self.post_norm(h))
+
+
+class DSparkModel(nn.Module):
+    def __init__(self, config: DSparkConfig):
+        super().__init__()
+        self.config = config
+        d, m = config.hidden_size, len(config.target_layer_ids)
+        self.fuse = nn.Linear(m * d, d, bias=False)  # W_c
+        self.fuse_norm = RMSNorm(d, config.rms_norm_eps)
+        self.mask_embedding = nn.Parameter(torch.zeros(d))
+        self.layers = nn.ModuleList(DraftLayer(config) for _ in range(config.num_layers))
+        self.final_norm = RMSNorm(d, config.rms_norm_eps)
+        self.head = None if config.head == "none" else HEADS[config.head](
+            config.vocab_size, config.draft_vocab_size, d, config.head_rank)
+        self.confidence = nn.Linear(d + config.head_rank, 1) if config.confidence else None
+        # Token ids of the draft vocabulary (saved with the checkpoint).
+        self.register_buffer("draft_vocab", torch.arange(config.draft_vocab_size), persistent=True)
+        # The target's frozen embedding and (draft-vocabulary rows of its) LM head: attached, never saved.
+        self.register_buffer("embed_weight", torch.empty(0), persistent=False)
+        self.register_buffer("lm_head_weight", torch.empty(0), persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module is not getattr(self.head, "out", None):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.normal_(self.mask_embedding, std=0.02)
+
+    # ---- wiring to the target ---------------------------------------------------------------
+    def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
+        if token_ids.numel() != self.config.draft_vocab_size:
+            raise ValueError(f"draft vocabulary has {token_ids.numel()} ids, config says {self.config.draft_vocab_size}")
+        self.draft_vocab.copy_(token_ids.to(self.draft_vocab))
+        self._refresh_lm_head()
+
+    def attach_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
+        """Share the target's frozen embedding [V, d] and full LM head [V, d]."""
+        self.embed_weight = embed_weight.detach()
+        self._full_lm_head = lm_head_weight.detach()
+        self._refresh_lm_head()
+
+    def _refresh_lm_head(self) -> None:
+        full = getattr(self, "_full_lm_head", None)
+        if full is not None:
+            self.lm_head_weight = full.to(self.draft_vocab.device)[self.draft_vocab]
+
+    # ---- pieces -------------------------------------------------------------------------------
+    def fuse_context(self, layer_features: torch.Tensor) -> torch.Tensor:
+        """Concatenated target layer outputs [..., m*d] -> H_ctx [..., d]."""
+        return self.fuse_norm(self.fuse(layer_features.to(self.fuse.weight.dtype)))
+
+    def context_kv(self, context: torch.Tensor, positions: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's keys/values of the fused context H_ctx [B, C, d] (computed once, cacheable)."""
+        return [layer.attention.project_kv(context, positions) for layer in self.layers]
+
+    def block_inputs(self, anchors: torch.Tensor) -> torch.Tensor:
+        """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings."""
+        anchor = self.embed_weight[anchors].to(self.mask_embedding.dtype)
+        masks = self.mask_embedding.expand(*anchors.shape, self.config.block_size - 1, -1)
+        return torch.cat([anchor[..., None, :], masks], dim=-2)
+
+    def backbone(self, block: torch.Tensor, positions: torch.Tensor, context_kv, mask) -> torch.Tensor:
+        h = block
+        for layer, kv in zip(self.layers, context_kv):
+            h = layer(h, positions, kv, mask)
+        return self.final_norm(h)
+
+    def base_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """U_k over the draft vocabulary."""
+        return h @ self.lm_head_weight.to(h.dtype).T
+
+    def head_bias(self, prev: torch.Tensor, h: torch.Tensor, state=None):
+        if self.head is None:
+            return None, state
+        return self.head.bias(prev, h, state)
+
+    def confidence_logit(self, prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+        if self.confidence is None:
+            return None
+        return self.confidence(torch.cat([h, self.head.embed(prev)], dim=-1)).squeeze(-1)
+
+    # ---- training forward -----------------------------------------------------------------
+    def forward_train(self, layer_features, input_ids, lengths, anchors):
+        """Teacher-forced draft logits for many anchors per sequence.
+
+        layer_features [B, T, m*d], input_ids [B, T], lengths [B], anchors [B, A] (positions with a+1 < length).
+        Returns logits [B, A, γ, N] and confidence logits [B, A, γ] (or None). Block a sees context positions
+        < anchors[a] and its own γ slots (bidirectionally); position k's previous token is the gold token at
+        anchor + k - 1 (the anchor itself for k = 1).
+        """
+        batch, length = input_ids.shape
+        gamma, anchors_per_seq = self.config.block_size, anchors.shape[1]
+        device = input_ids.device
+        context = self.fuse_context(layer_features)
+        ctx_positions = torch.arange(length, device=device).expand(batch, -1)
+        context_kv = self.context_kv(context, ctx_positions)
+
+        anchor_tokens = input_ids.gather(1, anchors)
+        block = self.block_inputs(anchor_tokens).reshape(batch, anchors_per_seq * gamma, -1)
+        offsets = torch.arange(gamma, device=device)
+        positions = (anchors[:, :, None] + offsets).reshape(batch, -1)
+        mask = block_attention_mask(anchors, lengths, length, gamma)
+        h = self.backbone(block, positions, context_kv, mask).view(batch, anchors_per_seq, gamma, -1)
+
+        logits = self.base_logits(h)
+        prev_positions = (anchors[:, :, None] + offsets).clamp_max(length - 1)
+        prev = input_ids.gather(1, prev_positions.reshape(batch, -1)).view(batch, anchors_per_seq, gamma)
+        confidence = None
+        if self.head is not None:
+            state, biases = None, []
+            for k in range(gamma):  # sequential only for the RNN head's state; cheap
+                bias, state = self.head.bias(prev[:, :, k], h[:, :, k], state)
+                biases.append(bias)
+            logits = logits + torch.stack(biases, dim=2)
+        if self.confidence is not None:
+            confidence = self.confidence_logit(prev, h)
+        return logits, confidence
+
+
+def block_attention_mask(anchors: torch.Tensor, lengths: torch.Tensor, context_length: int, gamma: int) -> torch.Tensor:
+    """Bool [B, A*γ, T + A*γ]: block a attends to context positions j < anchor_a (and < length) and to all γ
+    slots of its own block; never to a later context position or another block."""
+    batch, count = anchors.shape
+    device = anchors.device
+    j = torch.arange(context_length, device=device)
+    ctx = (j[None, None, :] < anchors[:, :, None]) & (j[None, None, :] < lengths[:, None, None])  # [B, A, T]
+    ctx = ctx[:, :, None, :].expand(-1, -1, gamma, -1).reshape(batch, count * gamma, context_length)
+    block_id = torch.arange(count, device=device).repeat_interleave(gamma)
+    own = (block_id[:, None] == block_id[None, :]).expand(batch, -1, -1)
+    return torch.cat([ctx, own], dim=-1)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+

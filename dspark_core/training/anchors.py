@@ -1,0 +1,44 @@
+"""Anchor sampling: where in a training sequence a draft block starts (DESIGN.md §3.6)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def candidate_anchors(loss_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions a whose next token (a + 1) is an assistant token: a block there predicts what the target said."""
+    if length < 2:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.nonzero(loss_mask[1:length]).flatten()
+
+
+def sample_anchors(loss_masks: list[torch.Tensor], count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `count` distinct anchors per sequence, sorted; returns (anchors [B, count], valid [B, count]).
+    Sequences with fewer candidates repeat their first anchor in the padding slots (marked invalid)."""
+    anchors = torch.zeros(len(loss_masks), count, dtype=torch.long)
+    valid = torch.zeros(len(loss_masks), count, dtype=torch.bool)
+    for row, mask in enumerate(loss_masks):
+        candidates = candidate_anchors(mask, mask.numel())
+        if candidates.numel() == 0:
+            continue
+        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]].sort().values
+        anchors[row, : chosen.numel()] = chosen
+        anchors[row, chosen.numel():] = chosen[0]
+        valid[row, : chosen.numel()] = True
+    return anchors, valid
+
+
+def block_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, lengths: torch.Tensor, anchors: torch.Tensor,
+                  valid_anchor: torch.Tensor, gamma: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For block position k (1..γ) of each anchor: the gold token at anchor + k and whether it is supervised.
+
+    Supervision covers the valid prefix only: it stops at the sequence end or the first non-assistant token.
+    Returns (targets [B, A, γ], supervised [B, A, γ] bool)."""
+    batch, length = input_ids.shape
+    positions = anchors[:, :, None] + torch.arange(1, gamma + 1, device=anchors.device)
+    inside = positions < lengths[:, None, None]
+    clamped = positions.clamp_max(length - 1)
+    targets = input_ids.gather(1, clamped.reshape(batch, -1)).view_as(positions)
+    assistant = loss_mask.gather(1, clamped.reshape(batch, -1)).view_as(positions) & inside
+    supervised = assistant.long().cumprod(dim=2).bool() & valid_anchor[:, :, None]
+    return targets, supervised

@@ -1,0 +1,88 @@
+"""The training objective (DESIGN.md §3.6) and the analytic acceptance it implies.
+
+L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf over the supervised block positions, each position weighted by
+w_k = exp(-(k-1)/g). The draft distribution lives on the draft vocabulary (zero elsewhere), so the L1
+distance to the target's full distribution adds the target's mass outside the draft vocabulary.
+Inputs are flattened over supervised positions: M rows, each with its block position k (0-based).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    ce: float = 0.1
+    tv: float = 0.9
+    conf: float = 1.0
+    decay: float = 4.0  # g in w_k = exp(-(k-1)/g)
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    ce: torch.Tensor
+    tv: torch.Tensor
+    conf: torch.Tensor
+    acceptance: torch.Tensor  # [γ] mean per-step acceptance 1 - ½‖p_d − p_t‖₁ at each block position
+    counts: torch.Tensor  # [γ] supervised rows per block position
+
+    def expected_tau(self) -> float:
+        """1 + Σ_k Π_{i≤k} α_k: the accepted length the per-position acceptances imply (bonus included)."""
+        survival, tau = 1.0, 1.0
+        for alpha, n in zip(self.acceptance.tolist(), self.counts.tolist()):
+            if n == 0:
+                break
+            survival *= alpha
+            tau += survival
+        return tau
+
+    def scalars(self) -> dict[str, float]:
+        out = {"loss": float(self.total.detach()), "loss_ce": float(self.ce), "loss_tv": float(self.tv),
+               "loss_conf": float(self.conf), "expected_tau": self.expected_tau()}
+        out.update({f"accept_{k + 1}": float(a) for k, a in enumerate(self.acceptance.tolist())})
+        return out
+
+
+def draft_losses(
+    draft_logits: torch.Tensor,  # [M, N] over the draft vocabulary
+    target_logits: torch.Tensor,  # [M, V] over the full vocabulary
+    targets: torch.Tensor,  # [M] gold token ids (full vocabulary)
+    positions: torch.Tensor,  # [M] block position k, 0-based
+    draft_vocab: torch.Tensor,  # [N] token ids
+    gamma: int,
+    weights: LossWeights,
+    confidence_logits: torch.Tensor | None = None,  # [M]
+) -> LossTerms:
+    w = torch.exp(-positions.float() / weights.decay)
+    q = draft_logits.float().softmax(-1)
+    p_full = target_logits.float().softmax(-1)
+    p_draft = p_full[:, draft_vocab]
+    outside = (1.0 - p_draft.sum(-1)).clamp_min(0.0)
+    l1 = (q - p_draft).abs().sum(-1) + outside
+    tv = (l1 * w).sum() / w.sum().clamp_min(1e-8)
+
+    # Cross-entropy to the gold token, where the draft vocabulary contains it.
+    index = torch.searchsorted(draft_vocab, targets)  # draft_vocab is sorted ascending
+    in_vocab = (index < draft_vocab.numel()) & (draft_vocab[index.clamp_max(draft_vocab.numel() - 1)] == targets)
+    nll = -draft_logits.float().log_softmax(-1).gather(-1, index.clamp_max(draft_vocab.numel() - 1)[:, None])[:, 0]
+    w_ce = w * in_vocab.float()
+    ce = (nll * w_ce).sum() / w_ce.sum().clamp_min(1e-8)
+
+    accept = (1.0 - 0.5 * l1).detach()
+    if confidence_logits is not None:
+        bce = F.binary_cross_entropy_with_logits(confidence_logits.float(), accept, reduction="none")
+        conf = (bce * w).sum() / w.sum().clamp_min(1e-8)
+    else:
+        conf = torch.zeros((), device=draft_logits.device)
+    total = weights.ce * ce + weights.tv * tv + weights.conf * conf
+
+    counts = torch.bincount(positions, minlength=gamma)[:gamma]
+    sums = torch.zeros(gamma, device=accept.device).index_add_(0, positions, accept)
+    acceptance = sums / counts.clamp_min(1)
+    return LossTerms(total=total, ce=ce.detach(), tv=tv.detach(), conf=conf.detach(), acceptance=acceptance.cpu(),
+                     counts=counts.cpu())

@@ -1,0 +1,269 @@
+"""The training loop for DSpark / DFlash drafts on a target feature cache.
+
+AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast on CUDA (float32 on CPU).
+Resumable: every `checkpoint_every` steps the model, optimizer, RNG and data position are saved atomically;
+a rerun with the same output directory continues from there and reaches the same final weights as an
+uninterrupted run. A non-finite loss stops training with a clear message; the last good state is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from dspark_core.data.feature_cache import FeatureCache, tokenizer_hash
+from dspark_core.drafters.checkpoint import attach_target_weights, save_draft
+from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
+from dspark_core.drafters.vocab import coverage, select_draft_vocab
+from dspark_core.errors import DsparkError
+from dspark_core.models.target import TargetModel
+from dspark_core.training.anchors import block_targets, sample_anchors
+from dspark_core.training.losses import LossWeights, draft_losses
+from dspark_core.training.state import load_training_state, recover_interrupted, save_training_state
+
+
+class TrainingDivergedError(DsparkError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "dspark"  # dspark | dflash
+    steps: int = 300
+    batch_size: int = 4  # sequences per step
+    anchors_per_sequence: int = 16
+    max_length: int = 512
+    learning_rate: float = 6e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    loss: LossWeights = field(default_factory=LossWeights)
+    # module shape
+    num_layers: int = 1
+    block_size: int = 7
+    head: str = "markov"
+    head_rank: int = 256
+    draft_vocab_size: int = 8192
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = LossWeights(**self.loss)
+        if self.algorithm not in ("dspark", "dflash"):
+            raise DsparkError(f"unknown algorithm {self.algorithm!r}; choose dspark or dflash")
+        if self.algorithm == "dflash":
+            # DFlash: same backbone, no sequential head, cross-entropy only.
+            self.head = "none"
+            self.loss = LossWeights(ce=1.0, tv=0.0, conf=0.0, decay=self.loss.decay)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DSparkModel:
+    streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
+    vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
+    model_config = DSparkConfig.for_target(
+        target, config.algorithm, num_layers=config.num_layers, block_size=config.block_size,
+        target_layer_ids=cache.layer_ids, head=config.head, head_rank=config.head_rank,
+        draft_vocab_size=int(vocab.numel()), confidence=config.algorithm == "dspark",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = DSparkModel(model_config).to(target.device)
+    model.set_draft_vocab(vocab.to(target.device))
+    attach_target_weights(model, target)
+    return model
+
+
+class Batcher:
+    """Deterministic, resumable order over the cache: a fresh seeded permutation per epoch."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self) -> list[int]:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
+
+    def next(self) -> list[int]:
+        batch = []
+        while len(batch) < self.batch_size:
+            order = self._order()
+            take = order[self.cursor : self.cursor + self.batch_size - len(batch)]
+            batch.extend(take)
+            self.cursor += len(take)
+            if self.cursor >= self.size:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return batch
+
+
+def _collate(cache: FeatureCache, indices: list[int], max_length: int, device, dtype):
+    samples = [cache[i] for i in indices]
+    length = min(max_length, max(s.input_ids.numel() for s in samples))
+    batch = len(samples)
+    width = samples[0].layers.shape[-1]
+    ids = torch.zeros(batch, length, dtype=torch.long)
+    mask = torch.zeros(batch, length, dtype=torch.bool)
+    layers = torch.zeros(batch, length, width, dtype=dtype)
+    hidden = torch.zeros(batch, length, samples[0].last_hidden.shape[-1], dtype=dtype)
+    lengths = torch.zeros(batch, dtype=torch.long)
+    for row, s in enumerate(samples):
+        n = min(length, s.input_ids.numel())
+        ids[row, :n], mask[row, :n], lengths[row] = s.input_ids[:n], s.loss_mask[:n], n
+        layers[row, :n], hidden[row, :n] = s.layers[:n].to(dtype), s.last_hidden[:n].to(dtype)
+    return ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device)
+
+
+def training_step(model: DSparkModel, target: TargetModel, batch, config: TrainConfig, generator: torch.Generator):
+    ids, mask, layers, hidden, lengths = batch
+    gamma = model.config.block_size
+    anchors, valid = sample_anchors([m[: int(n)].cpu() for m, n in zip(mask, lengths)], config.anchors_per_sequence, generator)
+    anchors, valid = anchors.to(ids.device), valid.to(ids.device)
+    targets, supervised = block_targets(ids, mask, lengths, anchors, valid, gamma)
+    if not supervised.any():
+        return None
+    logits, confidence = model.forward_train(layers, ids, lengths, anchors)
+    # The target's distribution at anchor + k comes from its pre-LM-head state at anchor + k - 1.
+    source = (anchors[:, :, None] + torch.arange(gamma, device=ids.device)).clamp_max(ids.shape[1] - 1)
+    rows = supervised.nonzero(as_tuple=True)
+    with torch.no_grad():
+        target_hidden = hidden[rows[0], source[rows]]
+        target_logits = target.lm_logits(target_hidden.to(target.dtype))
+    return draft_losses(
+        logits[rows], target_logits, targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
+        None if confidence is None else confidence[rows],
+    )
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    final_metrics: dict
+    history: list[dict]
+
+
+def train_draft(
+    target: TargetModel,
+    cache: FeatureCache,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    on_log: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a draft on `cache` for `target`, writing `out_dir/state` (resumable) and `out_dir/draft` (final)."""
+    if len(cache) == 0:
+        raise DsparkError(f"the feature cache {cache.path} has no training samples (empty dataset or split)")
+    if cache.manifest["target_revision"] != target.revision:
+        raise DsparkError(
+            f"feature cache {cache.path} was built for {cache.manifest['target']!r}, not {target.spec!r}; "
+            f"build a cache for this target"
+        )
+    if cache.manifest["tokenizer_hash"] != tokenizer_hash(target.tokenizer):
+        raise DsparkError(f"feature cache {cache.path} was made with another tokenizer than {target.spec!r}'s")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_dir, log_path = out_dir / "state", out_dir / "metrics.jsonl"
+    recover_interrupted(state_dir)
+
+    model = build_model(target, cache, config)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in parameters if p.ndim >= 2]
+    no_decay = [p for p in parameters if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.learning_rate, betas=(0.9, 0.95),
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    batcher = Batcher(len(cache), config.batch_size, config.seed)
+    start, history = 0, []
+    if (state_dir / "state.json").exists():
+        saved = json.loads((state_dir / "state.json").read_text())
+        if saved["config"] != json.loads(json.dumps(config.to_dict())) or saved["cache"] != str(cache.path):
+            raise DsparkError(
+                f"{out_dir} holds a training run with other settings or data; use another output directory or delete it"
+            )
+        saved = load_training_state(state_dir, model, optimizer, generator)
+        model.set_draft_vocab(model.draft_vocab.clone())  # re-slice the LM head for the restored vocabulary
+        start, batcher.epoch, batcher.cursor = saved["step"], saved["epoch"], saved["cursor"]
+        history = saved.get("history", [])
+        # Keep the metrics log consistent with the resumed step.
+        if log_path.exists():
+            kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+            log_path.write_text("".join(line + "\n" for line in kept))
+
+    device = target.device
+    feature_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    model.train()
+    bar = tqdm(total=config.steps, initial=start, desc=f"training {config.algorithm}", disable=not progress)
+    last_good = start
+    tokens_seen, timer = 0, time.perf_counter()
+    for step in range(start, config.steps):
+        batch = _collate(cache, batcher.next(), config.max_length, device, feature_dtype)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        if autocast:
+            with autocast:
+                terms = training_step(model, target, batch, config, generator)
+        else:
+            terms = training_step(model, target, batch, config, generator)
+        if terms is None:
+            continue
+        if not torch.isfinite(terms.total):
+            raise TrainingDivergedError(
+                f"the loss became {float(terms.total)} at step {step + 1}; the last good state (step {last_good}) is "
+                f"kept in {state_dir}. Lower the learning rate (now {config.learning_rate}) or check the cache"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        tokens_seen += int(terms.counts.sum())
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - timer
+            metrics = {"step": done, "lr": learning_rate(step, config), "grad_norm": float(grad_norm),
+                       "positions_per_s": tokens_seen / elapsed if elapsed else 0.0, **terms.scalars()}
+            tokens_seen, timer = 0, time.perf_counter()
+            history.append(metrics)
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            if on_log:
+                on_log(done, metrics)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tau=f"{metrics['expected_tau']:.2f}")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            save_training_state(state_dir, model, optimizer, generator, {
+                "step": done, "epoch": batcher.epoch, "cursor": batcher.cursor, "config": config.to_dict(),
+                "cache": str(cache.path), "history": history,
+            })
+            last_good = done
+        bar.update(1)
+    bar.close()
+
+    model.eval()
+    vocab_coverage = coverage(model.draft_vocab.cpu(), (cache[i].input_ids[cache[i].loss_mask] for i in range(len(cache))))
+    checkpoint = save_draft(model, out_dir / "draft", target=target, training={
+        **config.to_dict(), "cache": str(cache.path), "cache_samples": len(cache), "steps_done": config.steps,
+        "draft_vocab_coverage": vocab_coverage,
+    })
+    return TrainResult(checkpoint=checkpoint, steps=config.steps, final_metrics=history[-1] if history else {},
+                       history=history)
