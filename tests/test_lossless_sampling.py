@@ -18,6 +18,9 @@ from conftest import RandomDrafter
 from dspark_core.decoding import DraftModelDrafter, GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding import verification
 from dspark_core.decoding.sampling import probabilities
+from dspark_core.drafters.checkpoint import attach_target_weights
+from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
+from dspark_core.drafters.runtime import DSparkDrafter
 
 DEPTH = 3
 SAMPLES = 4000
@@ -100,6 +103,20 @@ class MistemperedSelfDrafter(DraftModelDrafter):
         return super().propose(dataclasses.replace(request, sampling=self.own_sampling))
 
 
+def _untrained_dspark(target) -> DSparkDrafter:
+    """A random-init DSpark drafter (Markov head on) over a 40-token draft vocabulary: exercises target
+    features, the sequential head and q living on a subset of the vocabulary."""
+    config = DSparkConfig.for_target(target, "dspark", num_layers=1, block_size=3, target_layer_ids=(0, 1),
+                                     head_rank=8, draft_vocab_size=40)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = DSparkModel(config).to(target.dtype)
+        torch.nn.init.normal_(model.head.out.weight, std=1.0)
+    model.set_draft_vocab(torch.arange(0, 64)[torch.randperm(64, generator=torch.Generator().manual_seed(4))[:40]].sort().values)
+    attach_target_weights(model, target)
+    return DSparkDrafter(model.eval())
+
+
 def _adversarial(target, joint) -> RandomDrafter:
     # Spiky random q over the target's likely tokens plus junk: accepted often, rejected often.
     support = sorted({t for outcome in joint for t in outcome} | {0, 1, 63})
@@ -107,7 +124,7 @@ def _adversarial(target, joint) -> RandomDrafter:
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
-@pytest.mark.parametrize("drafter_name", ["none", "random", "draft-lm", "mistempered-self"])
+@pytest.mark.parametrize("drafter_name", ["none", "random", "draft-lm", "mistempered-self", "dspark"])
 def test_sampled_distribution_matches_target(micro_target, perturbed_micro, prompt, joints, setting, drafter_name):
     joint = joints[setting]
     drafter = {
@@ -115,6 +132,7 @@ def test_sampled_distribution_matches_target(micro_target, perturbed_micro, prom
         "random": _adversarial(micro_target, joint),
         "draft-lm": DraftModelDrafter(perturbed_micro, micro_target),
         "mistempered-self": MistemperedSelfDrafter(micro_target, SamplingConfig(temperature=2.0, top_k=6)),
+        "dspark": _untrained_dspark(micro_target),
     }[drafter_name]
     counts = sample_counts(micro_target, drafter, prompt, SETTINGS[setting])
     assert sum(counts.values()) == SAMPLES

@@ -77,9 +77,11 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
         state = load_file(str(Path(directory) / WEIGHTS_FILE))
     except Exception as exc:
         raise DsparkError(f"cannot read the weights of {directory} ({exc}); the checkpoint is corrupt") from exc
+    saved_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    model.to(saved_dtype)  # load at the saved precision, then convert: never round-trip through float32
     model.load_state_dict(state, strict=True)
     if target is not None:
-        model.to(target.device)
+        model.to(device=target.device, dtype=target.dtype)
         attach_target_weights(model, target)
     return model.eval(), config
 

@@ -230,7 +230,7 @@ def train_draft(
             continue
         if not torch.isfinite(terms.total):
             raise TrainingDivergedError(
-                f"the loss became {float(terms.total)} at step {step + 1}; the last good state (step {last_good}) is "
+                f"the loss became {float(terms.total.detach())} at step {step + 1}; the last good state (step {last_good}) is "
                 f"kept in {state_dir}. Lower the learning rate (now {config.learning_rate}) or check the cache"
             )
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,155 @@
+"""DSpark / DFlash modules: attention structure, the Markov head's dependence, the losses, lossless use."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
+from dspark_core.drafters.checkpoint import attach_target_weights, load_draft, save_draft
+from dspark_core.drafters.dspark import DSparkConfig, DSparkModel, DraftLayer, block_attention_mask
+from dspark_core.drafters.runtime import DSparkDrafter
+from dspark_core.training.losses import LossWeights, draft_losses
+
+
+def _model(target, algorithm="dspark", head="markov", vocab=None, **overrides) -> DSparkModel:
+    config = DSparkConfig.for_target(target, algorithm, num_layers=2, block_size=4, target_layer_ids=(0, 1),
+                                     head_rank=16, draft_vocab_size=len(vocab) if vocab is not None else 64,
+                                     **({} if algorithm == "dflash" else {"head": head}), **overrides)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = DSparkModel(config).to(target.dtype)
+        if model.head is not None:
+            torch.nn.init.normal_(model.head.out.weight, std=0.5)  # a non-trivial head for the tests
+    model.set_draft_vocab(torch.tensor(vocab if vocab is not None else list(range(64)), dtype=torch.long))
+    attach_target_weights(model, target)
+    return model.eval()
+
+
+def test_block_mask_never_sees_later_context_or_other_blocks():
+    anchors = torch.tensor([[2, 5]])
+    mask = block_attention_mask(anchors, torch.tensor([7]), context_length=8, gamma=3)
+    assert mask.shape == (1, 6, 8 + 6)
+    ctx, blocks = mask[0, :, :8], mask[0, :, 8:]
+    assert ctx[:3].tolist() == [[True, True] + [False] * 6] * 3  # anchor 2: positions 0, 1 only
+    assert ctx[3:].tolist() == [[True] * 5 + [False] * 3] * 3  # anchor 5: 0..4, and never past the length
+    assert blocks[:3, :3].all() and blocks[3:, 3:].all()  # bidirectional inside a block
+    assert not blocks[:3, 3:].any() and not blocks[3:, :3].any()  # never another block
+
+
+def _features(target, ids):
+    out = target.forward_features(ids, layer_ids=(0, 1), with_logits=False)
+    return torch.cat(out.layers, -1)
+
+
+def test_block_output_depends_only_on_earlier_context(tiny_target):
+    model = _model(tiny_target)
+    ids = torch.tensor([tiny_target.encode_prompt("one two three four five six seven eight nine")])
+    features = _features(tiny_target, ids)
+    lengths = torch.tensor([ids.shape[1]])
+    anchors = torch.tensor([[2, 7]])  # γ = 4: block 0 reads tokens 2..5, block 1 starts at 7
+    base, _ = model.forward_train(features, ids, lengths, anchors)
+    changed = features.clone()
+    changed[:, 2:] += 1.0  # context at or after the first anchor
+    after, _ = model.forward_train(changed, ids, lengths, anchors)
+    assert torch.equal(base[:, 0], after[:, 0])  # block at anchor 2 never saw positions >= 2
+    assert not torch.allclose(base[:, 1], after[:, 1])  # block at anchor 7 did see 2..6
+    other = ids.clone()
+    other[0, 7] = (other[0, 7] + 1) % 1000  # the second block's anchor token
+    swapped, _ = model.forward_train(features, other, lengths, anchors)
+    assert torch.equal(base[:, 0], swapped[:, 0])  # blocks never see each other
+
+
+def test_in_block_attention_is_bidirectional(tiny_target):
+    model = _model(tiny_target)
+    layer: DraftLayer = model.layers[0]
+    torch.manual_seed(1)
+    block = torch.randn(1, 4, model.config.hidden_size, dtype=tiny_target.dtype)
+    positions = torch.arange(10, 14)[None]
+    empty = block.new_zeros(1, model.config.num_kv_heads, 0, model.config.head_dim)
+    out = layer(block, positions, (empty, empty), None)
+    later = block.clone()
+    later[:, 3] += 1.0
+    assert not torch.allclose(layer(later, positions, (empty, empty), None)[:, 0], out[:, 0])
+
+
+def test_markov_head_changes_position_k_only_through_token_k_minus_1(tiny_target):
+    model = _model(tiny_target)
+    ids = torch.tensor([tiny_target.encode_prompt("alpha beta gamma delta epsilon zeta eta theta")])
+    features = _features(tiny_target, ids)
+    lengths, anchors = torch.tensor([ids.shape[1]]), torch.tensor([[2]])
+    base, _ = model.forward_train(features, ids, lengths, anchors)
+    for k in (2, 3):  # block positions (1-based); their previous token sits at anchor + k - 1
+        changed = ids.clone()
+        changed[0, 2 + k - 1] = (changed[0, 2 + k - 1] + 7) % 60
+        logits, _ = model.forward_train(features, changed, lengths, anchors)
+        differs = [not torch.allclose(base[0, 0, j], logits[0, 0, j]) for j in range(4)]
+        assert differs == [j == k - 1 for j in range(4)]
+
+
+def test_dflash_has_no_sequential_dependence(tiny_target):
+    model = _model(tiny_target, algorithm="dflash")
+    ids = torch.tensor([tiny_target.encode_prompt("alpha beta gamma delta epsilon zeta eta theta")])
+    features = _features(tiny_target, ids)
+    lengths, anchors = torch.tensor([ids.shape[1]]), torch.tensor([[2]])
+    base, confidence = model.forward_train(features, ids, lengths, anchors)
+    changed = ids.clone()
+    changed[0, 3] += 1
+    assert confidence is None and torch.allclose(base, model.forward_train(features, changed, lengths, anchors)[0])
+
+
+def test_losses_match_hand_computation():
+    # Target vocabulary of 3 tokens, draft vocabulary {0, 2}; one supervised position, k = 0.
+    draft_logits = torch.log(torch.tensor([[0.75, 0.25]]))
+    target_logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    terms = draft_losses(draft_logits, target_logits, torch.tensor([2]), torch.tensor([0]), torch.tensor([0, 2]),
+                         gamma=2, weights=LossWeights(ce=0.1, tv=0.9, conf=1.0), confidence_logits=torch.tensor([0.0]))
+    l1 = abs(0.75 - 0.5) + abs(0.25 - 0.2) + 0.3  # plus the target mass outside the draft vocabulary
+    assert terms.tv == pytest.approx(l1)
+    assert terms.ce == pytest.approx(-torch.log(torch.tensor(0.25)).item())
+    accept = 1 - l1 / 2
+    bce = -(accept * torch.log(torch.tensor(0.5)) + (1 - accept) * torch.log(torch.tensor(0.5))).item()
+    assert terms.conf == pytest.approx(bce)
+    assert terms.total == pytest.approx(0.1 * terms.ce + 0.9 * l1 + bce)
+    assert terms.acceptance[0] == pytest.approx(accept) and terms.counts.tolist() == [1, 0]
+    assert terms.expected_tau() == pytest.approx(1 + accept)
+
+
+def test_position_decay_weights_later_positions_less():
+    logits = torch.zeros(2, 2)
+    target = torch.log(torch.tensor([[0.9, 0.1], [0.9, 0.1]]))
+    near = draft_losses(logits, target, torch.tensor([0, 0]), torch.tensor([0, 0]), torch.tensor([0, 1]), 3, LossWeights())
+    mixed = draft_losses(torch.stack([logits[0], torch.tensor([5.0, 0.0])]), target, torch.tensor([0, 0]),
+                         torch.tensor([0, 2]), torch.tensor([0, 1]), 3, LossWeights(decay=1.0))
+    w0, w2 = 1.0, float(torch.exp(torch.tensor(-2.0)))
+    l1_uniform, l1_peaked = 0.8, abs(torch.softmax(torch.tensor([5.0, 0.0]), 0) - torch.tensor([0.9, 0.1])).sum().item()
+    assert near.tv == pytest.approx(0.8)
+    assert mixed.tv == pytest.approx((w0 * l1_uniform + w2 * l1_peaked) / (w0 + w2))
+
+
+@pytest.mark.parametrize("head", ["markov", "gated", "rnn"])
+def test_untrained_drafter_is_lossless_greedy(tiny_target, head, tmp_path):
+    model = _model(tiny_target, head=head)
+    save_draft(model, tmp_path / "draft", target=tiny_target)
+    reloaded, config = load_draft(tmp_path / "draft", tiny_target)
+    assert config["head"] == head and config["target_revision"] == tiny_target.revision
+    ids = torch.tensor([[5, 6, 7]])
+    features = _features(tiny_target, torch.tensor([[5, 6, 7, 8, 9]]))
+    same = [torch.equal(a, b) for a, b in zip(model.forward_train(features, torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([5]), torch.tensor([[1]])),
+                                              reloaded.forward_train(features, torch.tensor([[5, 6, 7, 8, 9]]), torch.tensor([5]), torch.tensor([[1]])))]
+    assert all(same), "a reloaded checkpoint gives bit-identical logits"
+    prompts = [tiny_target.encode_prompt(p) for p in ["a drafter test", "second request here, longer"]]
+    reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False))
+    result = SpeculativeEngine(tiny_target, DSparkDrafter(reloaded)).generate(
+        prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False))
+    assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
+    assert ids.numel() == 3
+
+
+def test_checkpoint_for_another_target_is_refused(tiny_target, perturbed_tiny, tmp_path):
+    from dspark_core.errors import DsparkError
+
+    save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+    perturbed_tiny.snapshot = None
+    with pytest.raises(DsparkError, match="was trained for 'tiny:smollm2-135m'"):
+        load_draft(tmp_path / "draft", perturbed_tiny)

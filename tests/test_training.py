@@ -1,0 +1,135 @@
+"""Training: overfitting a handful of sequences, resuming a killed run, and refusing bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY
+from dspark_core.data.chat import render_ids
+from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache
+from dspark_core.data.prompts import PromptRecord
+from dspark_core.data.regenerate import RegenerationConfig, read_responses, regenerate_responses
+from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
+from dspark_core.drafters.runtime import DSparkDrafter
+from dspark_core.errors import DsparkError
+from dspark_core.training import trainer as trainer_module
+from dspark_core.training.trainer import TrainConfig, TrainingDivergedError, train_draft
+
+PROMPTS = [f"Question number {i}?" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def greedy_cache(tiny_target, tmp_path_factory):
+    """The tiny target's own greedy answers to four prompts, cached (float32, layers 0-2)."""
+    root = tmp_path_factory.mktemp("overfit")
+    pairs = [(PromptRecord.create([("user", p)], "t"), "train") for p in PROMPTS]
+    regenerate_responses(tiny_target, pairs, root / "r",
+                         RegenerationConfig(max_new_tokens=32, sampling=SamplingConfig(temperature=0)), progress=False)
+    build_feature_cache(tiny_target, read_responses(root / "r")[1], root / "c",
+                        CacheConfig(layer_ids=(0, 1, 2), dtype="float32"), progress=False)
+    return FeatureCache(root / "c")
+
+
+def _overfit_config(algorithm: str, **overrides) -> TrainConfig:
+    settings = dict(algorithm=algorithm, steps=120, learning_rate=8e-3, warmup_steps=10, draft_vocab_size=256,
+                    head_rank=32, anchors_per_sequence=32, log_every=20, checkpoint_every=1000)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.mark.parametrize("algorithm", ["dspark", "dflash"])
+def test_overfit_reproduces_the_target(tiny_target, greedy_cache, tmp_path, algorithm):
+    result = train_draft(tiny_target, greedy_cache, tmp_path / "run", _overfit_config(algorithm), progress=False)
+    history = result.history
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert {"loss_ce", "loss_tv", "loss_conf", "expected_tau", "accept_1", "positions_per_s"} <= set(history[-1])
+    config = json.loads((result.checkpoint / "config.json").read_text())
+    assert config["algorithm"] == algorithm and config["target_revision"] == tiny_target.revision
+    assert config["target_layer_ids"] == [0, 1, 2] and config["block_size"] == 7 and config["training"]["steps"] == 120
+
+    drafter = DSparkDrafter.from_checkpoint(result.checkpoint, tiny_target)
+    prompts = [render_ids(tiny_target, [("user", p)], add_generation_prompt=True) for p in PROMPTS]
+    plain = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=32))
+    drafted = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32))
+    assert [o.tokens for o in drafted.outputs] == [o.tokens for o in plain.outputs]
+    assert drafted.stats.tau > 5.5  # γ + 1 = 8 is the ceiling
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_state(tiny_target, greedy_cache, tmp_path, monkeypatch):
+    original = trainer_module.training_step
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        terms = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 7:
+            terms.total = terms.total * float("nan")
+        return terms
+
+    monkeypatch.setattr(trainer_module, "training_step", poisoned)
+    config = _overfit_config("dspark", steps=10, checkpoint_every=5)
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 7; the last good state \(step 5\)"):
+        train_draft(tiny_target, greedy_cache, tmp_path / "run", config, progress=False)
+    state = json.loads((tmp_path / "run" / "state" / "state.json").read_text())
+    assert state["step"] == 5
+    tensors = load_file(str(tmp_path / "run" / "state" / "tensors.safetensors"))
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+
+
+def test_empty_cache_and_foreign_cache_are_refused(tiny_target, perturbed_tiny, greedy_cache, tmp_path):
+    empty = FeatureCache(greedy_cache.path, split="validation")
+    with pytest.raises(DsparkError, match="has no training samples"):
+        train_draft(tiny_target, empty, tmp_path / "a", _overfit_config("dspark"), progress=False)
+    perturbed_tiny.snapshot = None
+    with pytest.raises(DsparkError, match="was built for 'tiny:smollm2-135m', not 'tiny-perturbed'"):
+        train_draft(perturbed_tiny, greedy_cache, tmp_path / "b", _overfit_config("dspark"), progress=False)
+
+
+def _train_cli(home: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "dspark_core.cli", "train", "--target", TINY, "--dataset", "resume",
+            "--layer-ids", "0,1,2", "--cache-dtype", "float32", "--steps", str(steps), "--checkpoint-every", "2",
+            "--log-every", "2", "--draft-vocab", "256", "--head-rank", "16", "--anchors", "8", "--out", str(out)]
+
+
+def test_killed_training_resumes_to_the_same_weights(greedy_cache, tmp_path):
+    """SIGKILL a real `dspark train` process mid-run, rerun it, and compare with an uninterrupted run."""
+    home = Path(os.environ["DSPARK_HOME"])
+    from dspark_core.data import layout
+
+    cache_dir = layout.cache_dir("resume", TINY, (0, 1, 2), "float32")
+    if not cache_dir.exists():
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(greedy_cache.path, cache_dir)
+    env = {**os.environ, "DSPARK_HOME": str(home)}
+    steps = 16
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_cli(home, killed, steps), env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    state = killed / "state" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if state.exists() and json.loads(state.read_text())["step"] >= 6:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stopped_at = json.loads(state.read_text())["step"]
+    assert 6 <= stopped_at < steps, "the run should have been killed mid-way"
+    subprocess.run(_train_cli(home, killed, steps), env=env, check=True, capture_output=True)
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cli(home, straight, steps), env=env, check=True, capture_output=True)
+    a = load_file(str(killed / "draft" / "model.safetensors"))
+    b = load_file(str(straight / "draft" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert log == list(range(2, steps + 1, 2))
