@@ -153,3 +153,43 @@ def test_checkpoint_for_another_target_is_refused(tiny_target, perturbed_tiny, t
     perturbed_tiny.snapshot = None
     with pytest.raises(DsparkError, match="was trained for 'tiny:smollm2-135m'"):
         load_draft(tmp_path / "draft", perturbed_tiny)
+
+
+def _eagle3(target) -> "Eagle3Model":
+    from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+
+    config = Eagle3Config.for_target(target, block_size=4, target_layer_ids=(0, 1), draft_vocab_size=64)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Eagle3Model(config).to(target.dtype)
+    model.set_draft_vocab(torch.arange(64))
+    attach_target_weights(model, target)
+    return model.eval()
+
+
+def test_eagle3_is_causal_in_context_and_within_the_chain(tiny_target):
+    model = _eagle3(tiny_target)
+    ids = torch.tensor([tiny_target.encode_prompt("one two three four five six seven eight nine ten")])
+    features = _features(tiny_target, ids)
+    lengths, anchors = torch.tensor([ids.shape[1]]), torch.tensor([[3]])
+    base, confidence = model.forward_train(features, ids, lengths, anchors)
+    assert confidence is None and base.shape == (1, 1, 4, 64)
+    changed = features.clone()
+    changed[:, 3:] += 1.0  # target features at or after the anchor: never available when drafting from it
+    assert torch.equal(base, model.forward_train(changed, ids, lengths, anchors)[0])
+    later = ids.clone()
+    later[0, 3 + 2] += 1  # token x_{a+2}: fed at step 2 (0-based), so steps 0 and 1 must not see it
+    logits = model.forward_train(features, later, lengths, anchors)[0]
+    assert [torch.equal(base[0, 0, s], logits[0, 0, s]) for s in range(4)] == [True, True, False, False]
+
+
+def test_untrained_eagle3_is_lossless_and_reloads_identically(tiny_target, tmp_path):
+    from dspark_core.drafters.runtime import drafter_from_checkpoint
+
+    save_draft(_eagle3(tiny_target), tmp_path / "e3", target=tiny_target)
+    drafter = drafter_from_checkpoint(tmp_path / "e3", tiny_target)
+    assert drafter.feature_layers == (0, 1)
+    prompts = [tiny_target.encode_prompt(p) for p in ["an eagle test", "x"]]
+    reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
+    result = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
+    assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]

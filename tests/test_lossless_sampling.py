@@ -20,7 +20,8 @@ from dspark_core.decoding import verification
 from dspark_core.decoding.sampling import probabilities
 from dspark_core.drafters.checkpoint import attach_target_weights
 from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
-from dspark_core.drafters.runtime import DSparkDrafter
+from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+from dspark_core.drafters.runtime import DSparkDrafter, Eagle3Drafter
 
 DEPTH = 3
 SAMPLES = 4000
@@ -117,6 +118,16 @@ def _untrained_dspark(target) -> DSparkDrafter:
     return DSparkDrafter(model.eval())
 
 
+def _untrained_eagle3(target) -> Eagle3Drafter:
+    config = Eagle3Config.for_target(target, block_size=3, target_layer_ids=(0, 1), draft_vocab_size=48)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        model = Eagle3Model(config).to(target.dtype)
+    model.set_draft_vocab(torch.arange(8, 56))
+    attach_target_weights(model, target)
+    return Eagle3Drafter(model.eval())
+
+
 def _adversarial(target, joint) -> RandomDrafter:
     # Spiky random q over the target's likely tokens plus junk: accepted often, rejected often.
     support = sorted({t for outcome in joint for t in outcome} | {0, 1, 63})
@@ -124,7 +135,7 @@ def _adversarial(target, joint) -> RandomDrafter:
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
-@pytest.mark.parametrize("drafter_name", ["none", "random", "draft-lm", "mistempered-self", "dspark"])
+@pytest.mark.parametrize("drafter_name", ["none", "random", "draft-lm", "mistempered-self", "dspark", "eagle3"])
 def test_sampled_distribution_matches_target(micro_target, perturbed_micro, prompt, joints, setting, drafter_name):
     joint = joints[setting]
     drafter = {
@@ -133,6 +144,7 @@ def test_sampled_distribution_matches_target(micro_target, perturbed_micro, prom
         "draft-lm": DraftModelDrafter(perturbed_micro, micro_target),
         "mistempered-self": MistemperedSelfDrafter(micro_target, SamplingConfig(temperature=2.0, top_k=6)),
         "dspark": _untrained_dspark(micro_target),
+        "eagle3": _untrained_eagle3(micro_target),
     }[drafter_name]
     counts = sample_counts(micro_target, drafter, prompt, SETTINGS[setting])
     assert sum(counts.values()) == SAMPLES

@@ -1,4 +1,4 @@
-"""`dspark train`: train a DSpark or DFlash draft on a dataset's target feature cache."""
+"""`dspark train`: train a DSpark, DFlash or Eagle3 draft on a dataset's target feature cache."""
 
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ console = Console()
 
 def train_command(
     target: str = typer.Option(..., "--target", help="The target model the draft serves."),
-    drafter: str = typer.Option("dspark", "--drafter", help="dspark or dflash."),
+    drafter: str = typer.Option("dspark", "--drafter", help="dspark, dflash or eagle3."),
     dataset: str = typer.Option("default", "--dataset", help="Dataset whose feature cache to train on."),
     layer_ids: Optional[str] = typer.Option(None, "--layer-ids", help="Cache layers (default: 5 spread over depth)."),
+    draft_layers: Optional[str] = typer.Option(None, "--draft-layers",
+                                               help="Subset of the cache layers the draft reads (default: all; eagle3: low/mid/high)."),
     cache_dtype: str = typer.Option("bfloat16", "--cache-dtype", help="dtype the cache was built with."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default under $DSPARK_HOME/drafts)."),
     steps: int = typer.Option(300, "--steps"),
@@ -56,6 +58,7 @@ def train_command(
         learning_rate=learning_rate, warmup_steps=warmup, num_layers=num_layers, block_size=block_size, head=head,
         head_rank=head_rank, draft_vocab_size=draft_vocab, loss=LossWeights(ce=ce, tv=tv, conf=conf, decay=decay),
         checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+        layer_ids=tuple(int(x) for x in draft_layers.split(",")) if draft_layers else None,
     )
     run_dir = out or dspark_home() / "drafts" / slugify(target) / f"{drafter}-{slugify(dataset)}"
     result = train_draft(model, cache, run_dir, config)

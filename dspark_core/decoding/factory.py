@@ -27,7 +27,7 @@ def build_drafter(value: str, target: TargetModel) -> Drafter | None:
         draft = load_target(spec, device=target.device, dtype=target.dtype)
         return DraftModelDrafter(draft, target)
     if Path(value).is_dir():
-        from dspark_core.drafters.runtime import DSparkDrafter
+        from dspark_core.drafters.runtime import drafter_from_checkpoint
 
-        return DSparkDrafter.from_checkpoint(Path(value), target)
+        return drafter_from_checkpoint(Path(value), target)
     raise DrafterSpecError(f"unknown drafter {value!r}; use one of: {DRAFTER_FORMS}")

@@ -14,15 +14,19 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 import dspark_core
+from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
+from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
 from dspark_core.errors import DsparkError
 from dspark_core.paths import atomic_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "dspark-draft"
+MODEL_CLASSES = {"dspark": (DSparkConfig, DSparkModel), "dflash": (DSparkConfig, DSparkModel),
+                 "eagle3": (Eagle3Config, Eagle3Model)}
 
-def save_draft(model: DSparkModel, directory: Path, *, target, training: dict | None = None, extra: dict | None = None) -> Path:
+def save_draft(model: DraftModule, directory: Path, *, target, training: dict | None = None, extra: dict | None = None) -> Path:
     """Write `directory` atomically (temp dir + rename); an existing directory is replaced only on success."""
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -34,9 +38,9 @@ def save_draft(model: DSparkModel, directory: Path, *, target, training: dict | 
         "target_revision": target.revision,
         "target_layer_ids": list(model.config.target_layer_ids),
         "block_size": model.config.block_size,
-        "mask_token": model.config.mask_token,
-        "head": model.config.head,
-        "head_rank": model.config.head_rank,
+        "mask_token": getattr(model.config, "mask_token", None),
+        "head": getattr(model.config, "head", None),
+        "head_rank": getattr(model.config, "head_rank", None),
         "draft_vocab_size": model.config.draft_vocab_size,
         "training": training or {},
         "code_version": dspark_core.__version__,
@@ -64,7 +68,7 @@ def read_draft_config(directory: Path) -> dict:
         raise DsparkError(f"{directory} is not a dspark draft checkpoint (format {config.get('format')!r})")
     return config
 
-def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tuple[DSparkModel, dict]:
+def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tuple[DraftModule, dict]:
     """Rebuild the module from a checkpoint; attach `target`'s embedding and LM head when given."""
     config = read_draft_config(directory)
     if target is not None and check_target and config["target_revision"] != target.revision:
@@ -72,7 +76,10 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
             f"draft checkpoint {directory} was trained for {config['target']!r} (revision {str(config['target_revision'])[:12]}), "
             f"not for {target.spec!r} (revision {str(target.revision)[:12]}); train a draft for this target"
         )
-    model = DSparkModel(DSparkConfig(**config["module"]))
+    if config["algorithm"] not in MODEL_CLASSES:
+        raise DsparkError(f"{directory}: unknown draft algorithm {config['algorithm']!r}")
+    config_class, model_class = MODEL_CLASSES[config["algorithm"]]
+    model = model_class(config_class(**config["module"]))
     try:
         state = load_file(str(Path(directory) / WEIGHTS_FILE))
     except Exception as exc:
@@ -85,8 +92,9 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
         attach_target_weights(model, target)
     return model.eval(), config
 
-def attach_target_weights(model: DSparkModel, target) -> None:
+def attach_target_weights(model: DraftModule, target) -> None:
+    dtype = next(p.dtype for p in model.parameters())
     embed = target.model.get_input_embeddings().weight
     lm_head = target.model.get_output_embeddings().weight
-    model.attach_target(embed.to(model.mask_embedding.dtype), lm_head.to(model.mask_embedding.dtype))
+    model.attach_target(embed.to(dtype), lm_head.to(dtype))
 

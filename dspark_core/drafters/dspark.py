@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.heads import HEADS
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
 
@@ -98,9 +99,9 @@ class DraftLayer(nn.Module):
         return h + self.mlp(self.post_norm(h))
 
 
-class DSparkModel(nn.Module):
+class DSparkModel(DraftModule):
     def __init__(self, config: DSparkConfig):
-        super().__init__()
+        super().__init__(config.draft_vocab_size)
         self.config = config
         d, m = config.hidden_size, len(config.target_layer_ids)
         self.fuse = nn.Linear(m * d, d, bias=False)  # W_c
@@ -111,11 +112,6 @@ class DSparkModel(nn.Module):
         self.head = None if config.head == "none" else HEADS[config.head](
             config.vocab_size, config.draft_vocab_size, d, config.head_rank)
         self.confidence = nn.Linear(d + config.head_rank, 1) if config.confidence else None
-        # Token ids of the draft vocabulary (saved with the checkpoint).
-        self.register_buffer("draft_vocab", torch.arange(config.draft_vocab_size), persistent=True)
-        # The target's frozen embedding and (draft-vocabulary rows of its) LM head: attached, never saved.
-        self.register_buffer("embed_weight", torch.empty(0), persistent=False)
-        self.register_buffer("lm_head_weight", torch.empty(0), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -125,24 +121,6 @@ class DSparkModel(nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.mask_embedding, std=0.02)
-
-    # ---- wiring to the target ---------------------------------------------------------------
-    def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
-        if token_ids.numel() != self.config.draft_vocab_size:
-            raise ValueError(f"draft vocabulary has {token_ids.numel()} ids, config says {self.config.draft_vocab_size}")
-        self.draft_vocab.copy_(token_ids.to(self.draft_vocab))
-        self._refresh_lm_head()
-
-    def attach_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
-        """Share the target's frozen embedding [V, d] and full LM head [V, d]."""
-        self.embed_weight = embed_weight.detach()
-        self._full_lm_head = lm_head_weight.detach()
-        self._refresh_lm_head()
-
-    def _refresh_lm_head(self) -> None:
-        full = getattr(self, "_full_lm_head", None)
-        if full is not None:
-            self.lm_head_weight = full.to(self.draft_vocab.device)[self.draft_vocab]
 
     # ---- pieces -------------------------------------------------------------------------------
     def fuse_context(self, layer_features: torch.Tensor) -> torch.Tensor:
@@ -155,7 +133,7 @@ class DSparkModel(nn.Module):
 
     def block_inputs(self, anchors: torch.Tensor) -> torch.Tensor:
         """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings."""
-        anchor = self.embed_weight[anchors].to(self.mask_embedding.dtype)
+        anchor = self.embed(anchors, self.mask_embedding.dtype)
         masks = self.mask_embedding.expand(*anchors.shape, self.config.block_size - 1, -1)
         return torch.cat([anchor[..., None, :], masks], dim=-2)
 
@@ -164,10 +142,6 @@ class DSparkModel(nn.Module):
         for layer, kv in zip(self.layers, context_kv):
             h = layer(h, positions, kv, mask)
         return self.final_norm(h)
-
-    def base_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """U_k over the draft vocabulary."""
-        return h @ self.lm_head_weight.to(h.dtype).T
 
     def head_bias(self, prev: torch.Tensor, h: torch.Tensor, state=None):
         if self.head is None:

@@ -1,4 +1,4 @@
-"""Trained DSpark / DFlash modules as drafters of the decoding engine (the drafter protocol).
+"""Trained DSpark / DFlash / Eagle3 modules as drafters of the decoding engine (the drafter protocol).
 
 Per request the drafter keeps each draft layer's keys/values of the fused target context, extended with
 the features of newly committed positions every round — the context is never recomputed. A round runs the
@@ -16,6 +16,7 @@ from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
 from dspark_core.decoding.sampling import probabilities, sample
 from dspark_core.drafters.checkpoint import load_draft
 from dspark_core.drafters.dspark import DSparkModel
+from dspark_core.drafters.eagle3 import Eagle3Model
 
 
 class DSparkDrafter(Drafter):
@@ -25,11 +26,6 @@ class DSparkDrafter(Drafter):
         self.feature_layers = tuple(model.config.target_layer_ids)
         self._contexts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lengths: dict[int, int] = {}
-
-    @staticmethod
-    def from_checkpoint(directory: Path, target) -> "DSparkDrafter":
-        model, config = load_draft(directory, target)
-        return DSparkDrafter(model, name=f"{config['algorithm']}:{Path(directory).name}")
 
     def begin(self, prompts: list[list[int]]) -> None:
         self._contexts = {}
@@ -100,3 +96,86 @@ class DSparkDrafter(Drafter):
                 tokens[row, k] = prev[0]
         lengths = torch.tensor([min(m, gamma) for m in request.max_lengths], dtype=torch.long, device=device)
         return DraftProposal(tokens=tokens, lengths=lengths, probs=probs, confidences=confidences)
+
+
+class Eagle3Drafter(Drafter):
+    """Eagle3 as a drafter: a per-request cache of the draft layer's context entries, then γ autoregressive
+    steps that feed the draft's own state and the token just drawn."""
+
+    def __init__(self, model: Eagle3Model, name: str | None = None):
+        self.model = model.eval()
+        self.name = name or "eagle3"
+        self.feature_layers = tuple(model.config.target_layer_ids)
+        self._cache: dict[int, dict] = {}
+
+    def begin(self, prompts: list[list[int]]) -> None:
+        self._cache = {i: {"length": 0, "keys": None, "values": None, "last": None} for i in range(len(prompts))}
+
+    def end(self) -> None:
+        self._cache = {}
+
+    def _extend(self, rid: int, history: list[int], features) -> None:
+        if features is None or features.layers[0].shape[0] == 0:
+            return
+        model, entry = self.model, self._cache[rid]
+        start, count = entry["length"], features.layers[0].shape[0]
+        g = model.fuse_features(torch.cat(features.layers, dim=-1)[None])  # [1, m, d]
+        device = g.device
+        next_tokens = torch.tensor([history[start + 1 : start + count + 1]], device=device)
+        x = model.entry_inputs(next_tokens, g)
+        positions = torch.arange(start, start + count, device=device)[None]
+        k, v = model.attention.project_kv(x, positions)
+        entry["keys"] = k if entry["keys"] is None else torch.cat([entry["keys"], k], dim=2)
+        entry["values"] = v if entry["values"] is None else torch.cat([entry["values"], v], dim=2)
+        entry["last"] = (x[:, -1:], g[:, -1:])
+        entry["length"] = start + count
+
+    @torch.inference_mode()
+    def propose(self, request: DraftRequest) -> DraftProposal:
+        model = self.model
+        device = model.fuse.weight.device
+        vocab = model.draft_vocab
+        gamma = model.config.block_size
+        width = min(gamma, max(request.max_lengths, default=0))
+        rows = len(request.tokens)
+        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
+        probs = None if request.sampling.greedy else torch.zeros(rows, width, model.config.vocab_size, device=device)
+        lengths = []
+        for row, (rid, history, limit, features) in enumerate(
+            zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
+        ):
+            self._extend(rid, history, features)
+            entry = self._cache[rid]
+            limit = min(limit, gamma) if entry["length"] > 0 else 0  # nothing to draft from without context
+            lengths.append(limit)
+            if limit == 0:
+                continue
+            if entry["length"] != len(history) - 1:
+                raise RuntimeError(f"draft context has {entry['length']} entries, expected {len(history) - 1}")
+            x, state = entry["last"]
+            keys, values = entry["keys"], entry["values"]
+            position = entry["length"] - 1
+            for k in range(limit):
+                if k > 0:
+                    x = model.entry_inputs(tokens[row : row + 1, k - 1 : k], state)
+                    k_new, v_new = model.attention.project_kv(x, torch.tensor([[position + k]], device=device))
+                    keys, values = torch.cat([keys, k_new], dim=2), torch.cat([values, v_new], dim=2)
+                state = model.step(x, state, torch.tensor([[position + k]], device=device), keys, values, None)
+                logits = model.logits(state)[0]
+                if request.sampling.greedy:
+                    index = logits.argmax(-1)
+                else:
+                    q = probabilities(logits, request.sampling)
+                    index = sample(q, request.generator)
+                    probs[row, k, vocab] = q[0].to(probs.dtype)
+                tokens[row, k] = vocab[index][0]
+        return DraftProposal(tokens=tokens, lengths=torch.tensor(lengths, dtype=torch.long, device=device), probs=probs)
+
+
+def drafter_from_checkpoint(directory: Path, target) -> Drafter:
+    """The runtime drafter for any trained checkpoint (DSpark, DFlash or Eagle3)."""
+    model, config = load_draft(directory, target)
+    name = f"{config['algorithm']}:{Path(directory).name}"
+    if isinstance(model, Eagle3Model):
+        return Eagle3Drafter(model, name=name)
+    return DSparkDrafter(model, name=name)

@@ -6,10 +6,11 @@ import torch
 
 
 def candidate_anchors(loss_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Positions a whose next token (a + 1) is an assistant token: a block there predicts what the target said."""
-    if length < 2:
+    """Positions a >= 1 whose next token (a + 1) is an assistant token: a block there predicts what the target
+    said. (a = 0 would leave no target context to condition on.)"""
+    if length < 3:
         return torch.zeros(0, dtype=torch.long)
-    return torch.nonzero(loss_mask[1:length]).flatten()
+    return torch.nonzero(loss_mask[2:length]).flatten() + 1
 
 
 def sample_anchors(loss_masks: list[torch.Tensor], count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

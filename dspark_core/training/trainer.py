@@ -1,4 +1,4 @@
-"""The training loop for DSpark / DFlash drafts on a target feature cache.
+"""The training loop for DSpark / DFlash / Eagle3 drafts on a target feature cache.
 
 AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast on CUDA (float32 on CPU).
 Resumable: every `checkpoint_every` steps the model, optimizer, RNG and data position are saved atomically;
@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from dspark_core.data.feature_cache import FeatureCache, tokenizer_hash
 from dspark_core.drafters.checkpoint import attach_target_weights, save_draft
+from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
+from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
 from dspark_core.drafters.vocab import coverage, select_draft_vocab
 from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
@@ -29,13 +31,16 @@ from dspark_core.training.losses import LossWeights, draft_losses
 from dspark_core.training.state import load_training_state, recover_interrupted, save_training_state
 
 
+ALGORITHMS = ("dspark", "dflash", "eagle3")
+
+
 class TrainingDivergedError(DsparkError):
     """The loss became NaN or infinite."""
 
 
 @dataclass
 class TrainConfig:
-    algorithm: str = "dspark"  # dspark | dflash
+    algorithm: str = "dspark"  # dspark | dflash | eagle3
     steps: int = 300
     batch_size: int = 4  # sequences per step
     anchors_per_sequence: int = 16
@@ -51,6 +56,8 @@ class TrainConfig:
     head: str = "markov"
     head_rank: int = 256
     draft_vocab_size: int = 8192
+    #: target layers the draft reads (a subset of the cache's); None = all cached layers (Eagle3: low/mid/high)
+    layer_ids: tuple[int, ...] | None = None
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 50
@@ -58,10 +65,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             self.loss = LossWeights(**self.loss)
-        if self.algorithm not in ("dspark", "dflash"):
-            raise DsparkError(f"unknown algorithm {self.algorithm!r}; choose dspark or dflash")
-        if self.algorithm == "dflash":
-            # DFlash: same backbone, no sequential head, cross-entropy only.
+        if self.algorithm not in ALGORITHMS:
+            raise DsparkError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.layer_ids is not None:
+            self.layer_ids = tuple(self.layer_ids)
+        if self.algorithm in ("dflash", "eagle3"):
+            # DFlash (same backbone, no sequential head) and Eagle3 train with cross-entropy only.
             self.head = "none"
             self.loss = LossWeights(ce=1.0, tv=0.0, conf=0.0, decay=self.loss.decay)
 
@@ -76,17 +85,39 @@ def learning_rate(step: int, config: TrainConfig) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DSparkModel:
+def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]:
+    """The target layers the draft reads: configured, or Eagle3's low/mid/high, or every cached layer."""
+    if config.layer_ids is not None:
+        wanted = config.layer_ids
+    elif config.algorithm == "eagle3":
+        cached = cache.layer_ids
+        wanted = tuple(sorted({cached[0], cached[len(cached) // 2], cached[-1]}))
+    else:
+        wanted = cache.layer_ids
+    missing = [i for i in wanted if i not in cache.layer_ids]
+    if missing:
+        raise DsparkError(f"layers {missing} are not in the feature cache {cache.path} (it holds {list(cache.layer_ids)})")
+    return tuple(wanted)
+
+
+def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DraftModule:
     streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
     vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
-    model_config = DSparkConfig.for_target(
-        target, config.algorithm, num_layers=config.num_layers, block_size=config.block_size,
-        target_layer_ids=cache.layer_ids, head=config.head, head_rank=config.head_rank,
-        draft_vocab_size=int(vocab.numel()), confidence=config.algorithm == "dspark",
-    )
+    layers = model_layer_ids(cache, config)
+    if config.algorithm == "eagle3":
+        model_config = Eagle3Config.for_target(target, block_size=config.block_size, target_layer_ids=layers,
+                                               draft_vocab_size=int(vocab.numel()))
+        model_class = Eagle3Model
+    else:
+        model_config = DSparkConfig.for_target(
+            target, config.algorithm, num_layers=config.num_layers, block_size=config.block_size,
+            target_layer_ids=layers, head=config.head, head_rank=config.head_rank,
+            draft_vocab_size=int(vocab.numel()), confidence=config.algorithm == "dspark",
+        )
+        model_class = DSparkModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = DSparkModel(model_config).to(target.device)
+        model = model_class(model_config).to(target.device)
     model.set_draft_vocab(vocab.to(target.device))
     attach_target_weights(model, target)
     return model
@@ -114,11 +145,14 @@ class Batcher:
         return batch
 
 
-def _collate(cache: FeatureCache, indices: list[int], max_length: int, device, dtype):
+def _collate(cache: FeatureCache, indices: list[int], max_length: int, device, dtype, layer_ids: tuple[int, ...]):
     samples = [cache[i] for i in indices]
     length = min(max_length, max(s.input_ids.numel() for s in samples))
     batch = len(samples)
-    width = samples[0].layers.shape[-1]
+    d = cache.hidden_size
+    columns = torch.cat([torch.arange(cache.layer_ids.index(i) * d, (cache.layer_ids.index(i) + 1) * d)
+                         for i in layer_ids])
+    width = columns.numel()
     ids = torch.zeros(batch, length, dtype=torch.long)
     mask = torch.zeros(batch, length, dtype=torch.bool)
     layers = torch.zeros(batch, length, width, dtype=dtype)
@@ -127,11 +161,11 @@ def _collate(cache: FeatureCache, indices: list[int], max_length: int, device, d
     for row, s in enumerate(samples):
         n = min(length, s.input_ids.numel())
         ids[row, :n], mask[row, :n], lengths[row] = s.input_ids[:n], s.loss_mask[:n], n
-        layers[row, :n], hidden[row, :n] = s.layers[:n].to(dtype), s.last_hidden[:n].to(dtype)
+        layers[row, :n], hidden[row, :n] = s.layers[:n, columns].to(dtype), s.last_hidden[:n].to(dtype)
     return ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device)
 
 
-def training_step(model: DSparkModel, target: TargetModel, batch, config: TrainConfig, generator: torch.Generator):
+def training_step(model: DraftModule, target: TargetModel, batch, config: TrainConfig, generator: torch.Generator):
     ids, mask, layers, hidden, lengths = batch
     gamma = model.config.block_size
     anchors, valid = sample_anchors([m[: int(n)].cpu() for m, n in zip(mask, lengths)], config.anchors_per_sequence, generator)
@@ -218,7 +252,8 @@ def train_draft(
     last_good = start
     tokens_seen, timer = 0, time.perf_counter()
     for step in range(start, config.steps):
-        batch = _collate(cache, batcher.next(), config.max_length, device, feature_dtype)
+        batch = _collate(cache, batcher.next(), config.max_length, device, feature_dtype,
+                         model.config.target_layer_ids)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if autocast:

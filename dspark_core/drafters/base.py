@@ -1,0 +1,42 @@
+"""What every draft module shares: the target's frozen embedding and the draft-vocabulary rows of its LM head.
+
+The shared weights are attached from the target at load time (`attach_target`) and never saved; the draft
+vocabulary (token ids, sorted) is a saved buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class DraftModule(nn.Module):
+    def __init__(self, draft_vocab_size: int):
+        super().__init__()
+        self.register_buffer("draft_vocab", torch.arange(draft_vocab_size), persistent=True)
+        self.register_buffer("embed_weight", torch.empty(0), persistent=False)
+        self.register_buffer("lm_head_weight", torch.empty(0), persistent=False)
+
+    def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
+        if token_ids.numel() != self.draft_vocab.numel():
+            raise ValueError(f"draft vocabulary has {token_ids.numel()} ids, the module expects {self.draft_vocab.numel()}")
+        self.draft_vocab.copy_(token_ids.to(self.draft_vocab))
+        self._refresh_lm_head()
+
+    def attach_target(self, embed_weight: torch.Tensor, lm_head_weight: torch.Tensor) -> None:
+        """Share the target's frozen embedding [V, d] and full LM head [V, d]."""
+        self.embed_weight = embed_weight.detach()
+        self._full_lm_head = lm_head_weight.detach()
+        self._refresh_lm_head()
+
+    def _refresh_lm_head(self) -> None:
+        full = getattr(self, "_full_lm_head", None)
+        if full is not None:
+            self.lm_head_weight = full.to(self.draft_vocab.device)[self.draft_vocab]
+
+    def embed(self, tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self.embed_weight[tokens].to(dtype)
+
+    def base_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary through the target's frozen LM head rows."""
+        return h @ self.lm_head_weight.to(h.dtype).T
