@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_core.models import PACKAGED_MODELS, find_imported, list_snapshots, resolve_snapshot
+from dspark_core.models.registry import register_model, registered_models
 from dspark_core.paths import dspark_home
 
 models_app = typer.Typer(no_args_is_help=True, help="Target models: packaged aliases and imported snapshots.")
@@ -54,3 +55,10 @@ def show_model(spec: str = typer.Argument(..., help="A model spec; imported firs
     """Print a snapshot's record: source, revision, architecture and dimensions, as JSON."""
     snap = resolve_snapshot(spec)
     console.print_json(json.dumps({"path": str(snap.path), **snap.info}))
+
+
+@models_app.command("register")
+def register(spec: str = typer.Argument(..., help="A model spec to train and evaluate drafts for.")) -> None:
+    """Add SPEC to the registered base models (the pipelines' partitions); idempotent."""
+    slug = register_model(spec)
+    console.print(f"registered {spec} as [bold]{slug}[/]; {len(registered_models())} base model(s) registered")

@@ -1,0 +1,49 @@
+"""Registered base models: the list the platform trains and evaluates drafts for.
+
+Stored as `$DSPARK_HOME/models/registered.json` ({slug: {"spec", "registered_at"}}); slugs are the
+partition keys the pipelines use (Dagster dislikes '/').
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from dspark_core.errors import ModelSpecError
+from dspark_core.models.spec import parse_spec, slugify
+from dspark_core.paths import models_dir, write_json_atomic
+
+
+def _path():
+    return models_dir() / "registered.json"
+
+
+def registered_models() -> dict[str, dict]:
+    path = _path()
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelSpecError(f"{path} is not valid JSON ({exc}); fix or delete it and register the models again") from exc
+
+
+def register_model(spec: str) -> str:
+    """Add `spec` to the registry (idempotent); returns its slug. The spec must parse (not necessarily import)."""
+    source = parse_spec(spec)
+    slug = slugify(source.spec)
+    models = registered_models()
+    existing = models.get(slug)
+    if existing and existing["spec"] != source.spec:
+        raise ModelSpecError(f"slug {slug!r} is already taken by {existing['spec']!r}; register {spec!r} under another spelling")
+    if not existing:
+        models[slug] = {"spec": source.spec, "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json_atomic(_path(), models)
+    return slug
+
+
+def spec_for(slug: str) -> str:
+    models = registered_models()
+    if slug not in models:
+        raise ModelSpecError(f"no registered base model has the key {slug!r}; register it with `dspark models register SPEC`")
+    return models[slug]["spec"]

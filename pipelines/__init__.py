@@ -1,0 +1,1 @@
+"""Dagster definitions for the dspark platform (loaded through workspace.yaml)."""
