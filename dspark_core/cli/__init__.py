@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from dspark_core.cli.data import data_app
+from dspark_core.cli.export import export_command
 from dspark_core.cli.generate import generate_command
 from dspark_core.cli.models import models_app
 from dspark_core.cli.train import train_command
@@ -18,6 +19,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.command("generate")(generate_command)
 app.command("train")(train_command)
+app.command("export")(export_command)
 
 
 def main() -> None:

@@ -110,6 +110,20 @@ def parse_prompt_object(obj: object) -> list[tuple[str, str]]:
     return messages
 
 
+def _parse_or_report(obj, where: str, report: LoadReport, on_error: str, fix: str) -> list[tuple[str, str]] | None:
+    """Parse one object (or a JSON error), recording a malformed one in `report`; None means skipped."""
+    try:
+        if isinstance(obj, Exception):
+            raise ValueError(f"invalid JSON ({obj})")
+        return parse_prompt_object(obj)
+    except ValueError as exc:
+        problem = f"{where}: {exc}"
+        report.malformed.append(problem)
+        if on_error == "raise":
+            raise MalformedDataError(f"malformed data at {problem}; {fix} or rerun with on_error=skip") from exc
+        return None
+
+
 def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport | None = None) -> list[PromptRecord]:
     """Read prompts from a JSONL file. Malformed lines are recorded in `report` with file:line and reason,
     and either skipped (`on_error="skip"`) or raised as MalformedDataError (`on_error="raise"`)."""
@@ -126,14 +140,12 @@ def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport |
                 continue
             report.read += 1
             try:
-                messages = parse_prompt_object(json.loads(line))
-            except (json.JSONDecodeError, ValueError) as exc:
-                problem = f"{path}:{number}: {exc}"
-                report.malformed.append(problem)
-                if on_error == "raise":
-                    raise MalformedDataError(f"malformed line {problem}; fix the line or rerun with on_error=skip") from exc
-                continue
-            records.append(PromptRecord.create(messages, f"{path.name}:{number}"))
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                obj = exc
+            messages = _parse_or_report(obj, f"{path}:{number}", report, on_error, "fix the line")
+            if messages is not None:
+                records.append(PromptRecord.create(messages, f"{path.name}:{number}"))
     return records
 
 
@@ -177,15 +189,9 @@ def load_hf_dataset(
             obj = {"conversations" if is_sharegpt else "messages": value}
         else:
             obj = row
-        try:
-            messages = parse_prompt_object(obj)
-        except ValueError as exc:
-            problem = f"{name_or_path}[{split}] row {index}: {exc}"
-            report.malformed.append(problem)
-            if on_error == "raise":
-                raise MalformedDataError(f"malformed row {problem}; set a column mapping or on_error=skip") from exc
-            continue
-        records.append(PromptRecord.create(messages, f"{name_or_path}[{split}]#{index}"))
+        messages = _parse_or_report(obj, f"{name_or_path}[{split}] row {index}", report, on_error, "set a column mapping")
+        if messages is not None:
+            records.append(PromptRecord.create(messages, f"{name_or_path}[{split}]#{index}"))
     return records
 
 

@@ -40,3 +40,19 @@ class DraftModule(nn.Module):
     def base_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary through the target's frozen LM head rows."""
         return h @ self.lm_head_weight.to(h.dtype).T
+
+
+def target_dimensions(target) -> dict:
+    """The target's attention geometry, which draft layers copy (hidden size, heads, RoPE base, ...)."""
+    config = target.config
+    rope = getattr(config, "rope_parameters", None) or {}
+    return dict(
+        hidden_size=config.hidden_size,
+        num_heads=config.num_attention_heads,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        intermediate_size=config.intermediate_size,
+        rms_norm_eps=getattr(config, "rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
+        vocab_size=target.vocab_size,
+    )

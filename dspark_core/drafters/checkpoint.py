@@ -36,6 +36,7 @@ def save_draft(model: DraftModule, directory: Path, *, target, training: dict | 
         "module": model.config.to_dict(),
         "target": target.spec,
         "target_revision": target.revision,
+        "target_architectures": list(getattr(target.model.config, "architectures", None) or []),
         "target_layer_ids": list(model.config.target_layer_ids),
         "block_size": model.config.block_size,
         "mask_token": getattr(model.config, "mask_token", None),

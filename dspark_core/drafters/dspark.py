@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dspark_core.drafters.base import DraftModule
+from dspark_core.drafters.base import DraftModule, target_dimensions
 from dspark_core.drafters.heads import HEADS
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
 
@@ -52,20 +52,7 @@ class DSparkConfig:
 
     @staticmethod
     def for_target(target, algorithm: str = "dspark", **overrides) -> "DSparkConfig":
-        config = target.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        rope = getattr(config, "rope_parameters", None) or {}
-        defaults = dict(
-            algorithm=algorithm,
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
-            head_dim=head_dim,
-            intermediate_size=config.intermediate_size,
-            rms_norm_eps=getattr(config, "rms_norm_eps", 1e-6),
-            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
-            vocab_size=target.vocab_size,
-        )
+        defaults = dict(algorithm=algorithm, **target_dimensions(target))
         if algorithm == "dflash":
             defaults.update(head="none", confidence=False)
         defaults.update(overrides)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dspark_core.drafters.base import DraftModule
+from dspark_core.drafters.base import DraftModule, target_dimensions
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
 
 
@@ -38,19 +38,7 @@ class Eagle3Config:
 
     @staticmethod
     def for_target(target, **overrides) -> "Eagle3Config":
-        config = target.config
-        rope = getattr(config, "rope_parameters", None) or {}
-        defaults = dict(
-            hidden_size=config.hidden_size,
-            num_heads=config.num_attention_heads,
-            num_kv_heads=getattr(config, "num_key_value_heads", config.num_attention_heads),
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            intermediate_size=config.intermediate_size,
-            rms_norm_eps=getattr(config, "rms_norm_eps", 1e-6),
-            rope_theta=float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))),
-            vocab_size=target.vocab_size,
-            target_layer_ids=eagle3_layer_ids(target.num_layers),
-        )
+        defaults = dict(target_layer_ids=eagle3_layer_ids(target.num_layers), **target_dimensions(target))
         defaults.update(overrides)
         return Eagle3Config(**defaults)
 

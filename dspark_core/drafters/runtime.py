@@ -19,6 +19,27 @@ from dspark_core.drafters.dspark import DSparkModel
 from dspark_core.drafters.eagle3 import Eagle3Model
 
 
+def _empty_block(request: DraftRequest, gamma: int, vocab_size: int, device):
+    """Zeroed proposal tensors for a round: (width, tokens [R, width], probs [R, width, V] or None if greedy)."""
+    width = min(gamma, max(request.max_lengths, default=0))
+    rows = len(request.tokens)
+    tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
+    probs = None if request.sampling.greedy else torch.zeros(rows, width, vocab_size, device=device)
+    return width, tokens, probs
+
+
+def _draw(logits: torch.Tensor, vocab: torch.Tensor, request: DraftRequest, probs, row: int, k: int) -> torch.Tensor:
+    """The next draft token from logits [1, N] over the draft vocabulary. When sampling, the distribution
+    drawn from is recorded (scattered to the full vocabulary) as q for verification."""
+    if request.sampling.greedy:
+        index = logits.argmax(-1)
+    else:
+        q = probabilities(logits, request.sampling)
+        index = sample(q, request.generator)
+        probs[row, k, vocab] = q[0].to(probs.dtype)
+    return vocab[index]
+
+
 class DSparkDrafter(Drafter):
     def __init__(self, model: DSparkModel, name: str | None = None):
         self.model = model.eval()
@@ -52,13 +73,9 @@ class DSparkDrafter(Drafter):
     def propose(self, request: DraftRequest) -> DraftProposal:
         model = self.model
         device = model.mask_embedding.device
-        vocab = model.draft_vocab
         gamma = model.config.block_size
-        width = min(gamma, max(request.max_lengths, default=0))
-        rows = len(request.tokens)
-        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
-        probs = None if request.sampling.greedy else torch.zeros(rows, width, model.config.vocab_size, device=device)
-        confidences = torch.zeros(rows, width, device=device) if model.confidence is not None else None
+        width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
+        confidences = torch.zeros(len(request.tokens), width, device=device) if model.confidence is not None else None
         for row, (rid, history, limit, features) in enumerate(
             zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
         ):
@@ -84,15 +101,9 @@ class DSparkDrafter(Drafter):
             for k in range(limit):
                 bias, state = model.head_bias(prev, h[k : k + 1], state)
                 logits = base[k : k + 1] if bias is None else base[k : k + 1] + bias
-                if request.sampling.greedy:
-                    index = logits.argmax(-1)
-                else:
-                    q = probabilities(logits, request.sampling)
-                    index = sample(q, request.generator)
-                    probs[row, k, vocab] = q[0].to(probs.dtype)
                 if confidences is not None:
                     confidences[row, k] = torch.sigmoid(model.confidence_logit(prev, h[k : k + 1]))[0]
-                prev = vocab[index]
+                prev = _draw(logits, model.draft_vocab, request, probs, row, k)
                 tokens[row, k] = prev[0]
         lengths = torch.tensor([min(m, gamma) for m in request.max_lengths], dtype=torch.long, device=device)
         return DraftProposal(tokens=tokens, lengths=lengths, probs=probs, confidences=confidences)
@@ -134,12 +145,8 @@ class Eagle3Drafter(Drafter):
     def propose(self, request: DraftRequest) -> DraftProposal:
         model = self.model
         device = model.fuse.weight.device
-        vocab = model.draft_vocab
         gamma = model.config.block_size
-        width = min(gamma, max(request.max_lengths, default=0))
-        rows = len(request.tokens)
-        tokens = torch.zeros(rows, width, dtype=torch.long, device=device)
-        probs = None if request.sampling.greedy else torch.zeros(rows, width, model.config.vocab_size, device=device)
+        width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
         lengths = []
         for row, (rid, history, limit, features) in enumerate(
             zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
@@ -161,14 +168,7 @@ class Eagle3Drafter(Drafter):
                     k_new, v_new = model.attention.project_kv(x, torch.tensor([[position + k]], device=device))
                     keys, values = torch.cat([keys, k_new], dim=2), torch.cat([values, v_new], dim=2)
                 state = model.step(x, state, torch.tensor([[position + k]], device=device), keys, values, None)
-                logits = model.logits(state)[0]
-                if request.sampling.greedy:
-                    index = logits.argmax(-1)
-                else:
-                    q = probabilities(logits, request.sampling)
-                    index = sample(q, request.generator)
-                    probs[row, k, vocab] = q[0].to(probs.dtype)
-                tokens[row, k] = vocab[index][0]
+                tokens[row, k] = _draw(model.logits(state)[0], model.draft_vocab, request, probs, row, k)[0]
         return DraftProposal(tokens=tokens, lengths=torch.tensor(lengths, dtype=torch.long, device=device), probs=probs)
 
 

@@ -1,0 +1,69 @@
+"""Export to the Hugging Face-style and speculators layouts; loading either back is bit-identical."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from dspark_core.drafters.checkpoint import load_draft, save_draft
+from dspark_core.errors import DsparkError
+from dspark_core.export import export_draft, load_export
+from test_drafters import _eagle3, _features, _model
+
+
+def _logits(model, target):
+    ids = torch.tensor([[5, 17, 42, 8, 33, 21, 9, 14, 3, 11]])
+    return model.forward_train(_features(target, ids), ids, torch.tensor([10]), torch.tensor([[2, 5]]))
+
+
+@pytest.mark.parametrize("kind", ["dspark-markov", "dspark-rnn", "dflash", "eagle3"])
+@pytest.mark.parametrize("fmt", ["hf", "speculators"])
+def test_export_round_trip_is_bit_identical(tiny_target, tmp_path, kind, fmt):
+    if kind == "eagle3":
+        model = _eagle3(tiny_target)
+    elif kind == "dflash":
+        model = _model(tiny_target, algorithm="dflash")
+    else:
+        model = _model(tiny_target, head=kind.split("-")[1])
+    save_draft(model, tmp_path / "draft", target=tiny_target)
+    original, _ = load_draft(tmp_path / "draft", tiny_target)
+    export_draft(tmp_path / "draft", tmp_path / "export", fmt)
+    loaded, source = load_export(tmp_path / "export", tiny_target)
+    assert source["target_revision"] == tiny_target.revision
+    for a, b in zip(_logits(original, tiny_target), _logits(loaded, tiny_target)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
+    save_draft(_model(tiny_target, head="markov"), tmp_path / "draft", target=tiny_target,
+               training={"loss": {"ce": 0.1, "tv": 0.9, "conf": 1.0, "decay": 4.0}, "anchors_per_sequence": 16})
+    export_draft(tmp_path / "draft", tmp_path / "spec", "speculators")
+    config = json.loads((tmp_path / "spec" / "config.json").read_text())
+    assert config["speculators_model_type"] == "dspark" and config["architectures"] == ["DSparkSpeculator"]
+    assert config["aux_hidden_state_layer_ids"] == [1, 2]  # hidden_states indices of layers 0 and 1
+    assert config["markov_rank"] == 16 and config["markov_head_type"] == "vanilla"
+    assert config["enable_confidence_head"] is True and config["block_size"] == 4
+    assert config["l1_loss_alpha"] == 0.9 and config["loss_decay_gamma"] == 4.0
+    assert config["transformer_layer_config"]["num_hidden_layers"] == 2
+    proposal = config["speculators_config"]["proposal_methods"][0]
+    assert proposal == {"proposal_type": "greedy", "speculative_tokens": 4}
+    assert config["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]
+    names = set(load_file(str(tmp_path / "spec" / "model.safetensors")))
+    assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.weight",
+            "layers.1.mlp.down_proj.weight", "markov_head.markov_w1.weight", "markov_head.markov_w2.weight",
+            "confidence_head.proj.weight", "d2t", "t2d", "mask_embedding"} <= names
+
+
+def test_export_cli_and_bad_input(capsys, tiny_target, tmp_path):
+    save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+    code, out, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "draft-hf" / "config.json").is_file()
+    with pytest.raises(DsparkError, match="unknown export format 'onnx'"):
+        export_draft(tmp_path / "draft", tmp_path / "x", "onnx")
+    with pytest.raises(DsparkError, match="not a draft checkpoint"):
+        export_draft(tmp_path, tmp_path / "y", "hf")
