@@ -41,19 +41,35 @@ def write_json_atomic(path: Path, payload: object) -> None:
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temp directory next to `final`; rename it into place only if the block succeeds.
+def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp directory next to `final`; move it into place only if the block succeeds.
 
-    If `final` already exists (another process won the race) the new copy is discarded.
+    Without `replace`, an existing `final` wins (another process got there first) and the new copy is
+    discarded. With `replace`, an existing `final` is swapped out (renamed to `<name>.old`, then removed);
+    `recover_directory` finishes a swap interrupted between the two renames.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if final.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not final.exists():
+        os.replace(tmp, final)
+    elif not replace:
+        shutil.rmtree(tmp)
+    else:
+        old = final.with_name(final.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+
+
+def recover_directory(final: Path) -> None:
+    """Undo a replacement that stopped after moving the old directory aside but before moving the new one in."""
+    old = final.with_name(final.name + ".old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ embedding and LM head are the target's and are not stored.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
@@ -47,17 +46,9 @@ def save_draft(model: DraftModule, directory: Path, *, target, training: dict | 
         "code_version": dspark_core.__version__,
         **(extra or {}),
     }
-    replacing = directory.exists()
-    staging = directory.with_name(directory.name + ".new") if replacing else directory
-    with atomic_directory(staging) as tmp:
+    with atomic_directory(directory, replace=True) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    if replacing:
-        old = directory.with_name(directory.name + ".old")
-        directory.rename(old)
-        staging.rename(directory)
-
-        shutil.rmtree(old)
     return directory
 
 def read_draft_config(directory: Path) -> dict:

@@ -191,7 +191,3 @@ def block_attention_mask(anchors: torch.Tensor, lengths: torch.Tensor, context_l
     return torch.cat([ctx, own], dim=-1)
 
 
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-

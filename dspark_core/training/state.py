@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from dspark_core.paths import atomic_directory
+from dspark_core.paths import atomic_directory, recover_directory
 
 STATE_FILE = "state.json"
 
@@ -25,32 +24,13 @@ def save_training_state(directory: Path, model, optimizer: torch.optim.Optimizer
                 if torch.is_tensor(value):
                     tensors[f"optim.{names[id(param)]}.{key}"] = value.detach().cpu().contiguous()
     tensors["rng.generator"] = generator.get_state()
-    staging = directory.with_name(directory.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    with atomic_directory(staging) as tmp:
+    with atomic_directory(directory, replace=True) as tmp:
         save_file(tensors, str(tmp / "tensors.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps(progress, indent=2, sort_keys=True))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    staging.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def recover_interrupted(directory: Path) -> None:
-    """Finish or undo a replacement interrupted between its two renames."""
-    old, staging = directory.with_name(directory.name + ".old"), directory.with_name(directory.name + ".new")
-    if not directory.exists() and staging.exists():
-        staging.rename(directory)
-    elif not directory.exists() and old.exists():
-        old.rename(directory)
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_training_state(directory: Path, model, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
-    recover_interrupted(directory)
+    recover_directory(directory)
     tensors = load_file(str(directory / "tensors.safetensors"))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     params = dict(model.named_parameters())

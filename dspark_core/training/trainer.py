@@ -28,7 +28,8 @@ from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.training.anchors import block_targets, sample_anchors
 from dspark_core.training.losses import LossWeights, draft_losses
-from dspark_core.training.state import load_training_state, recover_interrupted, save_training_state
+from dspark_core.paths import recover_directory
+from dspark_core.training.state import load_training_state, save_training_state
 
 
 ALGORITHMS = ("dspark", "dflash", "eagle3")
@@ -216,7 +217,7 @@ def train_draft(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir, log_path = out_dir / "state", out_dir / "metrics.jsonl"
-    recover_interrupted(state_dir)
+    recover_directory(state_dir)
 
     model = build_model(target, cache, config)
     parameters = [p for p in model.parameters() if p.requires_grad]
