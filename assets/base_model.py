@@ -7,7 +7,7 @@ from dspark_core.models.snapshot import resolve_snapshot
 from pipelines.partitions import base_model_partitions
 
 
-@dg.asset(partitions_def=base_model_partitions, group_name="models", kinds={"pytorch"})
+@dg.asset(partitions_def=base_model_partitions, group_name="data", kinds={"pytorch", "safetensors"})
 def base_model(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Import the partition's base model once into a content-addressed safetensors snapshot under
     $DSPARK_HOME/models/snapshots (later loads take about a second). The snapshot path, not the weights,

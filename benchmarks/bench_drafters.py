@@ -14,8 +14,6 @@ Usage: python benchmarks/bench_drafters.py [--prompts 160] [--steps 400] [--eval
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import time
 from pathlib import Path
 
@@ -24,13 +22,12 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_core.data import layout
-from dspark_core.data.chat import render_ids
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache, default_layer_ids
 from dspark_core.data.prompts import deduplicate, read_prompt_file, write_prompts
 from dspark_core.data.regenerate import RegenerationConfig, read_responses, regenerate_responses
 from dspark_core.data.selfgen import SelfGenerationConfig, self_generated_prompts
-from dspark_core.decoding import GenerationConfig, PromptLookupDrafter, SpeculativeEngine
-from dspark_core.decoding.metrics import conditional_acceptance, tau
+from dspark_core.decoding import PromptLookupDrafter
+from dspark_core.evaluation.speculative import EvalSettings, decode_prompts, eval_prompts, mismatched_prompts, summarize
 from dspark_core.drafters.runtime import DSparkDrafter, drafter_from_checkpoint
 from dspark_core.models import load_target
 from dspark_core.paths import dspark_home, write_json_atomic
@@ -109,33 +106,20 @@ def main() -> None:
         "dflash": drafter_from_checkpoint(checkpoints["dflash"], target),
         "dspark": drafter_from_checkpoint(checkpoints["dspark"], target),
     }
-    prompts = [render_ids(target, list(r.messages), add_generation_prompt=True) for r in held_out]
-    config = GenerationConfig(max_new_tokens=args.eval_max_new_tokens)
-    results, reference = {}, None
+    prompts = eval_prompts(target, held_out)
+    settings = EvalSettings(max_new_tokens=args.eval_max_new_tokens)
+    results, baseline = {}, None
     for name, drafter in drafters.items():
-        engine = SpeculativeEngine(target, drafter)
-        outputs, records, wall, draft_ms, verify_ms = [], [], 0.0, [], []
-        for ids in prompts:
-            result = engine.generate([ids], config)
-            outputs.append(result.outputs[0].tokens)
-            records.extend(result.outputs[0].rounds)
-            wall += result.stats.wall_s
-            draft_ms.append(result.stats.draft_ms_per_round)
-            verify_ms.append(result.stats.verify_ms_per_round)
-        tokens = sum(len(o) for o in outputs)
-
+        decoded = decode_prompts(target, drafter, prompts, settings, desc=name, progress=False)
+        baseline = baseline or decoded
+        overall = summarize(decoded, baseline, settings.block_size)[0]
         results[name] = {
-            "tau": tau(records), "tokens": tokens, "tokens_per_s": tokens / wall,
-            "cond_accept": conditional_acceptance(records, 7),
-            "draft_ms_per_round": statistics.mean(draft_ms), "verify_ms_per_round": statistics.mean(verify_ms),
+            "tau": overall.tau, "tokens": overall.new_tokens, "tokens_per_s": overall.tokens_per_s,
+            "cond_accept": [rate for rate, _ in overall.cond_accept], "speedup": overall.speedup,
+            "draft_ms_per_round": overall.draft_ms_per_round, "verify_ms_per_round": overall.verify_ms_per_round,
+            "identical_to_autoregressive": not mismatched_prompts(decoded, baseline),
         }
-        if reference is None:
-            reference = outputs
-        results[name]["identical_to_autoregressive"] = outputs == reference
         console.print(f"evaluated {name}: τ {results[name]['tau']:.2f}")
-    base = results["autoregressive"]["tokens_per_s"]
-    for entry in results.values():
-        entry["speedup"] = entry["tokens_per_s"] / base
 
     table = Table(title=f"{target.spec}, CPU, greedy, {len(prompts)} held-out prompts × ≤{args.eval_max_new_tokens} tokens")
     for column in ("drafter", "τ", "cond. accept @1..7", "draft ms/round", "verify ms/round", "tok/s", "speed-up", "lossless"):

@@ -6,20 +6,25 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dspark_core.cli.data import data_app
+from dspark_core.cli.drafts import drafts_app
 from dspark_core.cli.export import export_command
 from dspark_core.cli.generate import generate_command
 from dspark_core.cli.models import models_app
+from dspark_core.cli.sql import sql_command
 from dspark_core.cli.train import train_command
 from dspark_core.errors import DsparkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(drafts_app, name="drafts")
 app.command("generate")(generate_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.command("sql")(sql_command)
 
 
 def main() -> None:
@@ -27,7 +32,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except DsparkError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
         sys.exit(getattr(exc, "exit_code", 1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -11,9 +10,9 @@ from rich.table import Table
 
 from dspark_core.data import layout
 from dspark_core.data.feature_cache import CacheConfig, build_feature_cache, default_layer_ids
-from dspark_core.data.prompts import LoadReport, deduplicate, load_hf_dataset, read_jsonl, read_prompt_file, write_prompts
+from dspark_core.data.prompts import read_prompt_file, write_prompts
 from dspark_core.data.regenerate import RegenerationConfig, read_responses, recommended_sampling, regenerate_responses
-from dspark_core.data.selfgen import SelfGenerationConfig, self_generated_prompts
+from dspark_core.data.sources import PromptSource, collect_prompts
 from dspark_core.decoding import SamplingConfig
 from dspark_core.errors import DsparkError
 from dspark_core.models import load_target
@@ -47,21 +46,11 @@ def prompts_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Collect prompts, deduplicate them, split train/validation deterministically, write prompts.jsonl."""
-    report = LoadReport()
-    if source == "self":
-        if not target:
-            raise DsparkError("--source self needs --target: the instruction-tuned model that writes the prompts")
-        records = self_generated_prompts(load_target(target), SelfGenerationConfig(count=count, seed=seed))
-        report.read = len(records)
-    elif source.startswith("hf:"):
-        records = load_hf_dataset(source[3:], split=hf_split, prompt_column=prompt_column,
-                                  messages_column=messages_column, limit=limit, on_error=on_error, report=report)
-    else:
-        records = read_jsonl(Path(source), on_error=on_error, report=report)
-    records = deduplicate(records, report)[:limit]
-    report.kept = len(records)
-    if not records:
-        raise DsparkError(f"no usable prompts in {source!r} ({report.summary()}); check the file's format")
+    records, report = collect_prompts(
+        PromptSource(source=source, count=count, limit=limit, seed=seed, hf_split=hf_split,
+                     prompt_column=prompt_column, messages_column=messages_column, on_error=on_error),
+        target=(lambda: load_target(target)) if target else None,
+    )
     path = layout.prompts_path(dataset)
     counts = write_prompts(records, path, validation_fraction)
     for problem in report.malformed[:20]:

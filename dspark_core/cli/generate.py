@@ -20,7 +20,7 @@ console = Console()
 def generate_command(
     target: str = typer.Option(..., "--target", help="Target model spec (alias, HF id, directory, .gguf)."),
     prompts: list[str] = typer.Option(..., "--prompt", help="Prompt text; repeat the option to decode a batch."),
-    drafter: str = typer.Option("none", "--drafter", help=DRAFTER_FORMS),
+    drafter: str = typer.Option("none", "--drafter", help=DRAFTER_FORMS + " | champion[:BASE_MODEL] (MLflow registry)"),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_k: int = typer.Option(0, "--top-k", help="0 = off."),
@@ -49,6 +49,11 @@ def generate_command(
         speculative=speculative,
         seed=seed,
     )
+    if drafter == "champion" or drafter.startswith("champion:"):
+        from dspark_core.cli.drafts import champion_path
+        from dspark_core.models.spec import slugify
+
+        drafter = str(champion_path(drafter.partition(":")[2] or slugify(target)))
     draft = build_drafter(drafter, model) if speculative else None
     runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft)}
     if compare and draft:

@@ -172,10 +172,19 @@ class Eagle3Drafter(Drafter):
         return DraftProposal(tokens=tokens, lengths=torch.tensor(lengths, dtype=torch.long, device=device), probs=probs)
 
 
-def drafter_from_checkpoint(directory: Path, target) -> Drafter:
-    """The runtime drafter for any trained checkpoint (DSpark, DFlash or Eagle3)."""
-    model, config = load_draft(directory, target)
-    name = f"{config['algorithm']}:{Path(directory).name}"
+def drafter_for_module(model, name: str) -> Drafter:
+    """The runtime drafter for a loaded draft module (DSpark, DFlash or Eagle3)."""
     if isinstance(model, Eagle3Model):
         return Eagle3Drafter(model, name=name)
     return DSparkDrafter(model, name=name)
+
+
+def drafter_from_checkpoint(directory: Path, target) -> Drafter:
+    """The runtime drafter for a trained checkpoint or an exported draft (either export format)."""
+    from dspark_core.export.formats import EXPORT_FILE, load_export
+
+    if (Path(directory) / EXPORT_FILE).is_file():
+        model, config = load_export(Path(directory), target)
+    else:
+        model, config = load_draft(directory, target)
+    return drafter_for_module(model, f"{config['algorithm']}:{Path(directory).name}")

@@ -1,0 +1,93 @@
+"""The DuckDB schema, applied as numbered migrations on first use (schema_version records what ran).
+
+acceptance_metrics is long form, one row per measured value (DESIGN.md §4). `measurement_key` identifies
+one measurement: writing the same key again replaces its rows instead of adding duplicates.
+"""
+
+from __future__ import annotations
+
+ACCEPTANCE_COLUMNS = (
+    ("recorded_at", "TIMESTAMPTZ NOT NULL"),
+    ("measurement_key", "VARCHAR NOT NULL"),
+    ("run_id", "VARCHAR"),  # the orchestrator's run id (Dagster), or the CLI's
+    ("mlflow_run_id", "VARCHAR"),
+    ("base_model", "VARCHAR NOT NULL"),
+    ("base_model_revision", "VARCHAR"),
+    ("drafter", "VARCHAR NOT NULL"),
+    ("draft_checkpoint", "VARCHAR"),
+    ("draft_version", "VARCHAR"),  # model-registry version of the draft, when registered
+    ("benchmark", "VARCHAR NOT NULL"),
+    ("domain", "VARCHAR NOT NULL"),
+    ("temperature", "DOUBLE NOT NULL"),
+    ("block_size", "INTEGER NOT NULL"),
+    ("context_bucket", "VARCHAR NOT NULL"),
+    ("metric", "VARCHAR NOT NULL"),
+    ("position", "INTEGER"),  # draft position k for per-position metrics, else NULL
+    ("value", "DOUBLE"),
+    ("n", "BIGINT"),  # what the value was measured on: rounds for acceptance, generated tokens for speed
+    ("code_version", "VARCHAR"),
+)
+
+_TABLE = "CREATE TABLE IF NOT EXISTS acceptance_metrics (\n  " + ",\n  ".join(
+    f"{name} {kind}" for name, kind in ACCEPTANCE_COLUMNS) + "\n)"
+
+# Views answer the questions users ask most; 'all'/'all' rows are the whole benchmark.
+_VIEWS = [
+    """CREATE OR REPLACE VIEW latest_tau AS
+    WITH overall AS (
+        SELECT * FROM acceptance_metrics WHERE domain = 'all' AND context_bucket = 'all' AND position IS NULL
+    ), latest AS (
+        SELECT base_model, drafter, benchmark, temperature, max(recorded_at) AS recorded_at
+        FROM overall WHERE metric = 'tau' GROUP BY ALL
+    )
+    SELECT o.base_model, o.drafter, o.benchmark, o.temperature, o.recorded_at, any_value(o.draft_version) AS draft_version,
+           max(o.value) FILTER (WHERE o.metric = 'tau') AS tau,
+           max(o.value) FILTER (WHERE o.metric = 'speedup') AS speedup,
+           max(o.value) FILTER (WHERE o.metric = 'tokens_per_s') AS tokens_per_s,
+           max(o.value) FILTER (WHERE o.metric = 'draft_ms_per_round') AS draft_ms_per_round,
+           max(o.value) FILTER (WHERE o.metric = 'verify_ms_per_round') AS verify_ms_per_round,
+           max(o.n) FILTER (WHERE o.metric = 'tau') AS rounds
+    FROM overall o JOIN latest l USING (base_model, drafter, benchmark, temperature, recorded_at)
+    GROUP BY ALL ORDER BY o.base_model, tau DESC""",
+    """CREATE OR REPLACE VIEW tau_over_time AS
+    SELECT date_trunc('day', recorded_at) AS day, base_model, drafter, benchmark, domain, temperature,
+           sum(value * n) / nullif(sum(n), 0) AS tau, sum(n) AS rounds, count(DISTINCT measurement_key) AS measurements
+    FROM acceptance_metrics
+    -- per-domain rows are pooled over context buckets (weighted by rounds); 'all' is the whole benchmark
+    WHERE metric = 'tau' AND (domain <> 'all' OR context_bucket = 'all')
+    GROUP BY ALL ORDER BY day, base_model, drafter, domain""",
+    """CREATE OR REPLACE VIEW acceptance_curves AS
+    WITH latest AS (
+        SELECT base_model, drafter, benchmark, temperature, max(recorded_at) AS recorded_at
+        FROM acceptance_metrics WHERE metric = 'tau' GROUP BY ALL
+    )
+    SELECT a.base_model, a.drafter, a.benchmark, a.temperature, a.recorded_at, a.metric, a.position, a.value, a.n
+    FROM acceptance_metrics a JOIN latest l USING (base_model, drafter, benchmark, temperature, recorded_at)
+    WHERE a.metric IN ('prefix_accept', 'cond_accept') AND a.domain = 'all' AND a.context_bucket = 'all'
+    ORDER BY a.base_model, a.drafter, a.metric, a.position""",
+]
+
+#: (version, statements); append new migrations, never edit applied ones
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [_TABLE, "CREATE INDEX IF NOT EXISTS acceptance_measurement ON acceptance_metrics (measurement_key)", *_VIEWS]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(connection) -> int:
+    """Apply the migrations this database has not seen yet; returns the schema version."""
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    applied = {row[0] for row in connection.execute("SELECT version FROM schema_version").fetchall()}
+    for version, statements in MIGRATIONS:
+        if version in applied:
+            continue
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                connection.execute(statement)
+            connection.execute("INSERT INTO schema_version VALUES (?, now())", [version])
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION

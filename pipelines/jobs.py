@@ -1,0 +1,21 @@
+"""Jobs: a run targets one partitions definition (inferred from the selected assets), so the chain is split
+where the drafter dimension starts."""
+
+import dagster as dg
+
+prepare_base_model_job = dg.define_asset_job(
+    "prepare_base_model",
+    selection=dg.AssetSelection.assets("base_model", "prompt_dataset", "target_responses", "target_feature_cache"),
+    description="Import a base model, collect prompts, regenerate responses and build its feature cache.",
+)
+
+train_and_evaluate_job = dg.define_asset_job(
+    "train_and_evaluate_draft",
+    selection=dg.AssetSelection.assets("draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"),
+    description="Train one drafter for one base model, export and register it, evaluate it, promote it if it passes.",
+)
+
+refresh_metrics_history_job = dg.define_asset_job(
+    "refresh_metrics_history", selection=dg.AssetSelection.assets("metrics_history"),
+    description="Re-read the DuckDB views into the metrics_history asset.",
+)

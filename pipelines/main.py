@@ -1,0 +1,122 @@
+"""`make run`: the main job on the embedded default. Registers the packaged SmolLM2 (or --model), then
+materializes the whole asset graph for it in the platform's Dagster instance ($DSPARK_HOME/dagster),
+one drafter partition after the other, and prints the evaluation table and where to look next.
+
+Idempotent: a stage whose last asset is already materialized for the partition is skipped, and the
+stages that do run reuse what is on disk (prompts, responses, cache, finished training)."""
+
+import argparse
+import sys
+import time
+
+import dagster as dg
+from rich.console import Console
+from rich.table import Table
+
+from dspark_core.models.registry import register_model
+from dspark_core.training.trainer import ALGORITHMS
+from pipelines.instance import use_dagster_home
+from pipelines.partitions import model_drafter_key
+
+console = Console(width=max(Console().width, 150))  # the report table needs the room, even when piped
+DATA_STAGE = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
+DRAFT_STAGE = ["draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def _materialized(instance: dg.DagsterInstance, asset: str, partition: str) -> bool:
+    return bool(instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records)
+
+
+def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> bool:
+    """Materialize `assets` (with their checks) for one partition; returns whether every step succeeded."""
+    started = time.perf_counter()
+    console.rule(f"[bold]{label}")
+    result = dg.materialize(
+        [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*assets), partition_key=partition_key,
+        instance=instance, resources=defs.resources, run_config=QUIET, raise_on_error=False, tags={"dspark/origin": "make run"})
+    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    status = "[green]done" if result.success else f"[red]failed steps: {', '.join(failed)}"
+    console.print(f"{label}: {status}[/] in {(time.perf_counter() - started) / 60:.1f} min")
+    return result.success
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="base model spec to register and run (default: packaged SmolLM2)")
+    parser.add_argument("--drafters", default=",".join(ALGORITHMS), help="comma-separated drafter partitions")
+    args = parser.parse_args(argv)
+    drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
+    unknown = sorted(set(drafters) - set(ALGORITHMS))
+    if unknown:
+        parser.error(f"unknown drafter(s) {unknown}; choose from {', '.join(ALGORITHMS)}")
+
+    started = time.perf_counter()
+    home = use_dagster_home()
+    from pipelines.definitions import defs  # after DAGSTER_HOME is set
+
+    slug = register_model(args.model)
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition("base_model", slug):
+        instance.add_dynamic_partitions("base_model", [slug])
+    console.print(f"base model [bold]{args.model}[/] (partition {slug}); Dagster instance {home}")
+
+    ok = True
+    if _materialized(instance, DATA_STAGE[-1], slug):
+        console.print(f"data for {slug}: already materialized, reused")
+    else:
+        ok = _run_stage(defs, instance, DATA_STAGE, slug, f"data for {slug}")
+    if ok:
+        for drafter in drafters:
+            key = model_drafter_key(slug, drafter)
+            if _materialized(instance, "speculative_eval", str(key)):
+                console.print(f"{drafter}: already trained and evaluated, reused")
+                continue
+            # Failing blocking checks (not lossless, worse than the champion) stop the chain for this drafter only.
+            _run_stage(defs, instance, DRAFT_STAGE, key, f"{drafter} for {slug}")
+        _run_stage(defs, instance, ["metrics_history"], None, "metrics_history")
+    print_report(slug, drafters)
+    console.print(f"total {(time.perf_counter() - started) / 60:.1f} min")
+    return 0 if ok else 1
+
+
+def print_report(slug: str, drafters: list[str]) -> None:
+    from pipelines.resources import MetricsDatabase, MLflowResource
+
+    store = MetricsDatabase().store()
+    tracking = MLflowResource().tracking()
+    champion = tracking.champion(slug)
+    if not store.path.exists():
+        console.print("[red]no evaluation was recorded[/]")
+        return
+    _, latest = store.query(
+        "SELECT drafter, draft_version, tau, speedup, tokens_per_s, draft_ms_per_round, verify_ms_per_round, recorded_at "
+        "FROM latest_tau WHERE base_model = ? AND temperature = 0 ORDER BY tau DESC", [slug])
+    _, curves = store.query("SELECT drafter, position, value FROM acceptance_curves WHERE base_model = ? AND "
+                            "metric = 'cond_accept' AND temperature = 0 ORDER BY drafter, position", [slug])
+    accept: dict[str, list[str]] = {}
+    for drafter, _, value in curves:
+        accept.setdefault(drafter, []).append(f"{value:.2f}")
+    table = Table(title=f"speculative decoding on {slug}: held-out prompts, greedy, CPU (latest evaluation per drafter)")
+    for column in ("drafter", "version", "τ", "speed-up vs AR", "tok/s", "draft ms/round", "verify ms/round",
+                   "cond. accept @1..k", "champion"):
+        table.add_column(column, justify="right")
+    for drafter, version, tau, speedup, rate, draft_ms, verify_ms, _ in latest:
+        table.add_row(drafter, str(version), f"{tau:.2f}", f"{speedup:.2f}x", f"{rate:.1f}", f"{draft_ms:.1f}",
+                      f"{verify_ms:.1f}", " ".join(accept.get(drafter, [])),
+                      "★" if champion is not None and str(champion.version) == str(version) else "")
+    console.print(table)
+    missing = sorted(set(drafters) - {row[0] for row in latest})
+    if missing:
+        console.print(f"[yellow]not evaluated (a step or blocking check failed; see the Dagster UI):[/] {', '.join(missing)}")
+    console.print(
+        "[bold]where to look[/]\n"
+        "  make ui                       Dagster UI http://127.0.0.1:3000 (asset graph, metadata, checks)\n"
+        "                                MLflow UI  http://127.0.0.1:5000 (training/eval runs, draft registry)\n"
+        f"  .venv/bin/dspark sql \"SELECT * FROM latest_tau\"       metrics in {store.path}\n"
+        f"  .venv/bin/dspark drafts list {slug}              registered drafts and the champion")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

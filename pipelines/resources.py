@@ -1,0 +1,50 @@
+"""Typed resources: where targets run, the MLflow store, the metrics database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from dspark_core.models import TargetModel, load_target
+from dspark_core.paths import dspark_home
+from dspark_core.store import MetricsStore
+from pipelines.tracking import Tracking
+
+
+class TargetLoader(dg.ConfigurableResource):
+    """Loads base models (from their imported snapshots) on the configured device."""
+
+    device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = Field(default="auto", description="'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', ...")
+
+    def load(self, spec: str) -> TargetModel:
+        return load_target(spec, device=self.device, dtype=self.dtype)
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and model registry: one run per training/evaluation materialization, drafts
+    registered per base model with a `champion` alias."""
+
+    tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: a SQLite store under $DSPARK_HOME/mlflow")
+    experiment_name: str = Field(default="dspark", description="Experiment the runs are logged to")
+    ui_url: str = Field(default="http://127.0.0.1:5000", description="Where the MLflow UI is served (`make ui`), for run links")
+
+    def tracking(self) -> Tracking:
+        return Tracking(self.tracking_uri or None, self.experiment_name, self.ui_url)
+
+
+class MetricsDatabase(dg.ConfigurableResource):
+    """The DuckDB file holding acceptance_metrics and its views (schema migrated on first use)."""
+
+    path: str = Field(default="", description="DuckDB file; empty: $DSPARK_HOME/metrics.duckdb")
+    lock_timeout_s: float = Field(default=120.0, description="How long a writer waits for another process's lock")
+
+    def store(self) -> MetricsStore:
+        return MetricsStore(Path(self.path) if self.path else dspark_home() / "metrics.duckdb",
+                            lock_timeout_s=self.lock_timeout_s)
+
+
+def default_resources() -> dict:
+    return {"targets": TargetLoader(), "mlflow": MLflowResource(), "metrics_db": MetricsDatabase()}

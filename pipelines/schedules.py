@@ -1,0 +1,19 @@
+"""Schedules: periodic re-preparation of every registered base model; the cache sensor then retrains (a
+no-op reuse when neither data nor settings changed) and re-evaluates, so metrics accumulate over time."""
+
+import dagster as dg
+
+from dspark_core.models.registry import registered_models
+from pipelines.jobs import prepare_base_model_job
+
+
+@dg.schedule(job=prepare_base_model_job, cron_schedule="0 3 * * 1", execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.RUNNING)
+def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
+    """Every Monday 03:00 UTC: one run per registered base model."""
+    known = set(context.instance.get_dynamic_partitions("base_model"))
+    stamp = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    models = sorted(slug for slug in registered_models() if slug in known)
+    if not models:
+        return dg.SkipReason("no registered base model has a partition yet (the new-model sensor adds them)")
+    return [dg.RunRequest(run_key=f"weekly:{stamp}:{slug}", partition_key=slug) for slug in models]

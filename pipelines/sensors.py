@@ -1,0 +1,58 @@
+"""Sensors: a newly registered base model gets a partition and its data run; a new feature cache starts
+training of every drafter; a new evaluation refreshes metrics_history."""
+
+import dagster as dg
+
+from dspark_core.models.registry import registered_models
+from pipelines.jobs import prepare_base_model_job, refresh_metrics_history_job, train_and_evaluate_job
+from pipelines.partitions import base_model_partitions, drafter_partitions, model_drafter_key
+
+
+@dg.sensor(job=prepare_base_model_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def new_base_model_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """Watch $DSPARK_HOME/models/registered.json (`dspark models register SPEC`): add a base_model partition
+    for each new entry and request its data-preparation run (training follows when its cache is ready)."""
+    known = set(context.instance.get_dynamic_partitions(base_model_partitions.name))
+    new = sorted(set(registered_models()) - known)
+    if not new:
+        return dg.SkipReason(f"no newly registered base models ({len(known)} known)")
+    return dg.SensorResult(
+        dynamic_partitions_requests=[base_model_partitions.build_add_request(new)],
+        run_requests=[dg.RunRequest(run_key=f"new-base-model:{slug}", partition_key=slug) for slug in new],
+    )
+
+
+def _new_materializations(context: dg.SensorEvaluationContext, asset: str) -> list[dg.EventLogRecord]:
+    """Materializations of `asset` since the last tick, oldest first (every one, not only the latest).
+
+    The first tick only records where the event log stands: what was materialized before the sensor
+    started (say by `make run`) does not start runs."""
+    latest = context.instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+    if context.cursor is None:
+        context.update_cursor(str(latest[0].storage_id) if latest else "0")
+        return []
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=int(context.cursor)),
+        limit=100, ascending=True).records
+    if records:
+        context.update_cursor(str(records[-1].storage_id))
+    return records
+
+
+@dg.sensor(job=train_and_evaluate_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def train_drafters_on_new_cache(context: dg.SensorEvaluationContext):
+    """When a base model's feature cache is (re)materialized, request one train → export → eval → promote
+    run per drafter algorithm for that base model."""
+    for record in _new_materializations(context, "target_feature_cache"):
+        base_model = record.partition_key
+        for drafter in drafter_partitions.get_partition_keys():
+            yield dg.RunRequest(run_key=f"cache:{record.storage_id}:{drafter}",
+                                partition_key=model_drafter_key(base_model, drafter))
+
+
+@dg.sensor(job=refresh_metrics_history_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def refresh_metrics_on_new_eval(context: dg.SensorEvaluationContext):
+    """Re-materialize metrics_history once after new evaluations."""
+    records = _new_materializations(context, "speculative_eval")
+    if records:
+        yield dg.RunRequest(run_key=f"eval:{records[-1].storage_id}")

@@ -1,0 +1,193 @@
+"""MLflow tracking and the draft model registry, in plain MLflow (the Dagster resource and `dspark drafts`
+both use this; dspark_core never imports mlflow).
+
+Default store: SQLite + artifact directory under $DSPARK_HOME/mlflow. Trained drafts are registered as
+versions of one registered model per base model (`dspark-draft-<base model key>`); the `champion` alias
+marks the version serving and evaluation use. Each promotion stamps the version with `dspark.promoted_at`,
+so a rollback can move the alias back to the previously promoted version.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from dspark_core.errors import DsparkError
+from dspark_core.paths import dspark_home
+
+CHAMPION = "champion"
+PROMOTED_AT = "dspark.promoted_at"
+ROLLED_BACK = "dspark.rolled_back"
+TAU_TAG = "dspark.tau"  # τ of the version's latest evaluation
+EVAL_TAG = "dspark.eval"  # how that τ was measured (benchmark, temperature, prompts)
+MAX_PARAM_CHARS = 6000
+
+
+def default_tracking_uri() -> str:
+    directory = dspark_home() / "mlflow"
+    directory.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{directory / 'mlflow.db'}"
+
+
+def default_artifact_root() -> Path:
+    return dspark_home() / "mlflow" / "artifacts"
+
+
+def registered_model_name(base_model: str) -> str:
+    return f"dspark-draft-{base_model}"
+
+
+def flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> flat `a.b` keys with string values (MLflow params are flat strings)."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:MAX_PARAM_CHARS]
+    return flat
+
+
+class Tracking:
+    """One MLflow tracking/registry store and experiment."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "dspark", ui_url: str | None = None):
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri()
+        self.experiment_name = experiment
+        self.ui_url = (ui_url or "").rstrip("/")
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        self._experiment_id: str | None = None
+
+    # -- runs -----------------------------------------------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            found = self.client.get_experiment_by_name(self.experiment_name)
+            if found is not None:
+                self._experiment_id = found.experiment_id
+            else:
+                location = default_artifact_root().as_uri() if self.uri.startswith("sqlite:") else None
+                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+        return self._experiment_id
+
+    @contextmanager
+    def run(self, name: str, tags: dict[str, str]) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED if the body raises; yields its id."""
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        try:
+            yield run_id
+        except BaseException:
+            self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(flat.items())])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()
+                                               if isinstance(v, (int, float))])
+
+    def log_history(self, run_id: str, history: list[dict], step_key: str = "step") -> None:
+        """Per-step metrics (e.g. a training metrics.jsonl), in batches MLflow accepts."""
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), stamp, int(entry[step_key])) for entry in history
+                   for k, v in entry.items() if k != step_key and isinstance(v, (int, float))]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+    def log_artifacts(self, run_id: str, local: Path, artifact_path: str | None = None) -> None:
+        if Path(local).is_dir():
+            self.client.log_artifacts(run_id, str(local), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(local), artifact_path)
+
+    def artifact_uri(self, run_id: str, artifact_path: str) -> str:
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{artifact_path}"
+
+    def run_url(self, run_id: str) -> str | None:
+        if not self.ui_url:
+            return None
+        return f"{self.ui_url}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    # -- registry -------------------------------------------------------------------------------------
+    def register_draft(self, base_model: str, source_uri: str, run_id: str, tags: dict[str, str]) -> str:
+        """A new model version of the base model's registered draft model; returns its version number."""
+        from mlflow.exceptions import MlflowException
+
+        name = registered_model_name(base_model)
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(
+                name, tags={"base_model": base_model},
+                description=f"Speculative-decoding draft modules for base model {base_model}. "
+                            f"The '{CHAMPION}' alias marks the version that serving and evaluation use.")
+        return str(self.client.create_model_version(name, source_uri, run_id=run_id, tags=tags).version)
+
+    def versions(self, base_model: str) -> list:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{registered_model_name(base_model)}'")
+        except MlflowException:
+            return []
+        return sorted(found, key=lambda v: int(v.version))
+
+    def tag_version(self, base_model: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(registered_model_name(base_model), version, key, value)
+
+    def champion(self, base_model: str):
+        """The champion model version, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(registered_model_name(base_model), CHAMPION)
+        except MlflowException:
+            return None
+
+    def promote(self, base_model: str, version: str) -> None:
+        name = registered_model_name(base_model)
+        self.client.set_model_version_tag(name, version, PROMOTED_AT, str(time.time_ns()))
+        if ROLLED_BACK in self.client.get_model_version(name, version).tags:  # promoted again on purpose
+            self.client.delete_model_version_tag(name, version, ROLLED_BACK)
+        self.client.set_registered_model_alias(name, CHAMPION, version)
+
+    def rollback(self, base_model: str) -> tuple[str, str]:
+        """Move the champion alias back to the version promoted before the current one; returns (from, to)."""
+        name = registered_model_name(base_model)
+        current = self.champion(base_model)
+        if current is None:
+            raise DsparkError(f"base model {base_model!r} has no champion draft to roll back "
+                              f"(registered model {name!r}); train and promote one first")
+        promoted_at = lambda v: int(v.tags.get(PROMOTED_AT, 0))  # noqa: E731
+        earlier = [v for v in self.versions(base_model)
+                   if PROMOTED_AT in v.tags and ROLLED_BACK not in v.tags and v.version != current.version
+                   and promoted_at(v) < promoted_at(current)]
+        if not earlier:
+            raise DsparkError(f"version {current.version} is the first champion of {name!r}; there is nothing to roll back to")
+        previous = max(earlier, key=promoted_at)
+        self.client.set_model_version_tag(name, current.version, ROLLED_BACK, "true")
+        self.client.set_registered_model_alias(name, CHAMPION, previous.version)
+        return str(current.version), str(previous.version)
+
+    def local_path(self, version) -> Path:
+        """A local directory holding the version's exported draft (downloaded if the store is remote)."""
+        import mlflow.artifacts
+
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=self.uri))

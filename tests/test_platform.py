@@ -1,0 +1,382 @@
+"""The Dagster platform on the tiny model, with a real temporary Dagster instance, MLflow store and DuckDB
+file: every asset, the jobs end to end, the checks (passing and planted failures), sensors, schedule,
+idempotent metrics, concurrent writers, the draft registry and its CLI."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import TINY, run_cli
+from dspark_core.models.registry import register_model
+from dspark_core.store import AcceptanceRow, MetricsStore
+from pipelines.partitions import model_drafter_key
+
+DATA = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
+DRAFT = ["draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"]
+SMALL = {
+    "prompt_dataset": {"validation_fraction": 0.3},
+    "target_responses": {"max_new_tokens": 16, "batch_size": 8},
+    "target_feature_cache": {"layer_ids": [1, 2], "max_length": 128},
+    "draft_checkpoint": {"steps": 6, "draft_vocab_size": 256},
+    "speculative_eval": {"max_prompts": 3, "max_new_tokens": 12},
+    "draft_checkpoint_draft_greedy_lossless": {"prompts": 2, "max_new_tokens": 8},
+}
+
+
+class Platform:
+    """One temporary Dagster instance + MLflow store + DuckDB file, and helpers to materialize on them."""
+
+    def __init__(self, instance: dg.DagsterInstance, root: Path, prompts: Path):
+        from pipelines.definitions import defs
+        from pipelines.resources import MetricsDatabase, MLflowResource, TargetLoader
+
+        self.defs, self.instance, self.root = defs, instance, root
+        self.config = {**SMALL, "prompt_dataset": {**SMALL["prompt_dataset"], "source": str(prompts)}}
+        self.mlflow = MLflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment_name="test")
+        self.metrics_db = MetricsDatabase(path=str(root / "metrics.duckdb"))
+        self.resources = {"targets": TargetLoader(device="cpu", dtype="float32"), "mlflow": self.mlflow,
+                          "metrics_db": self.metrics_db}
+        self.slug = register_model(TINY)
+        instance.add_dynamic_partitions("base_model", [self.slug])
+
+    def run_config(self, names) -> dict:
+        ops = {op: {"config": cfg} for op, cfg in self.config.items() if any(op.startswith(n) for n in names)}
+        return {"ops": ops, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    def materialize(self, selection: dg.AssetSelection, partition_key, names: list[str]) -> dg.ExecuteInProcessResult:
+        return dg.materialize([*self.defs.assets, *self.defs.asset_checks], selection=selection,
+                              partition_key=partition_key, instance=self.instance, resources=self.resources,
+                              run_config=self.run_config(names), raise_on_error=False)
+
+    def asset(self, name: str, partition_key) -> dg.ExecuteInProcessResult:
+        return self.materialize(dg.AssetSelection.assets(name), partition_key, [name])
+
+    def metadata(self, name: str, partition_key) -> dict:
+        records = self.instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(name), asset_partitions=None if partition_key is None else [str(partition_key)]), limit=1)
+        return {k: v.value for k, v in records.records[0].asset_materialization.metadata.items()}
+
+    def key(self, drafter: str) -> dg.MultiPartitionKey:
+        return model_drafter_key(self.slug, drafter)
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, tiny_target):
+    root = tmp_path_factory.mktemp("platform")
+    prompts = root / "prompts.jsonl"
+    topics = ["rivers", "bread", "chess", "volcanoes", "jazz", "bees", "glass", "tides", "maps", "clocks",
+              "salt", "kites", "owls", "copper", "fog", "ink"]
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me three facts about {t}.", "source": "facts"}) + "\n"
+                               for t in topics))
+    (root / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
+        yield Platform(instance, root, prompts)
+
+
+@pytest.fixture(scope="module")
+def materialized(platform):
+    """Every asset materialized one at a time, in graph order, for the tiny model and the dspark drafter."""
+    results = {}
+    for name in DATA:
+        results[name] = platform.asset(name, platform.slug)
+    for name in DRAFT:
+        results[name] = platform.asset(name, platform.key("dspark"))
+    results["metrics_history"] = platform.asset("metrics_history", None)
+    return results
+
+
+def test_definitions_hold_the_whole_platform():
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    assert {k.path[0] for k in graph.get_all_asset_keys()} == {*DATA, *DRAFT, "metrics_history"}
+    assert {c.name for c in graph.asset_check_keys} == {
+        "feature_cache_matches_base_model", "draft_weights_finite", "draft_greedy_lossless", "tau_within_margin_of_champion"}
+    assert {s.name for s in defs.sensors} == {"new_base_model_sensor", "train_drafters_on_new_cache", "refresh_metrics_on_new_eval"}
+    assert [s.name for s in defs.schedules] == ["weekly_retraining_schedule"]
+    for job in ("prepare_base_model", "train_and_evaluate_draft", "refresh_metrics_history"):
+        defs.resolve_job_def(job)
+
+
+def test_every_asset_materializes_with_its_metadata(platform, materialized):
+    for name, result in materialized.items():
+        assert result.success, name
+    meta = lambda name, key: platform.metadata(name, key)  # noqa: E731
+    slug, key = platform.slug, platform.key("dspark")
+    assert meta("prompt_dataset", slug)["train_prompts"] + meta("prompt_dataset", slug)["validation_prompts"] == 16
+    assert meta("target_responses", slug)["response_tokens"] > 0
+    cache = meta("target_feature_cache", slug)
+    assert cache["samples"] == 16 and len(cache["layer_ids"]) == 2
+    checkpoint = meta("draft_checkpoint", key)
+    assert Path(checkpoint["path"]).is_dir() and checkpoint["steps"] == 6 and "data:image/png;base64," in checkpoint["loss_curve"]
+    export = meta("exported_draft", key)
+    assert export["draft_version"] == "1" and (Path(export["path"]) / "config.json").is_file()
+    evaluation = meta("speculative_eval", key)
+    assert evaluation["tau"] >= 1.0 and evaluation["greedy_identical"] is True and evaluation["duckdb_rows"] > 0
+    assert meta("champion_draft", key)["champion_version"] == "1"
+    assert meta("metrics_history", None)["measurements"] >= 1
+    # every check ran and passed
+    checks = {e.check_name: e.passed for r in materialized.values() for e in r.get_asset_check_evaluations()}
+    assert checks == {"feature_cache_matches_base_model": True, "draft_weights_finite": True,
+                      "draft_greedy_lossless": True, "tau_within_margin_of_champion": True}
+    # MLflow: a training run and an eval run tagged with their Dagster run, the version is champion
+    tracking = platform.mlflow.tracking()
+    runs = tracking.client.search_runs([tracking.experiment_id])
+    assert {r.data.tags["dagster.asset"] for r in runs} >= {"draft_checkpoint", "speculative_eval"}
+    assert all(r.data.tags["dagster.partition"] == str(key) for r in runs)
+    assert any("loss" in r.data.metrics for r in runs)
+    assert str(tracking.champion(slug).version) == "1"
+    # DuckDB: long-form rows, per-position acceptance included
+    columns, rows = platform.metrics_db.store().query(
+        "SELECT metric, count(*) FROM acceptance_metrics WHERE drafter = 'dspark' GROUP BY metric")
+    metrics = dict(rows)
+    assert metrics["tau"] >= 2 and {"speedup", "tokens_per_s", "draft_ms_per_round", "verify_ms_per_round"} <= set(metrics)
+
+
+def test_full_graph_end_to_end_through_the_jobs(platform, materialized):
+    """The three jobs in order, as the sensors chain them, for another drafter partition."""
+    slug, key = platform.slug, platform.key("eagle3")
+    prepare = platform.defs.resolve_job_def("prepare_base_model")
+    train = platform.defs.resolve_job_def("train_and_evaluate_draft")
+    refresh = platform.defs.resolve_job_def("refresh_metrics_history")
+    config = lambda names: platform.run_config(names)  # noqa: E731
+    assert prepare.execute_in_process(partition_key=slug, instance=platform.instance, resources=platform.resources,
+                                      run_config=config(DATA)).success
+    assert train.execute_in_process(partition_key=str(key), instance=platform.instance, resources=platform.resources,
+                                    run_config=config(DRAFT)).success
+    assert refresh.execute_in_process(instance=platform.instance, resources=platform.resources,
+                                      run_config=config([])).success
+    _, rows = platform.metrics_db.store().query("SELECT drafter FROM latest_tau WHERE base_model = ? ORDER BY 1", [slug])
+    assert [r[0] for r in rows] == ["dspark", "eagle3"]
+    assert platform.metadata("exported_draft", key)["draft_version"] == "2"
+
+
+def test_rematerializing_does_not_duplicate_metrics(platform, materialized):
+    store = platform.metrics_db.store()
+    count = "SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics WHERE drafter = 'dspark'"
+    before = store.query(count)[1][0]
+    assert platform.asset("speculative_eval", platform.key("dspark")).success
+    assert store.query(count)[1][0] == before
+    # and exporting the same weights again reuses their registered version
+    assert platform.asset("exported_draft", platform.key("dspark")).success
+    assert platform.metadata("exported_draft", platform.key("dspark"))["draft_version"] == "1"
+
+
+# --- checks: planted failures -----------------------------------------------------------------------------
+
+def _report(platform, asset: str, partition, **metadata) -> None:
+    platform.instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=str(partition), metadata=metadata))
+
+
+def _check_passed(result, name: str) -> bool:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}[name]
+
+
+def test_cache_check_fails_on_a_corrupt_shard_and_a_foreign_manifest(platform, materialized, tmp_path, tiny_target):
+    from dspark_core.evaluation.checks import cache_problems
+
+    cache = Path(platform.metadata("target_feature_cache", platform.slug)["path"])
+    shard = next(cache.glob("*.safetensors"))
+    original = shard.read_bytes()
+    try:
+        shard.write_bytes(original[:-64] + bytes(64))  # bit rot: same size, other bytes
+        result = platform.asset("target_feature_cache", platform.slug)  # the build reuses the cache as it is
+        assert not _check_passed(result, "feature_cache_matches_base_model") and not result.success
+    finally:
+        shard.write_bytes(original)
+    assert _check_passed(platform.asset("target_feature_cache", platform.slug), "feature_cache_matches_base_model")
+    foreign = tmp_path / "cache"
+    shutil.copytree(cache, foreign)
+    manifest = json.loads((foreign / "manifest.json").read_text())
+    manifest["target_revision"], manifest["hidden_size"] = "0" * 40, 7
+    (foreign / "manifest.json").write_text(json.dumps(manifest))
+    problems = cache_problems(foreign, tiny_target)
+    assert len(problems) == 2 and "revision" in problems[0] and "hidden size" in problems[1]
+
+
+def test_nan_weights_fail_the_blocking_check_and_stop_export(platform, materialized, tmp_path):
+    key = platform.key("dflash")
+    good = Path(platform.metadata("draft_checkpoint", platform.key("dspark"))["path"])
+    bad = tmp_path / "draft"
+    shutil.copytree(good, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim == 2)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(bad / "model.safetensors"))
+    _report(platform, "draft_checkpoint", key, path=str(bad), mlflow_run_id="none")
+    result = platform.materialize(
+        dg.AssetSelection.assets("exported_draft") | dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey("draft_checkpoint"), "draft_weights_finite")), key, ["exported_draft"])
+    assert not _check_passed(result, "draft_weights_finite")
+    assert not result.success
+    assert not platform.instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("exported_draft"), asset_partitions=[str(key)]), limit=1).records
+
+
+def test_lossless_check_fails_with_a_broken_verifier(platform, materialized, monkeypatch):
+    """A verifier that accepts every draft token changes the output; the check must notice."""
+    import dspark_core.decoding.engine as engine
+    from dspark_core.decoding.verification import VerifyResult
+
+    def accept_everything(draft_tokens, lengths, target_logits):
+        return VerifyResult(lengths.clone(), target_logits.argmax(-1).gather(1, lengths[:, None]).squeeze(1))
+
+    key = platform.key("dflash")  # a partition not exported yet
+    monkeypatch.setattr(engine, "verify_greedy", accept_everything)
+    result = platform.materialize(dg.AssetSelection.assets("draft_checkpoint", "exported_draft"), key,
+                                  ["draft_checkpoint", "exported_draft"])
+    assert not _check_passed(result, "draft_greedy_lossless") and _check_passed(result, "draft_weights_finite")
+    assert not platform.instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("exported_draft"), asset_partitions=[str(key)]), limit=1).records
+
+
+def test_tau_check_blocks_promotion_below_the_champion(platform, materialized):
+    key = platform.key("dspark")
+    tracking = platform.mlflow.tracking()
+    evaluation = platform.metadata("speculative_eval", key)
+    champion_before = str(tracking.champion(platform.slug).version)
+    run_id = platform.metadata("draft_checkpoint", key)["mlflow_run_id"]
+    strong = tracking.register_draft(platform.slug, tracking.artifact_uri(run_id, "x"), run_id, {"drafter": "planted"})
+    tracking.tag_version(platform.slug, strong, {"dspark.tau": str(evaluation["tau"] + 1.0), "dspark.eval": evaluation["eval_id"]})
+    tracking.promote(platform.slug, strong)
+    select = dg.AssetSelection.assets("champion_draft") | dg.AssetSelection.checks(
+        dg.AssetCheckKey(dg.AssetKey("speculative_eval"), "tau_within_margin_of_champion"))
+    try:
+        result = platform.materialize(select, key, [])
+        assert not _check_passed(result, "tau_within_margin_of_champion")
+        assert str(tracking.champion(platform.slug).version) == strong  # not promoted
+        assert tracking.rollback(platform.slug) == (strong, champion_before)
+    finally:
+        tracking.client.delete_model_version(f"dspark-draft-{platform.slug}", strong)
+    assert str(tracking.champion(platform.slug).version) == champion_before
+
+
+# --- sensors and schedule --------------------------------------------------------------------------------
+
+def test_new_model_sensor_adds_partitions_and_requests_runs(tmp_path):
+    from pipelines.sensors import new_base_model_sensor
+
+    first = register_model(TINY)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(result, dg.SensorResult)
+        requested = {r.partition_key for r in result.run_requests}
+        assert first in requested and {r.job_name for r in result.run_requests} <= {None, "prepare_base_model"}
+        added = [k for request in result.dynamic_partitions_requests for k in request.partition_keys]
+        assert sorted(added) == sorted(requested)
+        instance.add_dynamic_partitions("base_model", added)
+        assert isinstance(new_base_model_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+        (tmp_path / "model.gguf").write_bytes(b"")  # registering needs a parsable spec, not an import
+        second = register_model(str(tmp_path / "model.gguf"))
+        result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
+        assert [r.partition_key for r in result.run_requests] == [second]
+
+
+def test_cache_sensor_requests_one_training_run_per_drafter(tmp_path):
+    from pipelines.sensors import train_drafters_on_new_cache
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("base_model", ["m1"])
+        instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
+        context = dg.build_sensor_context(instance=instance)
+        assert list(train_drafters_on_new_cache(context)) == []  # first tick: what existed before does not count
+        instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
+        context = dg.build_sensor_context(instance=instance, cursor=context.cursor)
+        requests = list(train_drafters_on_new_cache(context))
+        assert sorted(str(r.partition_key) for r in requests) == ["m1|dflash", "m1|dspark", "m1|eagle3"]
+        assert list(train_drafters_on_new_cache(dg.build_sensor_context(instance=instance, cursor=context.cursor))) == []
+
+
+def test_weekly_schedule_requests_one_run_per_registered_model(tmp_path):
+    from dspark_core.models.registry import registered_models
+    from pipelines.schedules import weekly_retraining_schedule
+
+    register_model(TINY)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        when = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
+        assert isinstance(weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when)),
+                          dg.SkipReason)
+        instance.add_dynamic_partitions("base_model", list(registered_models()))
+        requests = weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when))
+        assert sorted(r.partition_key for r in requests) == sorted(registered_models())
+        assert len({r.run_key for r in requests}) == len(requests)
+
+
+# --- metrics store, registry, CLI ------------------------------------------------------------------------
+
+def _rows(key: str, count: int) -> list[AcceptanceRow]:
+    now = datetime.now(timezone.utc)
+    return [AcceptanceRow(now, key, "run", None, "m", "rev", "dspark", None, None, "b", "all", 0.0, 7, "all",
+                          "prefix_accept", k, 0.5, 10, "test") for k in range(count)]
+
+
+def _write_many(path: str, worker: int, writes: int) -> None:
+    store = MetricsStore(path)
+    for i in range(writes):
+        store.replace_measurement(f"w{worker}-{i}", _rows(f"w{worker}-{i}", 5))
+
+
+def test_concurrent_writer_processes_lose_no_rows(tmp_path):
+    path = str(tmp_path / "metrics.duckdb")
+    MetricsStore(path).ensure_schema()
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=_write_many, args=(path, w, 8)) for w in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    _, rows = MetricsStore(path).query("SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics")
+    assert rows == [(3 * 8 * 5, 3 * 8)]
+
+
+def test_replacing_a_measurement_is_atomic_and_idempotent(tmp_path):
+    store = MetricsStore(tmp_path / "m.duckdb")
+    store.replace_measurement("a", _rows("a", 4))
+    store.replace_measurement("a", _rows("a", 3))
+    store.replace_measurement("b", _rows("b", 2))
+    assert store.query("SELECT measurement_key, count(*) FROM acceptance_metrics GROUP BY 1 ORDER BY 1")[1] == [("a", 3), ("b", 2)]
+    with pytest.raises(Exception):
+        store.replace_measurement("a", _rows("a", 2) + _rows("wrong-key", 1))
+    assert store.query("SELECT count(*) FROM acceptance_metrics WHERE measurement_key = 'a'")[1] == [(3,)]
+
+
+def test_rollback_moves_the_champion_alias_back(tmp_path):
+    from dspark_core.errors import DsparkError
+    from pipelines.tracking import Tracking
+
+    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "rollback")
+    with tracking.run("r", {}) as run_id:
+        pass
+    versions = [tracking.register_draft("m", f"file:///nowhere/{i}", run_id, {}) for i in range(3)]
+    with pytest.raises(DsparkError, match="no champion"):
+        tracking.rollback("m")
+    for version in versions:
+        tracking.promote("m", version)
+    assert tracking.rollback("m") == ("3", "2")
+    assert tracking.rollback("m") == ("2", "1")
+    with pytest.raises(DsparkError, match="nothing to roll back"):
+        tracking.rollback("m")
+    tracking.promote("m", "3")  # promoting again re-arms a rolled-back version
+    assert tracking.rollback("m") == ("3", "1")
+
+
+def test_cli_sql_and_drafts(platform, materialized, capsys, monkeypatch):
+    db = str(platform.metrics_db.store().path)
+    code, out, _ = run_cli(["sql", "SELECT drafter, round(tau, 2) AS tau FROM latest_tau", "--db", db], capsys)
+    assert code == 0 and "dspark" in out and "row(s)" in out
+    code, _, err = run_cli(["sql", "DELETE FROM acceptance_metrics", "--db", db], capsys)
+    assert code == 2 and "read" in err
+    uri = platform.mlflow.tracking_uri
+    code, out, _ = run_cli(["drafts", "list", platform.slug, "--tracking-uri", uri], capsys)
+    assert code == 0 and "★" in out
+    code, _, err = run_cli(["drafts", "rollback", "no-such-model", "--tracking-uri", uri], capsys)
+    assert code == 2 and "no champion" in err
