@@ -1,8 +1,9 @@
 """Browser check of the Dagster UI: start `dagster dev` on the platform's instance ($DSPARK_HOME/dagster),
-open the global asset graph in headless Chromium and save a screenshot.
+open the global asset graph in headless Chromium (driven by Selenium), expand every asset group and save
+a screenshot. Materialized assets are drawn green.
 
-Needs Chromium (Debian: `apt-get install chromium`). Run after `make run` so the graph shows materialized
-assets:  .venv/bin/python scripts/screenshot_ui.py [--out ui-asset-graph.png] [--path /asset-groups]
+Needs Chromium and ChromeDriver (Debian: `apt-get install chromium chromium-driver`) and the dev extras
+(selenium). Run it after `make run`:  .venv/bin/python scripts/screenshot_ui.py [--out ui-asset-graph.png]
 """
 
 import argparse
@@ -16,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.instance import use_dagster_home  # noqa: E402
+
+GROUPS = ("data", "training", "serving", "evaluation")
 
 
 def wait_for(url: str, timeout: float) -> None:
@@ -31,17 +34,43 @@ def wait_for(url: str, timeout: float) -> None:
     raise SystemExit(f"{url} did not answer within {timeout:.0f} s")
 
 
+def capture(browser: str, url: str, out: Path, size: str, wait_s: float) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={size}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(url)
+        time.sleep(wait_s)
+        for button in driver.find_elements(By.TAG_NAME, "button"):
+            if button.text == "Skip":  # the first-visit community dialog
+                button.click()
+        # The UI keeps the expanded groups of the global graph in localStorage; open all, then reload.
+        groups = ",".join(f"global@global:{g}" for g in GROUPS)
+        driver.execute_script("localStorage.setItem('asset-graph-open-graph-nodes-global-__GLOBAL__', "
+                              "JSON.stringify({expanded: arguments[0]}))", groups)
+        driver.refresh()
+        time.sleep(wait_s)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="ui-asset-graph.png")
-    parser.add_argument("--path", default="/asset-groups", help="UI page to capture (default: the global asset graph)")
     parser.add_argument("--port", type=int, default=3333)
-    parser.add_argument("--size", default="1800,1000", help="window width,height")
-    parser.add_argument("--wait-ms", type=int, default=25000, help="virtual time the page gets to load its data")
+    parser.add_argument("--size", default="2000,1100", help="window width,height")
+    parser.add_argument("--wait-s", type=float, default=10.0, help="seconds the page gets to load its data")
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not browser:
-        raise SystemExit("no Chromium found; install it (Debian: apt-get install chromium)")
+    if not browser or not shutil.which("chromedriver"):
+        raise SystemExit("Chromium and ChromeDriver are needed; install them (Debian: apt-get install chromium chromium-driver)")
 
     home = use_dagster_home()
     root = Path(__file__).resolve().parents[1]
@@ -51,11 +80,8 @@ def main() -> int:
     try:
         wait_for(f"http://127.0.0.1:{args.port}/server_info", 180)
         out = Path(args.out).resolve()
-        subprocess.run([
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--window-size={args.size}",
-            f"--virtual-time-budget={args.wait_ms}", f"--screenshot={out}", f"http://127.0.0.1:{args.port}{args.path}",
-        ], check=True, timeout=180, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        print(f"saved {out} ({out.stat().st_size / 1024:.0f} KiB) of http://127.0.0.1:{args.port}{args.path}")
+        capture(browser, f"http://127.0.0.1:{args.port}/asset-groups", out, args.size, args.wait_s)
+        print(f"saved {out} ({out.stat().st_size / 1024:.0f} KiB): the global asset graph, every group expanded")
     finally:
         dagster.terminate()
         try:
