@@ -14,9 +14,9 @@ from dspark_core.evaluation.plots import acceptance_curves
 from dspark_core.evaluation.speculative import EvalSettings, decode_prompts, eval_prompts, mismatched_prompts, summarize
 from dspark_core.export.formats import load_export
 from dspark_core.models.registry import spec_for
-from dspark_core.store import measurement_key
+from dspark_core.store import AcceptanceRow, measurement_key
 from dspark_core.store.acceptance import now_utc
-from dspark_core.store.rows import MeasurementContext, acceptance_rows
+from dspark_core.store.rows import acceptance_rows
 from pipelines.config import SpeculativeEvalConfig
 from pipelines.metadata import image, markdown_table, run_tags, upstream, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
@@ -74,7 +74,7 @@ def speculative_eval(context: dg.AssetExecutionContext, config: SpeculativeEvalC
     key = measurement_key(asset="speculative_eval", partition=partition, weights=export["weights_sha256"],
                           settings=asdict(settings), benchmark=config.benchmark, prompts=[p.id for p in prompts],
                           code_version=dspark_core.__version__, day=recorded_at.date().isoformat())
-    rows = acceptance_rows(MeasurementContext(
+    rows = acceptance_rows(AcceptanceRow(
         recorded_at=recorded_at, measurement_key=key, run_id=context.run.run_id, mlflow_run_id=run_id,
         base_model=base_model, base_model_revision=target.revision, drafter=drafter_name,
         draft_checkpoint=str(export_path), draft_version=export["draft_version"], benchmark=config.benchmark,

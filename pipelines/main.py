@@ -36,9 +36,16 @@ def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> 
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*assets), partition_key=partition_key,
         instance=instance, resources=defs.resources, run_config=QUIET, raise_on_error=False, tags={"dspark/origin": "make run"})
-    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    status = "[green]done" if result.success else f"[red]failed steps: {', '.join(failed)}"
-    console.print(f"{label}: {status}[/] in {(time.perf_counter() - started) / 60:.1f} min")
+    failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+    failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"
+                    and not any(e.step_key.endswith(check) for check in failed_checks)]
+    if result.success:
+        status = "[green]done[/]"
+    else:
+        status = "; ".join(
+            ([f"[yellow]blocking check failed: {', '.join(failed_checks)} (what depends on it did not run)[/]"]
+             if failed_checks else []) + ([f"[red]failed: {', '.join(failed_steps)}[/]"] if failed_steps else []))
+    console.print(f"{label}: {status} in {(time.perf_counter() - started) / 60:.1f} min")
     return result.success
 
 

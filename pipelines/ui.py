@@ -12,6 +12,10 @@ from pipelines.instance import use_dagster_home
 from pipelines.tracking import default_artifact_root, default_tracking_uri
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
@@ -21,13 +25,17 @@ def main() -> int:
     args = parser.parse_args()
 
     home = use_dagster_home()
+    # Ctrl-C (SIGINT, even if a background shell ignored it) and `kill` (SIGTERM) both stop both servers.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     bin_dir = Path(sys.executable).parent
     processes = []
     if not args.no_mlflow:
         processes.append(subprocess.Popen([
             str(bin_dir / "mlflow"), "server", "--backend-store-uri", default_tracking_uri(),
             "--default-artifact-root", default_artifact_root().as_uri(), "--host", args.host, "--port", str(args.mlflow_port),
-        ]))
+            "--workers", "1",
+        ], env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))  # no GenAI job workers (~250 MB each)
     processes.append(subprocess.Popen([
         str(bin_dir / "dagster"), "dev", "-w", "workspace.yaml", "-h", args.host, "-p", str(args.dagster_port),
     ], env={**os.environ, "DAGSTER_HOME": str(home)}))

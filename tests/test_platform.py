@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -314,8 +315,8 @@ def test_weekly_schedule_requests_one_run_per_registered_model(tmp_path):
 
 def _rows(key: str, count: int) -> list[AcceptanceRow]:
     now = datetime.now(timezone.utc)
-    return [AcceptanceRow(now, key, "run", None, "m", "rev", "dspark", None, None, "b", "all", 0.0, 7, "all",
-                          "prefix_accept", k, 0.5, 10, "test") for k in range(count)]
+    shared = AcceptanceRow(now, key, "run", None, "m", "rev", "dspark", None, None, "b", 0.0, 7, "test")
+    return [replace(shared, metric="prefix_accept", position=k, value=0.5, n=10) for k in range(count)]
 
 
 def _write_many(path: str, worker: int, writes: int) -> None:

@@ -26,6 +26,9 @@ from dspark_core.store.schema import ACCEPTANCE_COLUMNS, migrate
 
 @dataclass(frozen=True)
 class AcceptanceRow:
+    """One row of acceptance_metrics. The fields with defaults are the measured value; the others are
+    shared by every row of one measurement (build one row, then `dataclasses.replace` per value)."""
+
     recorded_at: datetime
     measurement_key: str
     run_id: str | None
@@ -36,18 +39,19 @@ class AcceptanceRow:
     draft_checkpoint: str | None
     draft_version: str | None
     benchmark: str
-    domain: str
     temperature: float
     block_size: int
-    context_bucket: str
-    metric: str
-    position: int | None
-    value: float | None
-    n: int | None
     code_version: str | None
+    domain: str = "all"
+    context_bucket: str = "all"
+    metric: str = "tau"
+    position: int | None = None
+    value: float | None = None
+    n: int | None = None
 
 
-assert [f.name for f in fields(AcceptanceRow)] == [name for name, _ in ACCEPTANCE_COLUMNS]
+COLUMNS = [f.name for f in fields(AcceptanceRow)]
+assert sorted(COLUMNS) == sorted(name for name, _ in ACCEPTANCE_COLUMNS)
 
 
 def measurement_key(**identity) -> str:
@@ -97,7 +101,7 @@ class MetricsStore:
         """Replace every row of measurement `key` by `rows`, atomically; returns how many were written."""
         if any(row.measurement_key != key for row in rows):
             raise DsparkError("every row of a measurement must carry its measurement_key")
-        placeholders = ", ".join("?" for _ in ACCEPTANCE_COLUMNS)
+        insert = f"INSERT INTO acceptance_metrics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
@@ -106,8 +110,7 @@ class MetricsStore:
                     try:
                         connection.execute("DELETE FROM acceptance_metrics WHERE measurement_key = ?", [key])
                         if rows:
-                            connection.executemany(f"INSERT INTO acceptance_metrics VALUES ({placeholders})",
-                                                   [astuple(row) for row in rows])
+                            connection.executemany(insert, [astuple(row) for row in rows])
                         connection.execute("COMMIT")
                     except BaseException:
                         connection.execute("ROLLBACK")

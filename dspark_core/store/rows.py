@@ -2,42 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import replace
 
 from dspark_core.evaluation.speculative import GroupSummary
 from dspark_core.store.acceptance import AcceptanceRow
 
 
-@dataclass(frozen=True)
-class MeasurementContext:
-    """What every row of one measurement shares."""
-
-    recorded_at: datetime
-    measurement_key: str
-    run_id: str | None
-    mlflow_run_id: str | None
-    base_model: str
-    base_model_revision: str | None
-    drafter: str
-    draft_checkpoint: str | None
-    draft_version: str | None
-    benchmark: str
-    temperature: float
-    block_size: int
-    code_version: str | None
-
-
-def acceptance_rows(context: MeasurementContext, summaries: list[GroupSummary]) -> list[AcceptanceRow]:
+def acceptance_rows(shared: AcceptanceRow, summaries: list[GroupSummary]) -> list[AcceptanceRow]:
+    """One row per measured value; `shared` carries what every row of the measurement has in common."""
     rows = []
 
     def add(summary: GroupSummary, metric: str, value, n, position=None) -> None:
-        rows.append(AcceptanceRow(
-            context.recorded_at, context.measurement_key, context.run_id, context.mlflow_run_id, context.base_model,
-            context.base_model_revision, context.drafter, context.draft_checkpoint, context.draft_version,
-            context.benchmark, summary.domain, context.temperature, context.block_size, summary.context_bucket,
-            metric, position, None if value is None else float(value), n, context.code_version,
-        ))
+        rows.append(replace(shared, domain=summary.domain, context_bucket=summary.context_bucket, metric=metric,
+                            position=position, value=None if value is None else float(value), n=n))
 
     for s in summaries:
         add(s, "tau", s.tau, s.rounds)
