@@ -6,7 +6,7 @@ from assets.base_model import base_model
 from dspark_core.data import layout
 from dspark_core.data.prompts import read_prompt_file
 from dspark_core.data.sources import PromptSource, prepare_prompt_file
-from dspark_core.models.registry import spec_for
+from dspark_core.models.registry import prompt_source_for, spec_for
 from pipelines.config import PromptDatasetConfig
 from pipelines.metadata import markdown_table
 from pipelines.partitions import base_model_partitions
@@ -21,7 +21,8 @@ def prompt_dataset(context: dg.AssetExecutionContext, config: PromptDatasetConfi
     spec = spec_for(context.partition_key)
     dataset = f"{context.partition_key}-{config.dataset}"
     path = layout.prompts_path(dataset)
-    source = PromptSource(source=config.source, count=config.count, limit=config.limit, seed=config.seed)
+    source_name = config.source or prompt_source_for(context.partition_key) or "self"
+    source = PromptSource(source=source_name, count=config.count, limit=config.limit, seed=config.seed)
     counts, report = prepare_prompt_file(path, source, config.validation_fraction, target=lambda: targets.load(spec))
     if report is not None:
         for problem in report.malformed[:20]:
@@ -34,7 +35,7 @@ def prompt_dataset(context: dg.AssetExecutionContext, config: PromptDatasetConfi
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)),
         "dataset": dataset,
-        "source": config.source,
+        "source": source_name,
         "reused": report is None,
         "train_prompts": counts["train"],
         "validation_prompts": counts["validation"],

@@ -7,8 +7,10 @@ from pydantic import Field
 
 class PromptDatasetConfig(dg.Config):
     dataset: str = Field(default="selfgen", description="Dataset name: a folder under $DSPARK_HOME/data")
-    source: str = Field(default="self", description="'self' (the base model writes user requests itself, offline), "
-                                                     "a .jsonl file of prompts, or 'hf:NAME_OR_PATH' (Hugging Face datasets)")
+    source: str = Field(default="", description="'self' (the base model writes user requests itself, offline), a .jsonl "
+                                                 "file of prompts, or 'hf:NAME_OR_PATH' (Hugging Face datasets); empty: "
+                                                 "the source registered with the model (`dspark models register SPEC "
+                                                 "--prompts SOURCE`), else 'self'")
     count: int = Field(default=96, description="For source 'self': how many prompts to generate")
     limit: int | None = Field(default=None, description="Keep at most this many prompts (any source)")
     validation_fraction: float = Field(default=0.12, description="Share held out from training by content hash; "

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY, run_cli
 from dspark_core.errors import ModelSpecError
-from dspark_core.models.registry import register_model, registered_models, spec_for
+from dspark_core.models.registry import prompt_source_for, register_model, registered_models, spec_for
 
 
 def test_definitions_load_with_the_asset_graph():
@@ -27,6 +27,12 @@ def test_register_is_idempotent_and_validates(capsys):
         spec_for("never-registered")
     code, out, _ = run_cli(["models", "register", TINY], capsys)
     assert code == 0 and "tiny-smollm2-135m" in out
+    # a prompt source can be attached (and replaced) later; registering again without one keeps it
+    code, _, _ = run_cli(["models", "register", TINY, "--prompts", "a.jsonl"], capsys)
+    register_model(TINY)
+    assert code == 0 and prompt_source_for(slug) == "a.jsonl"
+    register_model(TINY, prompts="hf:some/dataset")
+    assert prompt_source_for(slug) == "hf:some/dataset"
 
 
 def test_base_model_materializes_for_a_registered_partition(tmp_path, tiny_target):

@@ -40,12 +40,12 @@ class Platform:
         from pipelines.resources import MetricsDatabase, MLflowResource, TargetLoader
 
         self.defs, self.instance, self.root = defs, instance, root
-        self.config = {**SMALL, "prompt_dataset": {**SMALL["prompt_dataset"], "source": str(prompts)}}
+        self.config = SMALL
         self.mlflow = MLflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment_name="test")
         self.metrics_db = MetricsDatabase(path=str(root / "metrics.duckdb"))
         self.resources = {"targets": TargetLoader(device="cpu", dtype="float32"), "mlflow": self.mlflow,
                           "metrics_db": self.metrics_db}
-        self.slug = register_model(TINY)
+        self.slug = register_model(TINY, prompts=str(prompts))  # the asset's default source is the registered one
         instance.add_dynamic_partitions("base_model", [self.slug])
 
     def run_config(self, names) -> dict:
@@ -112,7 +112,8 @@ def test_every_asset_materializes_with_its_metadata(platform, materialized):
         assert result.success, name
     meta = lambda name, key: platform.metadata(name, key)  # noqa: E731
     slug, key = platform.slug, platform.key("dspark")
-    assert meta("prompt_dataset", slug)["train_prompts"] + meta("prompt_dataset", slug)["validation_prompts"] == 16
+    prompts = meta("prompt_dataset", slug)
+    assert prompts["train_prompts"] + prompts["validation_prompts"] == 16 and prompts["source"].endswith("prompts.jsonl")
     assert meta("target_responses", slug)["response_tokens"] > 0
     cache = meta("target_feature_cache", slug)
     assert cache["samples"] == 16 and len(cache["layer_ids"]) == 2

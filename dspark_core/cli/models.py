@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -58,7 +59,11 @@ def show_model(spec: str = typer.Argument(..., help="A model spec; imported firs
 
 
 @models_app.command("register")
-def register(spec: str = typer.Argument(..., help="A model spec to train and evaluate drafts for.")) -> None:
+def register(
+    spec: str = typer.Argument(..., help="A model spec to train and evaluate drafts for."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Its prompt source for the pipelines: a .jsonl file or "
+                                          "hf:NAME (default: self-generated, which needs a chat template)."),
+) -> None:
     """Add SPEC to the registered base models (the pipelines' partitions); idempotent."""
-    slug = register_model(spec)
+    slug = register_model(spec, prompts)
     console.print(f"registered {spec} as [bold]{slug}[/]; {len(registered_models())} base model(s) registered")

@@ -1,7 +1,9 @@
 """Registered base models: the list the platform trains and evaluates drafts for.
 
-Stored as `$DSPARK_HOME/models/registered.json` ({slug: {"spec", "registered_at"}}); slugs are the
-partition keys the pipelines use (Dagster dislikes '/').
+Stored as `$DSPARK_HOME/models/registered.json` ({slug: {"spec", "registered_at", "prompts"?}}); slugs are
+the partition keys the pipelines use (Dagster dislikes '/'). `prompts` is the model's prompt source for the
+pipelines when it differs from the default (self-generated prompts need an instruction-tuned model with a
+chat template; a base model needs a JSONL file or a dataset).
 """
 
 from __future__ import annotations
@@ -28,18 +30,28 @@ def registered_models() -> dict[str, dict]:
         raise ModelSpecError(f"{path} is not valid JSON ({exc}); fix or delete it and register the models again") from exc
 
 
-def register_model(spec: str) -> str:
-    """Add `spec` to the registry (idempotent); returns its slug. The spec must parse (not necessarily import)."""
+def register_model(spec: str, prompts: str | None = None) -> str:
+    """Add `spec` to the registry (idempotent); returns its slug. The spec must parse (not necessarily import).
+    `prompts` sets (or, given again, replaces) the model's prompt source for the pipelines."""
     source = parse_spec(spec)
     slug = slugify(source.spec)
     models = registered_models()
     existing = models.get(slug)
     if existing and existing["spec"] != source.spec:
         raise ModelSpecError(f"slug {slug!r} is already taken by {existing['spec']!r}; register {spec!r} under another spelling")
-    if not existing:
-        models[slug] = {"spec": source.spec, "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    entry = dict(existing or {"spec": source.spec,
+                              "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    if prompts:
+        entry["prompts"] = prompts
+    if entry != existing:
+        models[slug] = entry
         write_json_atomic(_path(), models)
     return slug
+
+
+def prompt_source_for(slug: str) -> str | None:
+    """The prompt source registered with the model, if any."""
+    return registered_models().get(slug, {}).get("prompts")
 
 
 def spec_for(slug: str) -> str:
