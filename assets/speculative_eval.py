@@ -91,8 +91,8 @@ def speculative_eval(context: dg.AssetExecutionContext, config: SpeculativeEvalC
     table = [[s.domain, s.context_bucket, s.prompts, s.tau, s.speedup, s.draft_ms_per_round, s.verify_ms_per_round,
               " ".join("–" if r is None else f"{r:.2f}" for r, _ in s.cond_accept)] for s in summaries]
     return dg.MaterializeResult(metadata={
-        "tau": overall.tau,
-        "speedup": overall.speedup,
+        "tau": round(overall.tau, 4),
+        "speedup": round(overall.speedup, 3),
         "tokens_per_s": round(overall.tokens_per_s, 2),
         "draft_ms_per_round": round(overall.draft_ms_per_round, 2),
         "verify_ms_per_round": round(overall.verify_ms_per_round, 2),

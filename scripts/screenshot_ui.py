@@ -1,6 +1,7 @@
 """Browser check of the Dagster UI: start `dagster dev` on the platform's instance ($DSPARK_HOME/dagster),
 open the global asset graph in headless Chromium (driven by Selenium), expand every asset group and save
-a screenshot. Materialized assets are drawn green.
+a screenshot (materialized assets are drawn green), then one of the speculative_eval asset page (its latest
+materialization's metadata: τ, speed-up, result table, acceptance plot).
 
 Needs Chromium and ChromeDriver (Debian: `apt-get install chromium chromium-driver`) and the dev extras
 (selenium). Run it after `make run`:  .venv/bin/python scripts/screenshot_ui.py [--out ui-asset-graph.png]
@@ -19,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.instance import use_dagster_home  # noqa: E402
 
 GROUPS = ("data", "training", "serving", "evaluation")
+#: further pages saved next to the graph as <out>-<name>.png
+EXTRA_PAGES = (("/assets/speculative_eval", "speculative-eval"),)
 
 
 def wait_for(url: str, timeout: float) -> None:
@@ -57,6 +60,12 @@ def capture(browser: str, url: str, out: Path, size: str, wait_s: float) -> None
         driver.refresh()
         time.sleep(wait_s)
         driver.save_screenshot(str(out))
+        width = int(size.split(",")[0])
+        driver.set_window_size(width, 2200)  # asset pages are long: metadata tables and plots
+        for page, name in EXTRA_PAGES:
+            driver.get(url.replace("/asset-groups", page))
+            time.sleep(wait_s)
+            driver.save_screenshot(str(out.with_name(f"{out.stem}-{name}{out.suffix}")))
     finally:
         driver.quit()
 
@@ -81,7 +90,8 @@ def main() -> int:
         wait_for(f"http://127.0.0.1:{args.port}/server_info", 180)
         out = Path(args.out).resolve()
         capture(browser, f"http://127.0.0.1:{args.port}/asset-groups", out, args.size, args.wait_s)
-        print(f"saved {out} ({out.stat().st_size / 1024:.0f} KiB): the global asset graph, every group expanded")
+        print(f"saved {out} ({out.stat().st_size / 1024:.0f} KiB): the global asset graph, every group expanded; "
+              f"and {', '.join(f'{out.stem}-{name}{out.suffix}' for _, name in EXTRA_PAGES)}")
     finally:
         dagster.terminate()
         try:
