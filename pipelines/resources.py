@@ -27,7 +27,7 @@ class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and model registry: one run per training/evaluation materialization, drafts
     registered per base model with a `champion` alias."""
 
-    tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: a SQLite store under $DSPARK_HOME/mlflow")
+    tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a SQLite store under $DSPARK_HOME/mlflow")
     experiment_name: str = Field(default="dspark", description="Experiment the runs are logged to")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="Where the MLflow UI is served (`make ui`), for run links")
 

@@ -9,6 +9,7 @@ so a rollback can move the alias back to the previously promoted version.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,9 @@ MAX_PARAM_CHARS = 6000
 
 
 def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI if set (MLflow's own convention), else the SQLite store under $DSPARK_HOME."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
     directory = dspark_home() / "mlflow"
     directory.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{directory / 'mlflow.db'}"
@@ -71,7 +75,9 @@ class Tracking:
             if found is not None:
                 self._experiment_id = found.experiment_id
             else:
-                location = default_artifact_root().as_uri() if self.uri.startswith("sqlite:") else None
+                # A SQLite store keeps its artifacts beside the database file; servers choose their own.
+                location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() \
+                    if self.uri.startswith("sqlite:///") else None
                 self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
         return self._experiment_id
 

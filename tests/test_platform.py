@@ -382,3 +382,14 @@ def test_cli_sql_and_drafts(platform, materialized, capsys, monkeypatch):
     assert code == 0 and "★" in out
     code, _, err = run_cli(["drafts", "rollback", "no-such-model", "--tracking-uri", uri], capsys)
     assert code == 2 and "no champion" in err
+
+
+def test_generate_decodes_with_the_champion(platform, materialized, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", platform.mlflow.tracking_uri)
+    code, out, err = run_cli(["generate", "--target", TINY, "--drafter", "champion", "--prompt", "Tell me about owls.",
+                              "--max-new-tokens", "12", "--compare", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert "exported_draft" in report["drafter"] and report["identical_to_autoregressive"] is True
+    code, _, err = run_cli(["generate", "--target", TINY, "--drafter", "champion:never-registered", "--prompt", "x"], capsys)
+    assert code == 2 and "no champion draft" in err
