@@ -22,13 +22,12 @@ def metrics_history(context: dg.AssetExecutionContext, metrics_db: MetricsDataba
         "SELECT strftime(day, '%Y-%m-%d') AS day, base_model, drafter, domain, tau, rounds FROM tau_over_time "
         "ORDER BY day DESC LIMIT 50")
     _, curve_rows = store.query(
-        "SELECT base_model || ' · ' || drafter, position, value FROM acceptance_curves WHERE metric = 'cond_accept' "
-        "AND temperature = 0 ORDER BY 1, 2")
-    curves: dict[str, list] = {}
+        "SELECT base_model || ' · ' || drafter || ' · ' || benchmark, position, value FROM acceptance_curves "
+        "WHERE metric = 'cond_accept' AND temperature = 0 ORDER BY 1, 2")
+    curves: dict[str, dict[int, float]] = {}
     for name, position, value in curve_rows:
-        curves.setdefault(name, [None] * 16)[position - 1] = value
-    plot = acceptance_curves({k: [v for v in values if v is not None] for k, values in curves.items()},
-                             dspark_home() / "reports" / "acceptance_curves.png",
+        curves.setdefault(name, {})[position] = value
+    plot = acceptance_curves(curves, dspark_home() / "reports" / "acceptance_curves.png",
                              title="conditional acceptance by position (latest, greedy)")
     _, totals = store.query("SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics")
     return dg.MaterializeResult(metadata={

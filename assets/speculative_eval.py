@@ -21,7 +21,7 @@ from pipelines.config import SpeculativeEvalConfig
 from pipelines.metadata import image, markdown_table, run_tags, upstream, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MetricsDatabase, MLflowResource, TargetLoader
-from pipelines.tracking import EVAL_TAG, TAU_TAG
+from pipelines.tracking import EVAL_TAG, TAU_TAG, tau_tag
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[exported_draft], group_name="evaluation",
@@ -86,7 +86,8 @@ def speculative_eval(context: dg.AssetExecutionContext, config: SpeculativeEvalC
     eval_id = json.dumps({"benchmark": config.benchmark, "temperature": config.temperature,
                           "max_new_tokens": config.max_new_tokens, "prompts": hashlib.sha256(
                               "".join(p.id for p in prompts).encode()).hexdigest()[:12]}, sort_keys=True)
-    tracking.tag_version(base_model, export["draft_version"], {TAU_TAG: f"{overall.tau:.6f}", EVAL_TAG: eval_id})
+    tracking.tag_version(base_model, export["draft_version"], {
+        tau_tag(eval_id): f"{overall.tau:.6f}", TAU_TAG: f"{overall.tau:.6f}", EVAL_TAG: eval_id})
 
     table = [[s.domain, s.context_bucket, s.prompts, s.tau, s.speedup, s.draft_ms_per_round, s.verify_ms_per_round,
               " ".join("–" if r is None else f"{r:.2f}" for r, _ in s.cond_accept)] for s in summaries]

@@ -1,8 +1,6 @@
 """Asset checks. Blocking checks stop what depends on the checked asset: a draft with non-finite weights or
 one that changes greedy output is never exported, and a draft worse than the champion is never promoted."""
 
-import json
-
 import dagster as dg
 
 from assets.draft_checkpoint import draft_checkpoint
@@ -17,7 +15,7 @@ from pipelines.config import ChampionCheckConfig, LosslessCheckConfig
 from pipelines.metadata import upstream, upstream_path
 from pipelines.partitions import base_model_partitions, model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource, TargetLoader
-from pipelines.tracking import EVAL_TAG, TAU_TAG
+from pipelines.tracking import tau_tag
 
 
 def _problems(problems: list[str], ok: str) -> dg.AssetCheckResult:
@@ -70,14 +68,11 @@ def tau_within_margin_of_champion(context: dg.AssetCheckExecutionContext, config
     metadata = {"tau": tau, "version": version, "margin": config.tau_margin}
     if champion is None or str(champion.version) == version:
         return dg.AssetCheckResult(passed=True, metadata={**metadata, "champion": "none" if champion is None else "this version"})
-    champion_tau = champion.tags.get(TAU_TAG)
-    comparable = champion_tau is not None and _same_eval(champion.tags.get(EVAL_TAG), evaluation.get("eval_id"))
+    champion_tau = champion.tags.get(tau_tag(evaluation["eval_id"]))
     metadata.update(champion=str(champion.version), champion_tau=float(champion_tau) if champion_tau else None)
-    if not comparable:
+    if champion_tau is None:
         return dg.AssetCheckResult(passed=True, metadata={
-            **metadata, "note": "the champion was evaluated differently; τ not compared"})
+            **metadata, "note": "the champion was never evaluated this way; τ not compared"})
     return dg.AssetCheckResult(passed=tau >= float(champion_tau) - config.tau_margin, metadata=metadata)
 
 
-def _same_eval(a: str | None, b: str | None) -> bool:
-    return a is not None and b is not None and json.loads(a) == json.loads(b)

@@ -24,13 +24,19 @@ DRAFT_STAGE = ["draft_checkpoint", "exported_draft", "speculative_eval", "champi
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _materialized(instance: dg.DagsterInstance, asset: str, partition: str) -> bool:
-    return bool(instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records)
+def _materialized(instance: dg.DagsterInstance, asset: str, partition: str, *, run_succeeded: bool = False) -> bool:
+    """Is `asset` materialized for `partition` (and, if asked, did that run succeed, checks included)?"""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+    if not records or not run_succeeded:
+        return bool(records)
+    run = instance.get_run_by_id(records[0].run_id)
+    return run is None or run.is_success
 
 
-def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> bool:
-    """Materialize `assets` (with their checks) for one partition; returns whether every step succeeded."""
+def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> tuple[bool, bool]:
+    """Materialize `assets` (with their checks) for one partition. Returns (everything succeeded, only
+    blocking checks failed) — a check that refuses a draft is a result, not an error."""
     started = time.perf_counter()
     console.rule(f"[bold]{label}")
     result = dg.materialize(
@@ -46,7 +52,7 @@ def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> 
             ([f"[yellow]blocking check failed: {', '.join(failed_checks)} (what depends on it did not run)[/]"]
              if failed_checks else []) + ([f"[red]failed: {', '.join(failed_steps)}[/]"] if failed_steps else []))
     console.print(f"{label}: {status} in {(time.perf_counter() - started) / 60:.1f} min")
-    return result.success
+    return result.success, not failed_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,20 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         instance.add_dynamic_partitions("base_model", [slug])
     console.print(f"base model [bold]{args.model}[/] (partition {slug}); Dagster instance {home}")
 
-    ok = True
-    if _materialized(instance, DATA_STAGE[-1], slug):
+    # The data stage must have succeeded with its checks: a cache that failed its check is never trained on.
+    data_ok = _materialized(instance, DATA_STAGE[-1], slug, run_succeeded=True)
+    if data_ok:
         console.print(f"data for {slug}: already materialized, reused")
     else:
-        ok = _run_stage(defs, instance, DATA_STAGE, slug, f"data for {slug}")
-    if ok:
+        data_ok, _ = _run_stage(defs, instance, DATA_STAGE, slug, f"data for {slug}")
+    ok = data_ok
+    if data_ok:
         for drafter in drafters:
             key = model_drafter_key(slug, drafter)
             if _materialized(instance, "speculative_eval", str(key)):
                 console.print(f"{drafter}: already trained and evaluated, reused")
                 continue
-            # Failing blocking checks (not lossless, worse than the champion) stop the chain for this drafter only.
-            _run_stage(defs, instance, DRAFT_STAGE, key, f"{drafter} for {slug}")
-        _run_stage(defs, instance, ["metrics_history"], None, "metrics_history")
+            # A failing blocking check (not lossless, worse than the champion) stops this drafter's chain only.
+            ok = _run_stage(defs, instance, DRAFT_STAGE, key, f"{drafter} for {slug}")[1] and ok
+        ok = _run_stage(defs, instance, ["metrics_history"], None, "metrics_history")[0] and ok
     print_report(slug, drafters)
     console.print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     return 0 if ok else 1

@@ -23,7 +23,8 @@ def new_base_model_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
 
 
 def _new_materializations(context: dg.SensorEvaluationContext, asset: str) -> list[dg.EventLogRecord]:
-    """Materializations of `asset` since the last tick, oldest first (every one, not only the latest).
+    """Materializations of `asset` since the last tick whose run succeeded (so its blocking checks passed),
+    oldest first — every one, not only the latest. The cursor never moves past a run still in progress.
 
     The first tick only records where the event log stands: what was materialized before the sensor
     started (say by `make run`) does not start runs."""
@@ -34,9 +35,15 @@ def _new_materializations(context: dg.SensorEvaluationContext, asset: str) -> li
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=int(context.cursor)),
         limit=100, ascending=True).records
-    if records:
-        context.update_cursor(str(records[-1].storage_id))
-    return records
+    accepted = []
+    for record in records:
+        run = context.instance.get_run_by_id(record.run_id) if record.run_id else None
+        if run is not None and not run.is_finished:
+            break  # look again next tick, once its checks have run
+        if run is None or run.is_success:  # reported without a run, or its run (checks included) succeeded
+            accepted.append(record)
+        context.update_cursor(str(record.storage_id))
+    return accepted
 
 
 @dg.sensor(job=train_and_evaluate_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)

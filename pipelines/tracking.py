@@ -9,6 +9,7 @@ so a rollback can move the alias back to the previously promoted version.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from contextlib import contextmanager
@@ -21,8 +22,10 @@ from dspark_core.paths import dspark_home
 CHAMPION = "champion"
 PROMOTED_AT = "dspark.promoted_at"
 ROLLED_BACK = "dspark.rolled_back"
-TAU_TAG = "dspark.tau"  # τ of the version's latest evaluation
+TAU_TAG = "dspark.tau"  # τ of the version's latest evaluation (for display)
 EVAL_TAG = "dspark.eval"  # how that τ was measured (benchmark, temperature, prompts)
+#: "nothing there" answers of the registry; anything else (a locked database, a server error) is raised
+_MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
 MAX_PARAM_CHARS = 6000
 
 
@@ -41,6 +44,15 @@ def default_artifact_root() -> Path:
 
 def registered_model_name(base_model: str) -> str:
     return f"dspark-draft-{base_model}"
+
+
+def tau_tag(eval_id: str) -> str:
+    """The tag holding τ measured one particular way: comparisons only ever use τ measured alike."""
+    return f"{TAU_TAG}.{hashlib.sha256(eval_id.encode()).hexdigest()[:12]}"
+
+
+def _missing(exc) -> bool:
+    return getattr(exc, "error_code", None) in _MISSING
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, str]:
@@ -138,7 +150,9 @@ class Tracking:
         name = registered_model_name(base_model)
         try:
             self.client.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
             self.client.create_registered_model(
                 name, tags={"base_model": base_model},
                 description=f"Speculative-decoding draft modules for base model {base_model}. "
@@ -150,7 +164,9 @@ class Tracking:
 
         try:
             found = self.client.search_model_versions(f"name = '{registered_model_name(base_model)}'")
-        except MlflowException:
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
             return []
         return sorted(found, key=lambda v: int(v.version))
 
@@ -164,10 +180,16 @@ class Tracking:
 
         try:
             return self.client.get_model_version_by_alias(registered_model_name(base_model), CHAMPION)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _missing(exc):
+                raise
             return None
 
+    def is_rolled_back(self, base_model: str, version: str) -> bool:
+        return ROLLED_BACK in self.client.get_model_version(registered_model_name(base_model), version).tags
+
     def promote(self, base_model: str, version: str) -> None:
+        """Make `version` champion (by hand this also re-arms a rolled-back version)."""
         name = registered_model_name(base_model)
         self.client.set_model_version_tag(name, version, PROMOTED_AT, str(time.time_ns()))
         if ROLLED_BACK in self.client.get_model_version(name, version).tags:  # promoted again on purpose

@@ -17,7 +17,7 @@ def test_definitions_load_with_the_asset_graph():
     assert dg.AssetKey("base_model") in graph.get_all_asset_keys()
 
 
-def test_register_is_idempotent_and_validates(capsys):
+def test_register_is_idempotent_and_validates(capsys, tmp_path, monkeypatch):
     slug = register_model(TINY)
     assert register_model(TINY) == slug == "tiny-smollm2-135m"
     assert spec_for(slug) == TINY and slug in registered_models()
@@ -28,11 +28,16 @@ def test_register_is_idempotent_and_validates(capsys):
     code, out, _ = run_cli(["models", "register", TINY], capsys)
     assert code == 0 and "tiny-smollm2-135m" in out
     # a prompt source can be attached (and replaced) later; registering again without one keeps it
+    prompts = tmp_path / "a.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    monkeypatch.chdir(tmp_path)
     code, _, _ = run_cli(["models", "register", TINY, "--prompts", "a.jsonl"], capsys)
     register_model(TINY)
-    assert code == 0 and prompt_source_for(slug) == "a.jsonl"
+    assert code == 0 and prompt_source_for(slug) == str(prompts)  # stored absolute
     register_model(TINY, prompts="hf:some/dataset")
     assert prompt_source_for(slug) == "hf:some/dataset"
+    with pytest.raises(ModelSpecError, match="is not a file"):
+        register_model(TINY, prompts="missing.jsonl")
 
 
 def test_base_model_materializes_for_a_registered_partition(tmp_path, tiny_target):

@@ -19,6 +19,7 @@ from conftest import TINY, run_cli
 from dspark_core.models.registry import register_model
 from dspark_core.store import AcceptanceRow, MetricsStore
 from pipelines.partitions import model_drafter_key
+from pipelines.tracking import tau_tag
 
 DATA = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
 DRAFT = ["draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"]
@@ -120,10 +121,10 @@ def test_every_asset_materializes_with_its_metadata(platform, materialized):
     checkpoint = meta("draft_checkpoint", key)
     assert Path(checkpoint["path"]).is_dir() and checkpoint["steps"] == 6 and "data:image/png;base64," in checkpoint["loss_curve"]
     export = meta("exported_draft", key)
-    assert export["draft_version"] == "1" and (Path(export["path"]) / "config.json").is_file()
+    assert export["draft_version"].isdigit() and (Path(export["path"]) / "config.json").is_file()
     evaluation = meta("speculative_eval", key)
     assert evaluation["tau"] >= 1.0 and evaluation["greedy_identical"] is True and evaluation["duckdb_rows"] > 0
-    assert meta("champion_draft", key)["champion_version"] == "1"
+    assert meta("champion_draft", key)["evaluated_version"] == export["draft_version"]
     assert meta("metrics_history", None)["measurements"] >= 1
     # every check ran and passed
     checks = {e.check_name: e.passed for r in materialized.values() for e in r.get_asset_check_evaluations()}
@@ -132,10 +133,10 @@ def test_every_asset_materializes_with_its_metadata(platform, materialized):
     # MLflow: a training run and an eval run tagged with their Dagster run, the version is champion
     tracking = platform.mlflow.tracking()
     runs = tracking.client.search_runs([tracking.experiment_id])
-    assert {r.data.tags["dagster.asset"] for r in runs} >= {"draft_checkpoint", "speculative_eval"}
-    assert all(r.data.tags["dagster.partition"] == str(key) for r in runs)
-    assert any("loss" in r.data.metrics for r in runs)
-    assert str(tracking.champion(slug).version) == "1"
+    mine = [r for r in runs if r.data.tags["dagster.partition"] == str(key)]
+    assert {r.data.tags["dagster.asset"] for r in mine} >= {"draft_checkpoint", "speculative_eval"}
+    assert all(r.data.tags["dagster.run_id"] for r in mine) and any("loss" in r.data.metrics for r in mine)
+    assert tracking.champion(slug) is not None and isinstance(meta("champion_draft", key)["promoted"], bool)
     # DuckDB: long-form rows, per-position acceptance included
     columns, rows = platform.metrics_db.store().query(
         "SELECT metric, count(*) FROM acceptance_metrics WHERE drafter = 'dspark' GROUP BY metric")
@@ -157,8 +158,9 @@ def test_full_graph_end_to_end_through_the_jobs(platform, materialized):
     assert refresh.execute_in_process(instance=platform.instance, resources=platform.resources,
                                       run_config=config([])).success
     _, rows = platform.metrics_db.store().query("SELECT drafter FROM latest_tau WHERE base_model = ? ORDER BY 1", [slug])
-    assert [r[0] for r in rows] == ["dspark", "eagle3"]
-    assert platform.metadata("exported_draft", key)["draft_version"] == "2"
+    assert {"dspark", "eagle3"} <= {r[0] for r in rows}
+    versions = {platform.metadata("exported_draft", platform.key(d))["draft_version"] for d in ("dspark", "eagle3")}
+    assert len(versions) == 2  # another drafter's weights, another registered version
 
 
 def test_rematerializing_does_not_duplicate_metrics(platform, materialized):
@@ -184,17 +186,25 @@ def _check_passed(result, name: str) -> bool:
 
 def test_cache_check_fails_on_a_corrupt_shard_and_a_foreign_manifest(platform, materialized, tmp_path, tiny_target):
     from dspark_core.evaluation.checks import cache_problems
+    from pipelines.sensors import train_drafters_on_new_cache
 
     cache = Path(platform.metadata("target_feature_cache", platform.slug)["path"])
     shard = next(cache.glob("*.safetensors"))
     original = shard.read_bytes()
+    cursor = str(platform.instance.fetch_materializations(dg.AssetKey("target_feature_cache"), limit=1).records[0].storage_id)
     try:
         shard.write_bytes(original[:-64] + bytes(64))  # bit rot: same size, other bytes
         result = platform.asset("target_feature_cache", platform.slug)  # the build reuses the cache as it is
         assert not _check_passed(result, "feature_cache_matches_base_model") and not result.success
     finally:
         shard.write_bytes(original)
+    # the training sensor does not start drafts on a cache whose run failed its blocking check...
+    context = dg.build_sensor_context(instance=platform.instance, cursor=cursor)
+    assert list(train_drafters_on_new_cache(context)) == []
     assert _check_passed(platform.asset("target_feature_cache", platform.slug), "feature_cache_matches_base_model")
+    # ...and does for the next one, which passed
+    requests = list(train_drafters_on_new_cache(dg.build_sensor_context(instance=platform.instance, cursor=context.cursor)))
+    assert len(requests) == 3
     foreign = tmp_path / "cache"
     shutil.copytree(cache, foreign)
     manifest = json.loads((foreign / "manifest.json").read_text())
@@ -213,7 +223,9 @@ def test_nan_weights_fail_the_blocking_check_and_stop_export(platform, materiali
     name = next(k for k, v in tensors.items() if v.is_floating_point() and v.ndim == 2)
     tensors[name][0, 0] = float("nan")
     save_file(tensors, str(bad / "model.safetensors"))
-    _report(platform, "draft_checkpoint", key, path=str(bad), mlflow_run_id="none")
+    # a real training run id, so that without the blocking check the export itself would succeed
+    _report(platform, "draft_checkpoint", key, path=str(bad),
+            mlflow_run_id=platform.metadata("draft_checkpoint", platform.key("dspark"))["mlflow_run_id"])
     result = platform.materialize(
         dg.AssetSelection.assets("exported_draft") | dg.AssetSelection.checks(
             dg.AssetCheckKey(dg.AssetKey("draft_checkpoint"), "draft_weights_finite")), key, ["exported_draft"])
@@ -247,14 +259,15 @@ def test_tau_check_blocks_promotion_below_the_champion(platform, materialized):
     champion_before = str(tracking.champion(platform.slug).version)
     run_id = platform.metadata("draft_checkpoint", key)["mlflow_run_id"]
     strong = tracking.register_draft(platform.slug, tracking.artifact_uri(run_id, "x"), run_id, {"drafter": "planted"})
-    tracking.tag_version(platform.slug, strong, {"dspark.tau": str(evaluation["tau"] + 1.0), "dspark.eval": evaluation["eval_id"]})
+    tracking.tag_version(platform.slug, strong, {tau_tag(evaluation["eval_id"]): str(evaluation["tau"] + 1.0)})
     tracking.promote(platform.slug, strong)
     select = dg.AssetSelection.assets("champion_draft") | dg.AssetSelection.checks(
         dg.AssetCheckKey(dg.AssetKey("speculative_eval"), "tau_within_margin_of_champion"))
     try:
         result = platform.materialize(select, key, [])
         assert not _check_passed(result, "tau_within_margin_of_champion")
-        assert str(tracking.champion(platform.slug).version) == strong  # not promoted
+        assert not result.asset_materializations_for_node("champion_draft")  # blocked, not merely outvoted
+        assert str(tracking.champion(platform.slug).version) == strong
         assert tracking.rollback(platform.slug) == (strong, champion_before)
     finally:
         tracking.client.delete_model_version(f"dspark-draft-{platform.slug}", strong)
@@ -346,9 +359,13 @@ def test_replacing_a_measurement_is_atomic_and_idempotent(tmp_path):
     store.replace_measurement("a", _rows("a", 3))
     store.replace_measurement("b", _rows("b", 2))
     assert store.query("SELECT measurement_key, count(*) FROM acceptance_metrics GROUP BY 1 ORDER BY 1")[1] == [("a", 3), ("b", 2)]
+    broken = _rows("a", 3)
+    broken[1] = replace(broken[1], base_model=None)  # violates NOT NULL after the delete and one insert
     with pytest.raises(Exception):
-        store.replace_measurement("a", _rows("a", 2) + _rows("wrong-key", 1))
+        store.replace_measurement("a", broken)
     assert store.query("SELECT count(*) FROM acceptance_metrics WHERE measurement_key = 'a'")[1] == [(3,)]
+    with pytest.raises(Exception, match="measurement_key"):
+        store.replace_measurement("a", _rows("a", 2) + _rows("wrong-key", 1))
 
 
 def test_rollback_moves_the_champion_alias_back(tmp_path):
@@ -393,3 +410,22 @@ def test_generate_decodes_with_the_champion(platform, materialized, capsys, monk
     assert "exported_draft" in report["drafter"] and report["identical_to_autoregressive"] is True
     code, _, err = run_cli(["generate", "--target", TINY, "--drafter", "champion:never-registered", "--prompt", "x"], capsys)
     assert code == 2 and "no champion draft" in err
+
+
+def test_a_rollback_sticks_until_promoted_by_hand(platform, materialized):
+    key = platform.key("dspark")
+    tracking = platform.mlflow.tracking()
+    version = platform.metadata("exported_draft", key)["draft_version"]
+    run_id = platform.metadata("draft_checkpoint", key)["mlflow_run_id"]
+    earlier = tracking.register_draft(platform.slug, tracking.artifact_uri(run_id, "x"), run_id, {"drafter": "planted"})
+    try:
+        tracking.promote(platform.slug, earlier)
+        tracking.promote(platform.slug, version)
+        assert tracking.rollback(platform.slug) == (version, earlier)
+        result = platform.materialize(dg.AssetSelection.assets("champion_draft"), key, [])
+        assert result.success and platform.metadata("champion_draft", key)["promoted"] is False
+        assert str(tracking.champion(platform.slug).version) == earlier  # the re-run did not undo the rollback
+    finally:
+        tracking.promote(platform.slug, version)  # by hand: re-arms it
+        tracking.client.delete_model_version(f"dspark-draft-{platform.slug}", earlier)
+    assert not tracking.is_rolled_back(platform.slug, version)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,8 @@ def prepare_prompt_file(path: Path, spec: PromptSource, validation_fraction: flo
     """Write `path` (prompts with their split) from `spec`, or reuse it when it was written from the same
     source and settings (recorded next to it). Returns (counts per split, load report; None when reused)."""
     settings = {**asdict(spec), "validation_fraction": validation_fraction}
+    if Path(spec.source).is_file():  # an edited file is a new source
+        settings["source_sha256"] = hashlib.sha256(Path(spec.source).read_bytes()).hexdigest()
     settings_path = path.with_name(path.stem + ".settings.json")
     if path.exists() and settings_path.exists() and json.loads(settings_path.read_text()) == settings:
         counts = {"train": 0, "validation": 0}
@@ -66,6 +69,7 @@ def prepare_prompt_file(path: Path, spec: PromptSource, validation_fraction: flo
             counts[split] += 1
         return counts, None
     records, report = collect_prompts(spec, target)
+    settings_path.unlink(missing_ok=True)  # a crash between the two writes must not leave a stale match
     counts = write_prompts(records, path, validation_fraction)
     write_json_atomic(settings_path, settings)
     return counts, report

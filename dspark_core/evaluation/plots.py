@@ -37,11 +37,14 @@ def loss_curve(history: list[dict], path: Path, title: str = "training loss") ->
     return _save(figure, path)
 
 
-def acceptance_curves(curves: dict[str, list[float | None]], path: Path, title: str = "acceptance by draft position") -> Path:
-    """One line per name: the acceptance rate at draft positions 1..k (None = not measured)."""
+def acceptance_curves(curves: dict[str, list[float | None] | dict[int, float]], path: Path,
+                      title: str = "acceptance by draft position") -> Path:
+    """One line per name: the acceptance rate per draft position, given as a list for positions 1..k
+    (None = not measured) or as {position: rate}."""
     figure, axis = plt.subplots(figsize=(6, 3.4))
     for name, rates in curves.items():
-        points = [(k, rate) for k, rate in enumerate(rates, start=1) if rate is not None]
+        by_position = rates if isinstance(rates, dict) else dict(enumerate(rates, start=1))
+        points = sorted((k, rate) for k, rate in by_position.items() if rate is not None)
         if points:
             axis.plot(*zip(*points), marker="o", label=name)
     axis.set_xlabel("draft position k")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 from dspark_core.errors import ModelSpecError
 from dspark_core.models.spec import parse_spec, slugify
@@ -42,11 +43,22 @@ def register_model(spec: str, prompts: str | None = None) -> str:
     entry = dict(existing or {"spec": source.spec,
                               "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     if prompts:
-        entry["prompts"] = prompts
+        entry["prompts"] = _checked_prompt_source(prompts)
     if entry != existing:
         models[slug] = entry
         write_json_atomic(_path(), models)
     return slug
+
+
+def _checked_prompt_source(prompts: str) -> str:
+    """`self` and `hf:` sources as given; a file must exist and is stored as an absolute path, because the
+    pipelines read it later from another working directory."""
+    if prompts == "self" or prompts.startswith("hf:"):
+        return prompts
+    path = Path(prompts).expanduser().resolve()
+    if not path.is_file():
+        raise ModelSpecError(f"prompt source {prompts!r} is not a file; give a .jsonl file, 'hf:NAME' or 'self'")
+    return str(path)
 
 
 def prompt_source_for(slug: str) -> str | None:
