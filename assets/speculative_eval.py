@@ -12,7 +12,6 @@ from dspark_core.data.prompts import read_prompt_file
 from dspark_core.drafters.runtime import drafter_from_checkpoint
 from dspark_core.evaluation.plots import acceptance_curves
 from dspark_core.evaluation.speculative import EvalSettings, decode_prompts, eval_prompts, mismatched_prompts, summarize
-from dspark_core.export.formats import load_export
 from dspark_core.models.registry import spec_for
 from dspark_core.store import AcceptanceRow, measurement_key
 from dspark_core.store.acceptance import now_utc
@@ -39,14 +38,13 @@ def speculative_eval(context: dg.AssetExecutionContext, config: SpeculativeEvalC
     export_path = upstream_path(context, "exported_draft", partition)
     prompts_file = upstream_path(context, "prompt_dataset", base_model)
     target = targets.load(spec)
-    _, source = load_export(export_path)
+    drafter = drafter_from_checkpoint(export_path, target)
     settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            block_size=source["block_size"])
+                            block_size=drafter.model.config.block_size)
     held_out = [record for record, split in read_prompt_file(prompts_file) if split == "validation"]
     if not held_out:
         raise dg.Failure(f"{prompts_file} has no validation prompts; raise validation_fraction of prompt_dataset")
     prompts = eval_prompts(target, held_out, config.max_prompts)
-    drafter = drafter_from_checkpoint(export_path, target)
 
     decode_prompts(target, drafter, prompts[:1], EvalSettings(max_new_tokens=8), progress=False)  # warm-up
     baseline = decode_prompts(target, None, prompts, settings, progress=False)
