@@ -3,10 +3,11 @@
 import dagster as dg
 
 from assets.speculative_eval import speculative_eval
+from dspark_core.recipes.champion import decide_champion
 from pipelines.metadata import upstream
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource
-from pipelines.tracking import tau_tag
+from pipelines.tracking import registered_model_name
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[speculative_eval], group_name="serving", kinds={"mlflow"})
@@ -18,30 +19,22 @@ def champion_draft(context: dg.AssetExecutionContext, mlflow: MLflowResource) ->
     `dspark drafts rollback BASE_MODEL` moves the alias back."""
     base_model, drafter = split_partition_key(context)
     evaluation = upstream(context, "speculative_eval", str(context.partition_key))
-    version, tau = str(evaluation["draft_version"]), float(evaluation["tau"])
     tracking = mlflow.tracking()
-    previous = tracking.champion(base_model)
-    measured_alike = None if previous is None else previous.tags.get(tau_tag(evaluation["eval_id"]))
-    previous_tau = None if measured_alike is None else float(measured_alike)
-    rolled_back = tracking.is_rolled_back(base_model, version)
-    if rolled_back:  # a rollback sticks until someone promotes the version again by hand
-        promote, reason = False, f"version {version} was rolled back; `dspark drafts promote` re-arms it"
-    elif previous is None or str(previous.version) == version or previous_tau is None or tau >= previous_tau:
-        promote, reason = True, f"τ {tau:.3f}"
-    else:
-        promote, reason = False, f"the champion's τ {previous_tau:.3f} is higher than this {drafter} draft's {tau:.3f}"
-    if promote:
-        tracking.promote(base_model, version)
-    champion = version if promote else str(previous.version)
-    context.log.info(f"champion of {base_model}: version {champion} ({'promoted' if promote else 'kept'}: {reason})")
+    contender = tracking.contender(base_model, evaluation["draft_version"], float(evaluation["tau"]))
+    champion = tracking.champion_measured_like(base_model, evaluation["eval_id"])
+    decision = decide_champion(contender, champion)
+    if decision.promote:
+        tracking.promote(base_model, contender.version)
+    context.log.info(f"champion of {base_model}: version {decision.champion_version} "
+                     f"({'promoted' if decision.promote else 'kept'}: {decision.reason})")
     return dg.MaterializeResult(metadata={
-        "registered_model": f"dspark-draft-{base_model}",
-        "promoted": promote,
-        "reason": reason,
-        "champion_version": champion,
-        "evaluated_version": version,
+        "registered_model": registered_model_name(base_model),
+        "promoted": decision.promote,
+        "reason": decision.reason,
+        "champion_version": decision.champion_version,
+        "evaluated_version": contender.version,
         "drafter": drafter,
-        "tau": tau,
-        "previous_champion": "none" if previous is None else str(previous.version),
-        "previous_tau": previous_tau,
+        "tau": contender.tau,
+        "previous_champion": "none" if champion is None else champion.version,
+        "previous_tau": None if champion is None else champion.tau,
     })

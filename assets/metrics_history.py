@@ -15,24 +15,15 @@ def metrics_history(context: dg.AssetExecutionContext, metrics_db: MetricsDataba
     `tau_over_time` and `acceptance_curves` views as tables and a plot. Query the same views with
     `dspark sql`."""
     store = metrics_db.store()
-    latest_columns, latest = store.query(
-        "SELECT base_model, drafter, benchmark, temperature, draft_version, tau, speedup, draft_ms_per_round, "
-        "verify_ms_per_round, strftime(recorded_at, '%Y-%m-%d %H:%M') AS recorded FROM latest_tau")
-    time_columns, over_time = store.query(
-        "SELECT strftime(day, '%Y-%m-%d') AS day, base_model, drafter, domain, tau, rounds FROM tau_over_time "
-        "ORDER BY day DESC LIMIT 50")
-    _, curve_rows = store.query(
-        "SELECT base_model || ' · ' || drafter || ' · ' || benchmark, position, value FROM acceptance_curves "
-        "WHERE metric = 'cond_accept' AND temperature = 0 ORDER BY 1, 2")
-    curves: dict[str, dict[int, float]] = {}
-    for name, position, value in curve_rows:
-        curves.setdefault(name, {})[position] = value
+    latest_columns, latest = store.latest_tau()
+    time_columns, over_time = store.tau_over_time(limit=50)
+    curves = {" · ".join(key): rates for key, rates in store.acceptance_curves(temperature=0.0).items()}
     plot = acceptance_curves(curves, dspark_home() / "reports" / "acceptance_curves.png",
                              title="conditional acceptance by position (latest, greedy)")
-    _, totals = store.query("SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics")
+    rows, measurements = store.totals()
     return dg.MaterializeResult(metadata={
-        "rows": totals[0][0],
-        "measurements": totals[0][1],
+        "rows": rows,
+        "measurements": measurements,
         "latest_tau": markdown_table(latest_columns, [list(r) for r in latest]),
         "tau_over_time": markdown_table(time_columns, [list(r) for r in over_time]),
         "acceptance_curves": image(plot, "acceptance curves"),

@@ -3,12 +3,10 @@
 import dagster as dg
 
 from assets.target_responses import target_responses
-from dspark_core.data import layout
-from dspark_core.data.feature_cache import CacheConfig, build_feature_cache, default_layer_ids
-from dspark_core.data.regenerate import read_responses
 from dspark_core.models.registry import spec_for
+from dspark_core.recipes.features import build_cache
 from pipelines.config import FeatureCacheConfig
-from pipelines.metadata import upstream, upstream_path
+from pipelines.metadata import upstream
 from pipelines.partitions import base_model_partitions
 from pipelines.resources import TargetLoader
 
@@ -18,25 +16,18 @@ def target_feature_cache(context: dg.AssetExecutionContext, config: FeatureCache
     """Run the base model over every conversation and store the chosen decoder layers' outputs and the
     pre-LM-head state as safetensors shards with a manifest (revision, layers, tokenizer hash, checksums).
     Resumable per shard; reused when built from the same data and settings."""
-    spec = spec_for(context.partition_key)
-    responses = upstream_path(context, "target_responses", context.partition_key)
-    dataset = upstream(context, "target_responses", context.partition_key)["dataset"]
-    target = targets.load(spec)
-    layers = tuple(config.layer_ids) or default_layer_ids(target.num_layers, config.num_layers)
-    responses_manifest, conversations = read_responses(responses)
-    out = layout.cache_dir(dataset, spec, layers, config.dtype)
-    manifest = build_feature_cache(
-        target, conversations, out, CacheConfig(layer_ids=layers, dtype=config.dtype, max_length=config.max_length),
-        source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]},
-    )
+    slug = context.partition_key
+    dataset = upstream(context, "target_responses", slug)["dataset"]
+    report = build_cache(targets.load(spec_for(slug)), dataset, config.to_core())
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)),
-        "layer_ids": dg.MetadataValue.json(manifest["layer_ids"]),
-        "samples": manifest["num_samples"],
-        "tokens": manifest["num_tokens"],
-        "assistant_tokens": manifest["assistant_tokens"],
-        "shards": len(manifest["shards"]),
-        "dtype": manifest["dtype"],
-        "size_mib": round(manifest["bytes"] / 2**20, 1),
-        "target_revision": manifest["target_revision"],
+        "path": dg.MetadataValue.path(str(report.path)),
+        "layer_ids": dg.MetadataValue.json(report.layer_ids),
+        "samples": report.samples,
+        "tokens": report.tokens,
+        "assistant_tokens": report.assistant_tokens,
+        "shards": report.shards,
+        "dtype": report.dtype,
+        "size_mib": report.size_mib,
+        "reused": report.reused,
+        "target_revision": report.target_revision,
     })

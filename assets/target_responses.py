@@ -3,12 +3,10 @@
 import dagster as dg
 
 from assets.prompt_dataset import prompt_dataset
-from dspark_core.data import layout
-from dspark_core.data.prompts import read_prompt_file
-from dspark_core.data.regenerate import RegenerationConfig, regenerate_responses
 from dspark_core.models.registry import spec_for
+from dspark_core.recipes.responses import generate_responses
 from pipelines.config import TargetResponsesConfig
-from pipelines.metadata import directory_mib, upstream, upstream_path
+from pipelines.metadata import upstream
 from pipelines.partitions import base_model_partitions
 from pipelines.resources import TargetLoader
 
@@ -17,25 +15,19 @@ from pipelines.resources import TargetLoader
 def target_responses(context: dg.AssetExecutionContext, config: TargetResponsesConfig, targets: TargetLoader) -> dg.MaterializeResult:
     """Have the base model answer every prompt with its recommended sampling settings, storing the exact
     token ids it generated. Resumable: an interrupted run continues where it stopped."""
-    spec = spec_for(context.partition_key)
-    prompts_file = upstream_path(context, "prompt_dataset", context.partition_key)
-    dataset = upstream(context, "prompt_dataset", context.partition_key)["dataset"]
-    target = targets.load(spec)
-    out = layout.responses_dir(dataset, spec)
-    manifest = regenerate_responses(
-        target, read_prompt_file(prompts_file), out,
-        RegenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed),
-    )
-    conversations = manifest["conversations"]
+    slug = context.partition_key
+    dataset = upstream(context, "prompt_dataset", slug)["dataset"]
+    report = generate_responses(targets.load(spec_for(slug)), dataset, config.to_core())
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(out)),
-        "dataset": dataset,
-        "conversations": conversations,
-        "train": manifest["splits"]["train"],
-        "validation": manifest["splits"]["validation"],
-        "response_tokens": manifest["response_tokens"],
-        "mean_response_tokens": round(manifest["response_tokens"] / max(conversations, 1), 1),
-        "skipped_too_long": len(manifest["skipped_too_long"]),
-        "sampling": dg.MetadataValue.json(manifest["settings"]["sampling"]),
-        "size_mib": directory_mib(out),
+        "path": dg.MetadataValue.path(str(report.path)),
+        "dataset": report.dataset,
+        "conversations": report.conversations,
+        "train": report.splits["train"],
+        "validation": report.splits["validation"],
+        "response_tokens": report.response_tokens,
+        "mean_response_tokens": round(report.mean_response_tokens, 1),
+        "tokens_per_s": round(report.response_tokens / report.seconds, 1) if report.seconds > 1 else None,
+        "skipped_too_long": len(report.skipped_too_long),
+        "sampling": dg.MetadataValue.json(report.sampling),
+        "size_mib": report.size_mib,
     })

@@ -55,7 +55,7 @@ def main() -> None:
     console.print(f"target {target.spec} on {target.device} ({target.dtype}), torch threads {torch.get_num_threads()}")
     n = args.max_new_tokens
     # Both sides stop at EOS (as in real use); identical outputs mean identical token counts.
-    config = GenerationConfig(max_new_tokens=n, max_draft_tokens=args.block_size)
+    config = GenerationConfig(max_new_tokens=n, block_size=args.block_size)
     autoregressive = SpeculativeEngine(target, None)
     lookup = SpeculativeEngine(target, PromptLookupDrafter())
 

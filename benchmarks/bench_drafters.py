@@ -1,10 +1,11 @@
 """Train DSpark, DFlash and Eagle3 on the same self-distilled data for the packaged SmolLM2 on CPU, then
-compare greedy acceptance and wall-clock speed on held-out prompts, in one run.
+compare greedy acceptance and wall-clock speed on held-out prompts, in one run. Every stage is the library's
+recipe (the same the Dagster assets and the `dspark` command line run).
 
 Steps (each reused if already done under $DSPARK_HOME, so an interrupted run resumes):
   1. self-generated prompts (Magpie) for training, and a disjoint held-out set;
-  2. the target's own responses (recommended sampling), 3. the feature cache (5 layers),
-  4. DSpark (Markov head), DFlash and Eagle3 (low/mid/high of the cached layers), same steps each;
+  2. the target's own responses (recommended sampling), 3. the feature cache,
+  4. DSpark (Markov head), DFlash and Eagle3, same settings and steps each;
   5. greedy decoding of the held-out prompts with: autoregressive, prompt lookup, untrained DSpark,
      DFlash, Eagle3, DSpark — τ, acceptance, draft/verify ms per round, speed-up over autoregressive.
 
@@ -14,6 +15,7 @@ Usage: python benchmarks/bench_drafters.py [--prompts 160] [--steps 400] [--eval
 from __future__ import annotations
 
 import argparse
+import platform
 import time
 from pathlib import Path
 
@@ -21,17 +23,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dspark_core.data import layout
-from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache, default_layer_ids
-from dspark_core.data.prompts import deduplicate, read_prompt_file, write_prompts
-from dspark_core.data.regenerate import RegenerationConfig, read_responses, regenerate_responses
-from dspark_core.data.selfgen import SelfGenerationConfig, self_generated_prompts
+import dspark_core
+from dspark_core.data.feature_cache import CacheConfig, FeatureCache
+from dspark_core.data.prompts import read_prompt_file
+from dspark_core.data.regenerate import RegenerationConfig
+from dspark_core.data.sources import PromptsConfig
 from dspark_core.decoding import PromptLookupDrafter
-from dspark_core.evaluation.speculative import EvalSettings, decode_prompts, eval_prompts, mismatched_prompts, summarize
-from dspark_core.drafters.runtime import DSparkDrafter, drafter_from_checkpoint
+from dspark_core.drafters.registry import ALGORITHMS, drafter_kind
 from dspark_core.models import load_target
 from dspark_core.paths import dspark_home, write_json_atomic
-from dspark_core.training.trainer import TrainConfig, build_model, train_draft
+from dspark_core.recipes.evaluation import EvalConfig, evaluate, held_out_prompts
+from dspark_core.recipes.features import build_cache
+from dspark_core.recipes.prompts import prepare_prompts
+from dspark_core.recipes.responses import generate_responses
+from dspark_core.recipes.training import train
+from dspark_core.training.trainer import TrainConfig, build_model
 
 console = Console(width=150)
 
@@ -57,71 +63,55 @@ def main() -> None:
     target = load_target(args.target)
     console.print(f"target {target.spec} on {target.device}, torch threads {torch.get_num_threads()}, home {dspark_home()}")
 
-    # 1. prompts: training set (with a small validation split) and a disjoint held-out evaluation set.
-    prompts_file = layout.prompts_path(args.dataset)
-    if not prompts_file.exists():
-        records = self_generated_prompts(target, SelfGenerationConfig(count=args.prompts, seed=0, batch_size=16))
-        write_prompts(records, prompts_file, validation_fraction=0.05)
-    train_pairs = read_prompt_file(prompts_file)
-    held_out_file = layout.dataset_dir(args.dataset) / "held_out.jsonl"
-    if not held_out_file.exists():
-        known = {r.id for r, _ in train_pairs}
-        extra = self_generated_prompts(target, SelfGenerationConfig(count=args.eval_prompts * 2, seed=10_007, batch_size=16))
-        held = [r for r in deduplicate(extra) if r.id not in known][: args.eval_prompts]
-        write_prompts(held, held_out_file, validation_fraction=0.0)
-    held_out = [r for r, _ in read_prompt_file(held_out_file)]
-    stage(f"prompts ({len(train_pairs)} train+val, {len(held_out)} held out)", started)
+    # 1. prompts: a training set (with a small validation split) and a disjoint held-out evaluation set.
+    prompts = prepare_prompts(PromptsConfig(dataset=args.dataset, source="self", count=args.prompts,
+                                            validation_fraction=0.05), target=lambda: target)
+    held_out_file = prepare_prompts(PromptsConfig(dataset=f"{args.dataset}-held-out", source="self",
+                                                  count=args.eval_prompts * 2, seed=10_007, validation_fraction=1.0),
+                                    target=lambda: target).path
+    known = {record.id for record, _ in read_prompt_file(prompts.path)}
+    eval_set = [p for p in held_out_prompts(target, held_out_file) if p.id not in known][: args.eval_prompts]
+    stage(f"prompts ({sum(prompts.counts.values())} train+val, {len(eval_set)} held out)", started)
 
     # 2-3. responses and feature cache.
-    responses = layout.responses_dir(args.dataset, target.spec)
-    manifest = regenerate_responses(target, train_pairs, responses,
-                                    RegenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=16))
-    stage(f"responses ({manifest['response_tokens']} tokens)", started)
-    layers = default_layer_ids(target.num_layers)
-    cache_path = layout.cache_dir(args.dataset, target.spec, layers, "bfloat16")
-    build_feature_cache(target, read_responses(responses)[1], cache_path, CacheConfig(layer_ids=layers))
-    cache = FeatureCache(cache_path, target_revision=target.revision, split="train")
-    stage(f"feature cache ({cache.manifest['num_tokens']} tokens, {cache.manifest['bytes'] / 2**20:.0f} MiB)", started)
+    responses = generate_responses(target, args.dataset, RegenerationConfig(max_new_tokens=args.max_new_tokens))
+    stage(f"responses ({responses.response_tokens} tokens)", started)
+    cache = build_cache(target, args.dataset, CacheConfig())
+    stage(f"feature cache ({cache.tokens} tokens, {cache.size_mib:.0f} MiB)", started)
 
     # 4. train the three drafters on the same data with the same budget.
-    runs = dspark_home() / "bench" / args.dataset
     checkpoints, training = {}, {}
-    for algorithm in ("dspark", "dflash", "eagle3"):
+    for algorithm in ALGORITHMS:
         t0 = time.perf_counter()
-        config = TrainConfig(algorithm=algorithm, steps=args.steps, draft_vocab_size=args.draft_vocab,
-                             checkpoint_every=50, log_every=25)
-        result = train_draft(target, cache, runs / algorithm, config)
-        checkpoints[algorithm] = result.checkpoint
-        training[algorithm] = {"minutes": (time.perf_counter() - t0) / 60, **result.final_metrics}
+        report = train(target, cache.path, TrainConfig(algorithm=algorithm, steps=args.steps,
+                                                       draft_vocab_size=args.draft_vocab, log_every=25))
+        checkpoints[algorithm] = report.checkpoint
+        training[algorithm] = {"minutes": (time.perf_counter() - t0) / 60, **report.final_metrics}
         stage(f"train {algorithm}", started)
     train_minutes = (time.perf_counter() - started) / 60
 
-    # 5. evaluate on held-out prompts, greedy, one request at a time (per-request latency view).
-    untrained = build_model(target, cache, TrainConfig(algorithm="dspark", draft_vocab_size=args.draft_vocab)).eval()
+    # 5. evaluate on the held-out prompts, greedy, one request at a time (the per-request latency view).
+    untrained = build_model(target, FeatureCache(cache.path, split="train"),
+                            TrainConfig(algorithm="dspark", draft_vocab_size=args.draft_vocab)).eval()
     drafters = {
-        "autoregressive": None,
         "prompt-lookup": PromptLookupDrafter(),
-        "dspark (untrained)": DSparkDrafter(untrained),
-        "eagle3": drafter_from_checkpoint(checkpoints["eagle3"], target),
-        "dflash": drafter_from_checkpoint(checkpoints["dflash"], target),
-        "dspark": drafter_from_checkpoint(checkpoints["dspark"], target),
+        "dspark (untrained)": drafter_kind("dspark").runtime(untrained, "dspark (untrained)"),
+        **{algorithm: checkpoints[algorithm] for algorithm in ("eagle3", "dflash", "dspark")},
     }
-    prompts = eval_prompts(target, held_out)
-    settings = EvalSettings(max_new_tokens=args.eval_max_new_tokens)
+    config = EvalConfig(max_new_tokens=args.eval_max_new_tokens)
     results, baseline = {}, None
     for name, drafter in drafters.items():
-        decoded = decode_prompts(target, drafter, prompts, settings, desc=name, progress=False)
-        baseline = baseline or decoded
-        overall = summarize(decoded, baseline, settings.block_size)[0]
+        report = evaluate(target, drafter, eval_set, config, baseline=baseline)
+        baseline, overall = report.baseline, report.overall
         results[name] = {
             "tau": overall.tau, "tokens": overall.new_tokens, "tokens_per_s": overall.tokens_per_s,
             "cond_accept": [rate for rate, _ in overall.cond_accept], "speedup": overall.speedup,
             "draft_ms_per_round": overall.draft_ms_per_round, "verify_ms_per_round": overall.verify_ms_per_round,
-            "identical_to_autoregressive": not mismatched_prompts(decoded, baseline),
+            "identical_to_autoregressive": report.greedy_identical,
         }
-        console.print(f"evaluated {name}: τ {results[name]['tau']:.2f}")
+        console.print(f"evaluated {name}: τ {overall.tau:.2f}")
 
-    table = Table(title=f"{target.spec}, CPU, greedy, {len(prompts)} held-out prompts × ≤{args.eval_max_new_tokens} tokens")
+    table = Table(title=f"{target.spec}, CPU, greedy, {len(eval_set)} held-out prompts × ≤{args.eval_max_new_tokens} tokens")
     for column in ("drafter", "τ", "cond. accept @1..7", "draft ms/round", "verify ms/round", "tok/s", "speed-up", "lossless"):
         table.add_column(column, justify="right")
     for name, e in results.items():
@@ -132,8 +122,9 @@ def main() -> None:
     console.print(f"data + training took {train_minutes:.1f} min; training: " + ", ".join(
         f"{k} {v['minutes']:.1f} min (analytic τ {v.get('expected_tau', float('nan')):.2f})" for k, v in training.items()))
     report = {"target": target.spec, "revision": target.revision, "args": vars(args), "train_minutes": train_minutes,
-              "training": training, "results": results,
-              "total_minutes": (time.perf_counter() - started) / 60}
+              "training": training, "results": results, "total_minutes": (time.perf_counter() - started) / 60,
+              "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
+              "code_version": dspark_core.__version__}
     write_json_atomic(Path(args.out), report)
     console.print(f"wrote {args.out}")
 

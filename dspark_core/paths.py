@@ -26,6 +26,11 @@ def models_dir() -> Path:
     return path
 
 
+def directory_mib(path: Path) -> float:
+    """Size of the files under `path`, in MiB (2 decimals)."""
+    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 2)
+
+
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON via a temp file + rename so readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,61 +1,108 @@
-"""Launchpad config of every asset and check. Defaults run on CPU on the packaged SmolLM2 in minutes;
-every field's description shows in the Dagster UI."""
+"""Launchpad config of every asset and check. Each field mirrors a setting of a library config dataclass:
+its default and its description (shown in the Dagster UI) are read from there, never repeated here."""
+
+from __future__ import annotations
+
+from typing import ClassVar
 
 import dagster as dg
 from pydantic import Field
 
-
-class PromptDatasetConfig(dg.Config):
-    dataset: str = Field(default="selfgen", description="Dataset name: a folder under $DSPARK_HOME/data")
-    source: str = Field(default="", description="'self' (the base model writes user requests itself, offline), a .jsonl "
-                                                 "file of prompts, or 'hf:NAME_OR_PATH' (Hugging Face datasets); empty: "
-                                                 "the source registered with the model (`dspark models register SPEC "
-                                                 "--prompts SOURCE`), else 'self'")
-    count: int = Field(default=96, description="For source 'self': how many prompts to generate")
-    limit: int | None = Field(default=None, description="Keep at most this many prompts (any source)")
-    validation_fraction: float = Field(default=0.12, description="Share held out from training by content hash; "
-                                                                 "speculative_eval decodes these prompts")
-    seed: int = Field(default=0, description="Seed of prompt generation")
+from dspark_core.data.feature_cache import CacheConfig
+from dspark_core.data.regenerate import RegenerationConfig
+from dspark_core.data.sources import PromptsConfig
+from dspark_core.evaluation.checks import GreedyCheckConfig
+from dspark_core.recipes.champion import ChampionPolicy
+from dspark_core.recipes.evaluation import EvalConfig
+from dspark_core.recipes.export import ExportConfig
+from dspark_core.settings import default_of, help_of
+from dspark_core.training.trainer import TrainConfig
 
 
-class TargetResponsesConfig(dg.Config):
-    max_new_tokens: int = Field(default=128, description="Longest response the base model writes per prompt")
-    batch_size: int = Field(default=16, description="Prompts answered together")
-    seed: int = Field(default=0, description="Sampling seed (the model's recommended sampling settings are used)")
+def core_field(cls: type, name: str):
+    """A config field with the default and description of setting `name` of library dataclass `cls`."""
+    default = default_of(cls, name)
+    if isinstance(default, (tuple, list)):
+        return Field(default_factory=lambda: list(default), description=help_of(cls, name))
+    return Field(default=default, description=help_of(cls, name))
 
 
-class FeatureCacheConfig(dg.Config):
-    layer_ids: list[int] = Field(default_factory=list, description="Decoder layers to cache; empty: `num_layers` spread over the depth")
-    num_layers: int = Field(default=5, description="How many layers to spread when layer_ids is empty")
-    dtype: str = Field(default="bfloat16", description="Storage dtype: bfloat16, float16 or float32")
-    max_length: int = Field(default=1024, description="Truncate conversations to this many tokens")
+class CoreConfig(dg.Config):
+    """A Launchpad config whose fields are settings of the library dataclass `core`."""
+
+    core: ClassVar[type]
+
+    def to_core(self, **extra):
+        """The library config: these fields plus `extra` (settings the platform decides, e.g. the dataset name)."""
+        values = {name: tuple(v) if isinstance(v, list) else v for name, v in self.model_dump().items()}
+        return self.core(**{**values, **extra})
 
 
-class DraftTrainingConfig(dg.Config):
-    steps: int = Field(default=300, description="Optimizer steps")
-    batch_size: int = Field(default=4, description="Sequences per step")
-    learning_rate: float = Field(default=6e-4, description="Peak AdamW learning rate (warmup, then cosine decay)")
-    block_size: int = Field(default=7, description="γ: draft tokens proposed per round")
-    head: str = Field(default="markov", description="DSpark sequential head: markov, gated or rnn (ignored by dflash/eagle3)")
-    draft_vocab_size: int = Field(default=8192, description="Draft vocabulary: the most frequent training tokens")
-    seed: int = Field(default=0, description="Seed of initialization and data order")
+class PromptDatasetConfig(CoreConfig):
+    core: ClassVar[type] = PromptsConfig
+    dataset: str = core_field(PromptsConfig, "dataset")
+    # Empty means more here than in the library: the source registered with the model comes first.
+    source: str | None = Field(default=default_of(PromptsConfig, "source"), description=(
+        "Prompt source: a .jsonl file, 'hf:NAME_OR_PATH' or 'self' (the model writes user requests itself, offline; "
+        "needs a chat template); empty: the source registered with the model (`dspark models register SPEC "
+        "--prompts SOURCE`), else 'self'"))
+    count: int = core_field(PromptsConfig, "count")
+    limit: int | None = core_field(PromptsConfig, "limit")
+    validation_fraction: float = core_field(PromptsConfig, "validation_fraction")
+    seed: int = core_field(PromptsConfig, "seed")
 
 
-class ExportConfig(dg.Config):
-    format: str = Field(default="speculators", description="'speculators' (vLLM speculators layout) or 'hf' (Hugging Face style)")
+class TargetResponsesConfig(CoreConfig):
+    core: ClassVar[type] = RegenerationConfig
+    max_new_tokens: int = core_field(RegenerationConfig, "max_new_tokens")
+    batch_size: int = core_field(RegenerationConfig, "batch_size")
+    seed: int = core_field(RegenerationConfig, "seed")
+    temperature: float | None = core_field(RegenerationConfig, "temperature")
+    top_p: float | None = core_field(RegenerationConfig, "top_p")
+    top_k: int | None = core_field(RegenerationConfig, "top_k")
 
 
-class SpeculativeEvalConfig(dg.Config):
-    benchmark: str = Field(default="held-out", description="Benchmark name recorded with the metrics")
-    max_prompts: int = Field(default=12, description="Held-out (validation-split) prompts to decode")
-    max_new_tokens: int = Field(default=64, description="Tokens generated per prompt")
-    temperature: float = Field(default=0.0, description="0 = greedy; > 0 samples (still exactly the target's distribution)")
+class FeatureCacheConfig(CoreConfig):
+    core: ClassVar[type] = CacheConfig
+    layer_ids: list[int] = core_field(CacheConfig, "layer_ids")
+    num_layers: int = core_field(CacheConfig, "num_layers")
+    dtype: str = core_field(CacheConfig, "dtype")
+    max_length: int = core_field(CacheConfig, "max_length")
 
 
-class LosslessCheckConfig(dg.Config):
-    prompts: int = Field(default=3, description="Held-out prompts decoded greedily both ways")
-    max_new_tokens: int = Field(default=32, description="Tokens generated per prompt")
+class DraftTrainingConfig(CoreConfig):
+    core: ClassVar[type] = TrainConfig
+    steps: int = core_field(TrainConfig, "steps")
+    batch_size: int = core_field(TrainConfig, "batch_size")
+    anchors_per_sequence: int = core_field(TrainConfig, "anchors_per_sequence")
+    learning_rate: float = core_field(TrainConfig, "learning_rate")
+    num_layers: int = core_field(TrainConfig, "num_layers")
+    block_size: int = core_field(TrainConfig, "block_size")
+    head: str = core_field(TrainConfig, "head")
+    draft_vocab_size: int = core_field(TrainConfig, "draft_vocab_size")
+    seed: int = core_field(TrainConfig, "seed")
 
 
-class ChampionCheckConfig(dg.Config):
-    tau_margin: float = Field(default=0.02, description="Fail when τ is below the champion's τ by more than this")
+class ExportDraftConfig(CoreConfig):
+    core: ClassVar[type] = ExportConfig
+    format: str = core_field(ExportConfig, "format")
+
+
+class SpeculativeEvalConfig(CoreConfig):
+    core: ClassVar[type] = EvalConfig
+    benchmark: str = core_field(EvalConfig, "benchmark")
+    max_prompts: int = core_field(EvalConfig, "max_prompts")
+    max_new_tokens: int = core_field(EvalConfig, "max_new_tokens")
+    temperature: float = core_field(EvalConfig, "temperature")
+    seed: int = core_field(EvalConfig, "seed")
+
+
+class LosslessCheckConfig(CoreConfig):
+    core: ClassVar[type] = GreedyCheckConfig
+    prompts: int = core_field(GreedyCheckConfig, "prompts")
+    max_new_tokens: int = core_field(GreedyCheckConfig, "max_new_tokens")
+
+
+class ChampionCheckConfig(CoreConfig):
+    core: ClassVar[type] = ChampionPolicy
+    tau_margin: float = core_field(ChampionPolicy, "tau_margin")

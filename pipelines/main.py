@@ -13,10 +13,10 @@ import dagster as dg
 from rich.console import Console
 from rich.table import Table
 
+from dspark_core.drafters.registry import ALGORITHMS
 from dspark_core.models.registry import register_model
-from dspark_core.training.trainer import ALGORITHMS
 from pipelines.instance import use_dagster_home
-from pipelines.partitions import model_drafter_key
+from pipelines.partitions import BASE_MODEL, model_drafter_key
 
 console = Console(width=max(Console().width, 150))  # the report table needs the room, even when piped
 DATA_STAGE = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     slug = register_model(args.model)
     instance = dg.DagsterInstance.get()
-    if not instance.has_dynamic_partition("base_model", slug):
-        instance.add_dynamic_partitions("base_model", [slug])
+    if not instance.has_dynamic_partition(BASE_MODEL, slug):
+        instance.add_dynamic_partitions(BASE_MODEL, [slug])
     console.print(f"base model [bold]{args.model}[/] (partition {slug}); Dagster instance {home}")
 
     # The data stage must have succeeded with its checks: a cache that failed its check is never trained on.
@@ -105,24 +105,21 @@ def print_report(slug: str, drafters: list[str]) -> None:
     if not store.path.exists():
         console.print("[red]no evaluation was recorded[/]")
         return
-    _, latest = store.query(
-        "SELECT drafter, draft_version, tau, speedup, tokens_per_s, draft_ms_per_round, verify_ms_per_round, recorded_at "
-        "FROM latest_tau WHERE base_model = ? AND temperature = 0 ORDER BY tau DESC", [slug])
-    _, curves = store.query("SELECT drafter, position, value FROM acceptance_curves WHERE base_model = ? AND "
-                            "metric = 'cond_accept' AND temperature = 0 ORDER BY drafter, position", [slug])
-    accept: dict[str, list[str]] = {}
-    for drafter, _, value in curves:
-        accept.setdefault(drafter, []).append(f"{value:.2f}")
+    columns, rows = store.latest_tau(base_model=slug, temperature=0.0)
+    latest = [dict(zip(columns, row)) for row in rows]
+    accept = {drafter: " ".join(f"{rate:.2f}" for _, rate in sorted(rates.items()))
+              for (_, drafter, _), rates in store.acceptance_curves(base_model=slug, temperature=0.0).items()}
     table = Table(title=f"speculative decoding on {slug}: held-out prompts, greedy, CPU (latest evaluation per drafter)")
     for column in ("drafter", "version", "τ", "speed-up vs AR", "tok/s", "draft ms/round", "verify ms/round",
                    "cond. accept @1..k", "champion"):
         table.add_column(column, justify="right")
-    for drafter, version, tau, speedup, rate, draft_ms, verify_ms, _ in latest:
-        table.add_row(drafter, str(version), f"{tau:.2f}", f"{speedup:.2f}x", f"{rate:.1f}", f"{draft_ms:.1f}",
-                      f"{verify_ms:.1f}", " ".join(accept.get(drafter, [])),
-                      "★" if champion is not None and str(champion.version) == str(version) else "")
+    for row in sorted(latest, key=lambda r: -r["tau"]):
+        table.add_row(row["drafter"], str(row["draft_version"]), f"{row['tau']:.2f}", f"{row['speedup']:.2f}x",
+                      f"{row['tokens_per_s']:.1f}", f"{row['draft_ms_per_round']:.1f}", f"{row['verify_ms_per_round']:.1f}",
+                      accept.get(row["drafter"], ""),
+                      "★" if champion is not None and str(champion.version) == str(row["draft_version"]) else "")
     console.print(table)
-    missing = sorted(set(drafters) - {row[0] for row in latest})
+    missing = sorted(set(drafters) - {row["drafter"] for row in latest})
     if missing:
         console.print(f"[yellow]not evaluated (a step or blocking check failed; see the Dagster UI):[/] {', '.join(missing)}")
     console.print(

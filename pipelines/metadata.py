@@ -1,5 +1,5 @@
-"""Helpers the thin assets share: reading an upstream materialization's metadata (artefacts travel as
-paths under $DSPARK_HOME, not through an IO manager), MLflow tags, and UI metadata values."""
+"""What the thin assets share: reading an upstream materialization's metadata (artefacts travel as paths
+under $DSPARK_HOME, not through an IO manager), MLflow tags, and the UI's view of the library's reports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from dspark_core.recipes.evaluation import EvalReport
+from dspark_core.recipes.training import TrainReport
 
 
 def upstream(context, asset: str, partition_key: str) -> dict[str, Any]:
@@ -33,6 +36,15 @@ def run_tags(context, asset: str) -> dict[str, str]:
             "dagster.partition": str(context.partition_key) if context.has_partition_key else ""}
 
 
+def training_progress(context, steps: int):
+    """An `on_log` callback for the trainer that writes a line to the run log every 50 steps."""
+    def log(step: int, metrics: dict) -> None:
+        if step % 50 == 0 or step == steps:
+            context.log.info(f"step {step}/{steps}: loss {metrics['loss']:.4f}, expected τ {metrics['expected_tau']:.2f}")
+
+    return log
+
+
 def image(path: Path, alt: str) -> dg.MetadataValue:
     """A PNG shown inline in the UI (markdown with an embedded data URI)."""
     data = base64.b64encode(Path(path).read_bytes()).decode()
@@ -43,12 +55,47 @@ def markdown_table(columns: list[str], rows: list[list]) -> dg.MetadataValue:
     def cell(value) -> str:
         if value is None:
             return "–"
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "/").replace("\n", " ")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return dg.MetadataValue.md("\n".join(lines))
 
 
-def directory_mib(path: Path) -> float:
-    return round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 2**20, 2)
+def mlflow_link(tracking, run_id: str) -> dict[str, Any]:
+    return {"mlflow_run_id": run_id, "mlflow_run": dg.MetadataValue.url(tracking.run_url(run_id) or tracking.uri)}
+
+
+def training_metadata(report: TrainReport) -> dict[str, Any]:
+    final = report.final_metrics
+    return {
+        "path": dg.MetadataValue.path(str(report.checkpoint)),
+        "algorithm": report.algorithm,
+        "steps": report.steps,
+        "final_loss": final.get("loss"),
+        "expected_tau": final.get("expected_tau"),
+        "held_out_tau": final.get("val_tau"),
+        "positions_per_s": final.get("positions_per_s"),
+        "stored_parameters": report.stored_parameters,
+        "analytic_acceptance": markdown_table(["position k", "acceptance (training batch)"],
+                                              [list(row) for row in report.analytic_acceptance]),
+        "loss_curve": image(report.loss_curve, "loss curve"),
+    }
+
+
+def evaluation_metadata(report: EvalReport, plot: Path) -> dict[str, Any]:
+    overall = report.overall
+    columns, rows = report.table()
+    identical = report.greedy_identical
+    return {
+        "tau": round(overall.tau, 4),
+        "speedup": round(overall.speedup, 3),
+        "tokens_per_s": round(overall.tokens_per_s, 2),
+        "draft_ms_per_round": round(overall.draft_ms_per_round, 2),
+        "verify_ms_per_round": round(overall.verify_ms_per_round, 2),
+        "greedy_identical": "n/a (sampled)" if identical is None else identical,
+        "prompts": len(report.prompts),
+        "eval_id": report.eval_id,
+        "results": markdown_table(columns, rows),
+        "acceptance_curve": image(plot, "acceptance by position"),
+    }

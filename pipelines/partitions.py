@@ -3,18 +3,21 @@ algorithm for the assets that train, export and evaluate a draft."""
 
 import dagster as dg
 
-from dspark_core.training.trainer import ALGORITHMS
+from dspark_core.drafters.registry import ALGORITHMS
 
-base_model_partitions = dg.DynamicPartitionsDefinition(name="base_model")
+BASE_MODEL = "base_model"  # the dynamic partitions' name, and the base-model dimension
+DRAFTER = "drafter"
+
+base_model_partitions = dg.DynamicPartitionsDefinition(name=BASE_MODEL)
 drafter_partitions = dg.StaticPartitionsDefinition(list(ALGORITHMS))
-model_drafter_partitions = dg.MultiPartitionsDefinition({"base_model": base_model_partitions, "drafter": drafter_partitions})
+model_drafter_partitions = dg.MultiPartitionsDefinition({BASE_MODEL: base_model_partitions, DRAFTER: drafter_partitions})
 
 
 def model_drafter_key(base_model: str, drafter: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"base_model": base_model, "drafter": drafter})
+    return dg.MultiPartitionKey({BASE_MODEL: base_model, DRAFTER: drafter})
 
 
 def split_partition_key(context) -> tuple[str, str]:
     """(base model, drafter) of a multi-partitioned asset's run."""
     keys = context.partition_key.keys_by_dimension
-    return keys["base_model"], keys["drafter"]
+    return keys[BASE_MODEL], keys[DRAFTER]

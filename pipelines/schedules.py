@@ -5,13 +5,14 @@ import dagster as dg
 
 from dspark_core.models.registry import registered_models
 from pipelines.jobs import prepare_base_model_job
+from pipelines.partitions import BASE_MODEL
 
 
 @dg.schedule(job=prepare_base_model_job, cron_schedule="0 3 * * 1", execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.RUNNING)
 def weekly_retraining_schedule(context: dg.ScheduleEvaluationContext):
     """Every Monday 03:00 UTC: one run per registered base model."""
-    known = set(context.instance.get_dynamic_partitions("base_model"))
+    known = set(context.instance.get_dynamic_partitions(BASE_MODEL))
     stamp = context.scheduled_execution_time.strftime("%Y-%m-%d")
     models = sorted(slug for slug in registered_models() if slug in known)
     if not models:

@@ -18,10 +18,12 @@ from typing import Iterator
 
 from dspark_core.errors import DsparkError
 from dspark_core.paths import dspark_home
+from dspark_core.recipes.champion import Champion, Contender
 
 CHAMPION = "champion"
 PROMOTED_AT = "dspark.promoted_at"
 ROLLED_BACK = "dspark.rolled_back"
+WEIGHTS_SHA = "dspark.weights_sha256"  # identical weights are registered once
 TAU_TAG = "dspark.tau"  # τ of the version's latest evaluation (for display)
 EVAL_TAG = "dspark.eval"  # how that τ was measured (benchmark, temperature, prompts)
 #: "nothing there" answers of the registry; anything else (a locked database, a server error) is raised
@@ -159,6 +161,19 @@ class Tracking:
                             f"The '{CHAMPION}' alias marks the version that serving and evaluation use.")
         return str(self.client.create_model_version(name, source_uri, run_id=run_id, tags=tags).version)
 
+    def register_export(self, base_model: str, export_dir: Path, training_run: str, weights_sha256: str,
+                        tags: dict[str, str]) -> tuple[str, bool]:
+        """Attach an exported draft to its training run and register it as a version of the base model's draft
+        model; weights registered before reuse their version. Returns (version, reused)."""
+        existing = [v for v in self.versions(base_model) if v.tags.get(WEIGHTS_SHA) == weights_sha256]
+        if existing:
+            return str(existing[-1].version), True
+        artifact_path = f"exported_draft_{Path(export_dir).name}"
+        self.log_artifacts(training_run, Path(export_dir), artifact_path)
+        version = self.register_draft(base_model, self.artifact_uri(training_run, artifact_path), training_run,
+                                      {**tags, WEIGHTS_SHA: weights_sha256})
+        return version, False
+
     def versions(self, base_model: str) -> list:
         from mlflow.exceptions import MlflowException
 
@@ -184,6 +199,21 @@ class Tracking:
             if not _missing(exc):
                 raise
             return None
+
+    def champion_measured_like(self, base_model: str, eval_id: str) -> Champion | None:
+        """The champion, with its τ measured the way `eval_id` says (None when it never was)."""
+        version = self.champion(base_model)
+        if version is None:
+            return None
+        tau = version.tags.get(tau_tag(eval_id))
+        return Champion(str(version.version), None if tau is None else float(tau))
+
+    def contender(self, base_model: str, version: str, tau: float) -> Contender:
+        return Contender(str(version), tau, rolled_back=self.is_rolled_back(base_model, version))
+
+    def record_tau(self, base_model: str, version: str, eval_id: str, tau: float) -> None:
+        """Stamp a version with τ measured one way (for comparisons) and as its latest τ (for display)."""
+        self.tag_version(base_model, version, {tau_tag(eval_id): f"{tau:.6f}", TAU_TAG: f"{tau:.6f}", EVAL_TAG: eval_id})
 
     def is_rolled_back(self, base_model: str, version: str) -> bool:
         return ROLLED_BACK in self.client.get_model_version(registered_model_name(base_model), version).tags

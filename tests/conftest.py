@@ -96,7 +96,7 @@ class RandomDrafter(Drafter):
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run the `dspark` console entry point in-process; return (exit code, stdout, stderr)."""
-    from dspark_core.cli import main
+    from dspark_cli import main
 
     saved = sys.argv
     sys.argv = ["dspark", *args]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -116,3 +118,37 @@ def test_data_steps_out_of_order_give_clear_errors(capsys):
     assert code == 2 and "run `dspark data prompts` first" in err
     code, _, err = run_cli(["data", "cache", "--target", TINY, "--dataset", "never-made"], capsys)
     assert code == 2 and "run `dspark data regenerate` first" in err
+
+
+def test_train_export_eval_on_the_command_line(capsys, tiny_target):
+    """The whole chain through the CLI's thin commands (the library's recipes), ending in the metrics store."""
+    prompts = [f"Give me example number {i} of a short sentence." for i in range(8)]
+    source = Path(os.environ["DSPARK_HOME"]) / "chain-prompts.jsonl"
+    source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    steps = [
+        ["data", "prompts", "--source", str(source), "--dataset", "cli-eval", "--validation-fraction", "0.5"],
+        ["data", "regenerate", "--target", TINY, "--dataset", "cli-eval", "--max-new-tokens", "8"],
+        ["data", "cache", "--target", TINY, "--dataset", "cli-eval", "--layer-ids", "0,1", "--dtype", "float32"],
+        ["train", "--target", TINY, "--dataset", "cli-eval", "--steps", "3", "--draft-vocab", "128", "--block-size", "4"],
+    ]
+    for args in steps:
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, (args, err)
+    checkpoint = next(Path(os.environ["DSPARK_HOME"], "checkpoints", "tiny-smollm2-135m", "dspark").glob("*/draft"))
+    code, out, err = run_cli(["export", str(checkpoint)], capsys)
+    assert code == 0, err
+    export = next(Path(os.environ["DSPARK_HOME"], "exports", "tiny-smollm2-135m", "dspark").glob("*-speculators"))
+    code, out, err = run_cli(["eval", "--target", TINY, "--drafter", str(export), "--dataset", "cli-eval",
+                              "--max-prompts", "2", "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    assert "greedy output identical to autoregressive: True" in out and "recorded" in out
+    code, out, err = run_cli(["sql", "SELECT drafter, block_size FROM acceptance_metrics WHERE metric = 'tau' "
+                                     "AND domain = 'all'", "--json"], capsys)
+    assert code == 0 and json.loads(out.splitlines()[0]) == {"drafter": "dspark", "block_size": 4}
+
+
+def test_unknown_head_or_drafter_is_a_clear_error(capsys):
+    code, _, err = run_cli(["train", "--target", TINY, "--head", "bogus"], capsys)
+    assert code == 2 and "unknown sequential head 'bogus'" in err and "Traceback" not in err
+    code, _, err = run_cli(["train", "--target", TINY, "--drafter", "medusa"], capsys)
+    assert code == 2 and "unknown drafter algorithm 'medusa'; choose one of dspark, dflash, eagle3" in err

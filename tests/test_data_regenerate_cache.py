@@ -24,7 +24,7 @@ from dspark_core.data.regenerate import RegenerationConfig, read_responses, reco
 from dspark_core.decoding import SamplingConfig
 from dspark_core.errors import DsparkError
 
-SETTINGS = RegenerationConfig(max_new_tokens=10, batch_size=3, sampling=SamplingConfig(temperature=1.0, top_k=20))
+SETTINGS = RegenerationConfig(max_new_tokens=10, batch_size=3, temperature=1.0, top_k=20)
 
 
 def _prompts(n: int = 7):
@@ -60,7 +60,7 @@ def test_regeneration_resumes_after_a_kill(tiny_target, tmp_path):
 
 def test_regeneration_refuses_to_mix_settings(tiny_target, tmp_path):
     regenerate_responses(tiny_target, _prompts(2), tmp_path / "r", SETTINGS, progress=False)
-    other = RegenerationConfig(max_new_tokens=10, batch_size=3, sampling=SamplingConfig(temperature=0.5))
+    other = RegenerationConfig(max_new_tokens=10, batch_size=3, temperature=0.5)
     with pytest.raises(DsparkError, match="would be mixed"):
         regenerate_responses(tiny_target, _prompts(2), tmp_path / "r", other, progress=False)
 

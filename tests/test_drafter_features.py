@@ -44,7 +44,7 @@ def test_features_cover_every_committed_position_exactly_once(tiny_target):
     reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=30, stop_at_eos=False))
     drafter = RecordingDrafter([o.tokens for o in reference.outputs])
     result = SpeculativeEngine(tiny_target, drafter).generate(
-        prompts, GenerationConfig(max_new_tokens=30, stop_at_eos=False, max_draft_tokens=5)
+        prompts, GenerationConfig(max_new_tokens=30, stop_at_eos=False, block_size=5)
     )
     assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
     assert result.stats.tau > 1.5

@@ -8,14 +8,15 @@ import torch
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.drafters.checkpoint import attach_target_weights, load_draft, save_draft
 from dspark_core.drafters.dspark import DSparkConfig, DSparkModel, DraftLayer, block_attention_mask
+from dspark_core.drafters.registry import drafter_kind
 from dspark_core.drafters.runtime import DSparkDrafter
 from dspark_core.training.losses import LossWeights, draft_losses
 
 
 def _model(target, algorithm="dspark", head="markov", vocab=None, **overrides) -> DSparkModel:
-    config = DSparkConfig.for_target(target, algorithm, num_layers=2, block_size=4, target_layer_ids=(0, 1),
-                                     head_rank=16, draft_vocab_size=len(vocab) if vocab is not None else 64,
-                                     **({} if algorithm == "dflash" else {"head": head}), **overrides)
+    config = drafter_kind(algorithm).module_config(
+        target, num_layers=2, block_size=4, target_layer_ids=(0, 1), head_rank=16,
+        draft_vocab_size=len(vocab) if vocab is not None else 64, head=head, **overrides)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = DSparkModel(config).to(target.dtype)
@@ -155,9 +156,9 @@ def test_checkpoint_for_another_target_is_refused(tiny_target, perturbed_tiny, t
 
 
 def _eagle3(target) -> "Eagle3Model":
-    from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+    from dspark_core.drafters.eagle3 import Eagle3Model
 
-    config = Eagle3Config.for_target(target, block_size=4, target_layer_ids=(0, 1), draft_vocab_size=64)
+    config = drafter_kind("eagle3").module_config(target, block_size=4, target_layer_ids=(0, 1), draft_vocab_size=64)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = Eagle3Model(config).to(target.dtype)
@@ -183,12 +184,54 @@ def test_eagle3_is_causal_in_context_and_within_the_chain(tiny_target):
 
 
 def test_untrained_eagle3_is_lossless_and_reloads_identically(tiny_target, tmp_path):
-    from dspark_core.drafters.runtime import drafter_from_checkpoint
+    from dspark_core.drafters.checkpoint import load_drafter
 
     save_draft(_eagle3(tiny_target), tmp_path / "e3", target=tiny_target)
-    drafter = drafter_from_checkpoint(tmp_path / "e3", tiny_target)
+    drafter = load_drafter(tmp_path / "e3", tiny_target)
     assert drafter.feature_layers == (0, 1)
     prompts = [tiny_target.encode_prompt(p) for p in ["an eagle test", "x"]]
     reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
     result = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
     assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
+
+
+def test_registry_knows_every_algorithm_and_refuses_others(tiny_target):
+    from dspark_core.drafters.registry import ALGORITHMS, DRAFTERS
+    from dspark_core.errors import ConfigError
+
+    assert ALGORITHMS == ("dspark", "dflash", "eagle3")
+    for name, kind in DRAFTERS.items():
+        config = kind.module_config(tiny_target, block_size=3, target_layer_ids=(0, 1), draft_vocab_size=32)
+        assert config.algorithm == name and config.block_size == 3
+        drafter = kind.runtime(kind.build(config))
+        assert drafter.block_size == 3 and drafter.feature_layers == (0, 1)
+    assert DRAFTERS["dflash"].module_config(tiny_target, head="markov").head == "none"  # fixed by the algorithm
+    assert DRAFTERS["eagle3"].select_layers((1, 8, 14, 20, 27)) == (1, 14, 27)
+    with pytest.raises(ConfigError, match="unknown drafter algorithm 'medusa'"):
+        drafter_kind("medusa")
+
+
+@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
+def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target, algorithm):
+    """The teacher-forced training forward, fed the runtime drafter's own proposals as the gold tokens, must
+    rank them first at every slot: the cached features, anchors, labels and the runtime context line up
+    position for position (an off-by-one anywhere breaks this)."""
+    from dspark_core.decoding.drafter import DraftRequest
+    from dspark_core.models.target import TargetFeatures
+
+    model = _eagle3(tiny_target) if algorithm == "eagle3" else _model(tiny_target, algorithm=algorithm)
+    ids = tiny_target.encode_prompt("the quick brown fox jumps over the lazy dog and runs far away")
+    gamma = model.config.block_size
+    for anchor in (1, 4, len(ids) - 1):
+        with torch.no_grad():
+            prefix = tiny_target.forward_features(torch.tensor([ids[:anchor]]), layer_ids=(0, 1), with_logits=False)
+        drafter = drafter_kind(algorithm).runtime(model)
+        drafter.begin([ids[: anchor + 1]])
+        features = TargetFeatures(last_hidden=prefix.last_hidden[0], layer_ids=(0, 1), layers=tuple(x[0] for x in prefix.layers))
+        proposal = drafter.propose(DraftRequest([0], [ids[: anchor + 1]], [gamma], [features],
+                                                SamplingConfig(temperature=0.0), None)).tokens[0].tolist()
+        forced = torch.tensor([ids[: anchor + 1] + proposal])
+        logits, _ = model.forward_train(_features(tiny_target, forced), forced, torch.tensor([forced.shape[1]]),
+                                        torch.tensor([[anchor]]))
+        ranked = model.draft_vocab[logits[0, 0].argmax(-1)].tolist()
+        assert ranked == proposal, (algorithm, anchor)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from conftest import run_cli
 from dspark_core.drafters.checkpoint import load_draft, save_draft
 from dspark_core.errors import DsparkError
-from dspark_core.export import export_draft, load_export
+from dspark_core.export import export_draft
 from test_drafters import _eagle3, _features, _model
 
 
@@ -32,7 +32,7 @@ def test_export_round_trip_is_bit_identical(tiny_target, tmp_path, kind, fmt):
     save_draft(model, tmp_path / "draft", target=tiny_target)
     original, _ = load_draft(tmp_path / "draft", tiny_target)
     export_draft(tmp_path / "draft", tmp_path / "export", fmt)
-    loaded, source = load_export(tmp_path / "export", tiny_target)
+    loaded, source = load_draft(tmp_path / "export", tiny_target)
     assert source["target_revision"] == tiny_target.revision
     for a, b in zip(_logits(original, tiny_target), _logits(loaded, tiny_target)):
         assert (a is None and b is None) or torch.equal(a, b)
@@ -60,9 +60,15 @@ def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
 
 def test_export_cli_and_bad_input(capsys, tiny_target, tmp_path):
     save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+    code, out, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf", "--out", str(tmp_path / "out")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out" / "config.json").is_file()
     code, out, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf"], capsys)
     assert code == 0, err
-    assert (tmp_path / "draft-hf" / "config.json").is_file()
+    assert "exports" in out  # the default place is under $DSPARK_HOME/exports
+    (tmp_path / "notes").mkdir()
+    code, _, err = run_cli(["export", str(tmp_path / "draft"), "--out", str(tmp_path / "notes")], capsys)
+    assert code == 2 and "is not a dspark export" in err  # never replaces a directory that is not an export
     with pytest.raises(DsparkError, match="unknown export format 'onnx'"):
         export_draft(tmp_path / "draft", tmp_path / "x", "onnx")
     with pytest.raises(DsparkError, match="not a draft checkpoint"):

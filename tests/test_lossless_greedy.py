@@ -42,7 +42,7 @@ def _drafters(target, perturbed):
 def test_batched_greedy_is_identical_to_target_greedy(tiny_target, perturbed_tiny, prompts, references, index):
     name, drafter = list(_drafters(tiny_target, perturbed_tiny))[index]
     engine = SpeculativeEngine(tiny_target, drafter)
-    result = engine.generate(prompts, GenerationConfig(max_new_tokens=48, stop_at_eos=False, max_draft_tokens=5))
+    result = engine.generate(prompts, GenerationConfig(max_new_tokens=48, stop_at_eos=False, block_size=5))
     for output, reference in zip(result.outputs, references):
         assert output.tokens == reference, name
         assert output.finish_reason == "length"
@@ -51,7 +51,7 @@ def test_batched_greedy_is_identical_to_target_greedy(tiny_target, perturbed_tin
 
 def test_single_request_matches_and_self_draft_accepts_everything(tiny_target, prompts, references):
     engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target, tiny_target))
-    result = engine.generate([prompts[0]], GenerationConfig(max_new_tokens=48, stop_at_eos=False, max_draft_tokens=7))
+    result = engine.generate([prompts[0]], GenerationConfig(max_new_tokens=48, stop_at_eos=False, block_size=7))
     assert result.outputs[0].tokens == references[0]
     # A draft identical to the target is always right: every full round commits γ + 1 tokens.
     assert result.stats.tau == pytest.approx(48 / 6)
@@ -98,7 +98,7 @@ def test_long_batched_run_with_many_holes_stays_exact(tiny_target, prompts, monk
     references = [hf_greedy(tiny_target, p, n) for p, n in zip(prompts, lengths)]
     drafter = NoisyOracleDrafter(prompts, references, noise=0.25, seed=5)
     result = SpeculativeEngine(tiny_target, drafter).generate(
-        prompts, GenerationConfig(max_new_tokens=120, stop_at_eos=False, max_draft_tokens=7)
+        prompts, GenerationConfig(max_new_tokens=120, stop_at_eos=False, block_size=7)
     )
     # Requests 1 and 2 ran past their reference; compare the part we know.
     for output, reference in zip(result.outputs, references):
@@ -112,7 +112,7 @@ def test_stops_at_eos_inside_accepted_prefix(tiny_target, prompts, references, m
     first = references[0].index(stop)
     monkeypatch.setattr(type(tiny_target), "eos_token_ids", property(lambda self: frozenset({stop})))
     engine = SpeculativeEngine(tiny_target, DraftModelDrafter(tiny_target, tiny_target))
-    result = engine.generate([prompts[0]], GenerationConfig(max_new_tokens=48, max_draft_tokens=7))
+    result = engine.generate([prompts[0]], GenerationConfig(max_new_tokens=48, block_size=7))
     output = result.outputs[0]
     assert output.tokens == references[0][: first + 1]
     assert output.finish_reason == "eos"

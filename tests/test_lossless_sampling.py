@@ -19,8 +19,9 @@ from dspark_core.decoding import DraftModelDrafter, GenerationConfig, SamplingCo
 from dspark_core.decoding import verification
 from dspark_core.decoding.sampling import probabilities
 from dspark_core.drafters.checkpoint import attach_target_weights
-from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
-from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+from dspark_core.drafters.dspark import DSparkModel
+from dspark_core.drafters.eagle3 import Eagle3Model
+from dspark_core.drafters.registry import drafter_kind
 from dspark_core.drafters.runtime import DSparkDrafter, Eagle3Drafter
 
 DEPTH = 3
@@ -51,7 +52,7 @@ def sample_counts(target, drafter, prompt, sampling, seed: int = 0) -> Counter:
     engine = SpeculativeEngine(target, drafter)
     counts: Counter = Counter()
     for chunk in range(SAMPLES // CHUNK):
-        config = GenerationConfig(max_new_tokens=DEPTH, sampling=sampling, stop_at_eos=False, max_draft_tokens=3,
+        config = GenerationConfig(max_new_tokens=DEPTH, sampling=sampling, stop_at_eos=False, block_size=3,
                                   seed=seed * 1000 + chunk)
         result = engine.generate([prompt] * CHUNK, config)
         counts.update(tuple(o.tokens) for o in result.outputs)
@@ -107,8 +108,8 @@ class MistemperedSelfDrafter(DraftModelDrafter):
 def _untrained_dspark(target) -> DSparkDrafter:
     """A random-init DSpark drafter (Markov head on) over a 40-token draft vocabulary: exercises target
     features, the sequential head and q living on a subset of the vocabulary."""
-    config = DSparkConfig.for_target(target, "dspark", num_layers=1, block_size=3, target_layer_ids=(0, 1),
-                                     head_rank=8, draft_vocab_size=40)
+    config = drafter_kind("dspark").module_config(target, num_layers=1, block_size=3, target_layer_ids=(0, 1),
+                                                  head_rank=8, draft_vocab_size=40)
     with torch.random.fork_rng():
         torch.manual_seed(3)
         model = DSparkModel(config).to(target.dtype)
@@ -119,7 +120,7 @@ def _untrained_dspark(target) -> DSparkDrafter:
 
 
 def _untrained_eagle3(target) -> Eagle3Drafter:
-    config = Eagle3Config.for_target(target, block_size=3, target_layer_ids=(0, 1), draft_vocab_size=48)
+    config = drafter_kind("eagle3").module_config(target, block_size=3, target_layer_ids=(0, 1), draft_vocab_size=48)
     with torch.random.fork_rng():
         torch.manual_seed(5)
         model = Eagle3Model(config).to(target.dtype)

@@ -19,8 +19,8 @@ from dspark_core.data.chat import render_ids
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache
 from dspark_core.data.prompts import PromptRecord
 from dspark_core.data.regenerate import RegenerationConfig, read_responses, regenerate_responses
-from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
-from dspark_core.drafters.runtime import drafter_from_checkpoint
+from dspark_core.decoding import GenerationConfig, SpeculativeEngine
+from dspark_core.drafters.checkpoint import load_drafter
 from dspark_core.errors import DsparkError
 from dspark_core.training import trainer as trainer_module
 from dspark_core.training.trainer import TrainConfig, TrainingDivergedError, train_draft
@@ -34,7 +34,7 @@ def greedy_cache(tiny_target, tmp_path_factory):
     root = tmp_path_factory.mktemp("overfit")
     pairs = [(PromptRecord.create([("user", p)], "t"), "train") for p in PROMPTS]
     regenerate_responses(tiny_target, pairs, root / "r",
-                         RegenerationConfig(max_new_tokens=32, sampling=SamplingConfig(temperature=0)), progress=False)
+                         RegenerationConfig(max_new_tokens=32, temperature=0), progress=False)
     build_feature_cache(tiny_target, read_responses(root / "r")[1], root / "c",
                         CacheConfig(layer_ids=(0, 1, 2), dtype="float32"), progress=False)
     return FeatureCache(root / "c")
@@ -59,7 +59,7 @@ def test_overfit_reproduces_the_target(tiny_target, greedy_cache, tmp_path, algo
     assert config["target_layer_ids"] == expected_layers and config["block_size"] == 7
     assert config["training"]["steps"] == 120
 
-    drafter = drafter_from_checkpoint(result.checkpoint, tiny_target)
+    drafter = load_drafter(result.checkpoint, tiny_target)
     prompts = [render_ids(tiny_target, [("user", p)], add_generation_prompt=True) for p in PROMPTS]
     plain = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=32))
     drafted = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32))
@@ -98,7 +98,7 @@ def test_empty_cache_and_foreign_cache_are_refused(tiny_target, perturbed_tiny, 
 
 
 def _train_cli(home: Path, out: Path, steps: int) -> list[str]:
-    return [sys.executable, "-m", "dspark_core.cli", "train", "--target", TINY, "--dataset", "resume",
+    return [sys.executable, "-m", "dspark_cli", "train", "--target", TINY, "--dataset", "resume",
             "--layer-ids", "0,1,2", "--cache-dtype", "float32", "--steps", str(steps), "--checkpoint-every", "2",
             "--log-every", "2", "--draft-vocab", "256", "--head-rank", "16", "--anchors", "8", "--out", str(out)]
 
@@ -135,3 +135,12 @@ def test_killed_training_resumes_to_the_same_weights(greedy_cache, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert log == list(range(2, steps + 1, 2))
+
+
+def test_analytic_acceptance_is_ordered_by_position_beyond_nine():
+    from dspark_core.recipes.training import TrainReport
+
+    metrics = {f"accept_{k}": k / 100 for k in (1, 2, 10, 11, 3, 9)}
+    report = TrainReport(Path("c"), Path("o"), "dspark", 1, metrics, [], 0, Path("p"), 0)
+    assert [k for k, _ in report.analytic_acceptance] == list(range(1, 12))
+    assert report.analytic_acceptance[9] == (10, 0.10) and report.analytic_acceptance[4] == (5, None)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,9 +25,10 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspark_core.data.chat import tokenize_with_assistant_mask
-from dspark_core.errors import DsparkError
+from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
+from dspark_core.settings import setting
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -62,13 +63,27 @@ def estimate_cache_bytes(num_tokens: int, hidden_size: int, num_layers: int, dty
 
 @dataclass(frozen=True)
 class CacheConfig:
-    layer_ids: tuple[int, ...]
-    dtype: str = "bfloat16"
-    max_length: int = 2048
+    """Which target features are cached, and how."""
+
+    layer_ids: tuple[int, ...] = setting((), "Decoder layers to cache; empty: `num_layers` spread over the depth")
+    num_layers: int = setting(5, "How many layers to spread over the depth when layer_ids is empty")
+    dtype: str = setting("bfloat16", "Storage dtype: bfloat16, float16 or float32")
+    max_length: int = setting(1024, "Truncate conversations to this many tokens")
     #: tokens per shard (a shard is the unit of atomic writing and resuming)
     shard_tokens: int = 262_144
     #: tokens per target forward batch
     batch_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layer_ids", tuple(self.layer_ids))
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"cache dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")
+        if self.max_length < 2 or self.num_layers < 1:
+            raise ConfigError(f"max_length must be >= 2 and num_layers >= 1, got {self.max_length} and {self.num_layers}")
+
+    def layers_for(self, num_target_layers: int) -> tuple[int, ...]:
+        """The configured layers, or `num_layers` spread over a target of that depth."""
+        return self.layer_ids or default_layer_ids(num_target_layers, self.num_layers)
 
 
 def default_layer_ids(num_layers: int, count: int = 5) -> tuple[int, ...]:
@@ -89,11 +104,6 @@ def build_feature_cache(
     progress: bool = True,
 ) -> dict:
     """Tokenize conversations (assistant-token mask), run the target, and write the cache. Returns the manifest."""
-    if config.dtype not in _DTYPES:
-        raise DsparkError(f"cache dtype {config.dtype!r} is not one of {sorted(_DTYPES)}")
-    for layer in config.layer_ids:
-        if not 0 <= layer < target.num_layers:
-            raise DsparkError(f"layer id {layer} is out of range for {target.spec!r} ({target.num_layers} layers)")
     samples = []
     for conversation in conversations:
         messages = [(m["role"], m["content"]) for m in conversation["messages"]]
@@ -106,7 +116,27 @@ def build_feature_cache(
             samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids, "mask": mask})
     if not samples:
         raise DsparkError("no conversation has assistant tokens to learn from: the dataset is empty")
+    return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress,
+                               extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)})
 
+
+def write_feature_cache(
+    target: TargetModel,
+    samples: list[dict],
+    out_dir: Path,
+    config: CacheConfig,
+    *,
+    source: dict | None = None,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> dict:
+    """Run the target over token sequences and write the cache; returns the manifest. Each sample is
+    {"id", "split", "ids": token ids, "mask": 1 where the token is one the draft learns to predict}."""
+    config = replace(config, layer_ids=config.layers_for(target.num_layers))
+    for layer in config.layer_ids:
+        if not 0 <= layer < target.num_layers:
+            raise DsparkError(f"layer id {layer} is out of range for {target.spec!r} ({target.num_layers} layers)")
+    out_dir = Path(out_dir)
     spec = {
         "format_version": FORMAT_VERSION,
         "target": target.spec,
@@ -186,7 +216,7 @@ def build_feature_cache(
         "num_samples": len(samples),
         "num_tokens": num_tokens,
         "assistant_tokens": sum(sum(s["mask"]) for s in samples),
-        "dropped_without_assistant_tokens": len(conversations) - len(samples),
+        **(extra or {}),
         "bytes": sum((out_dir / e["file"]).stat().st_size for e in entries),
         "source": source or {},
         "shards": entries,
@@ -231,6 +261,17 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
         "layers": torch.cat(layers_out).contiguous(),
         "last_hidden": torch.cat(hidden_out).contiguous(),
     }
+
+
+@dataclass
+class CacheBatch:
+    """Right-padded samples as tensors: what a training or validation step consumes."""
+
+    input_ids: torch.Tensor  # [B, T] long
+    loss_mask: torch.Tensor  # [B, T] bool
+    layers: torch.Tensor  # [B, T, m*d] (the requested layers, concatenated)
+    last_hidden: torch.Tensor  # [B, T, d]
+    lengths: torch.Tensor  # [B] long
 
 
 @dataclass
@@ -322,3 +363,22 @@ class FeatureCache:
             layers=handle.get_slice("layers")[start:end],
             last_hidden=handle.get_slice("last_hidden")[start:end],
         )
+
+    def batch(self, indices: list[int], *, max_length: int, layer_ids: tuple[int, ...], device, dtype) -> CacheBatch:
+        """Samples `indices`, cut to `max_length`, with the features of `layer_ids` (a subset of the cached
+        layers, in that order), padded on the right."""
+        samples = [self[i] for i in indices]
+        length = min(max_length, max(s.input_ids.numel() for s in samples))
+        d = self.hidden_size
+        columns = torch.cat([torch.arange(self.layer_ids.index(i) * d, (self.layer_ids.index(i) + 1) * d)
+                             for i in layer_ids])
+        ids = torch.zeros(len(samples), length, dtype=torch.long)
+        mask = torch.zeros(len(samples), length, dtype=torch.bool)
+        layers = torch.zeros(len(samples), length, columns.numel(), dtype=dtype)
+        hidden = torch.zeros(len(samples), length, samples[0].last_hidden.shape[-1], dtype=dtype)
+        lengths = torch.zeros(len(samples), dtype=torch.long)
+        for row, s in enumerate(samples):
+            n = min(length, s.input_ids.numel())
+            ids[row, :n], mask[row, :n], lengths[row] = s.input_ids[:n], s.loss_mask[:n], n
+            layers[row, :n], hidden[row, :n] = s.layers[:n, columns].to(dtype), s.last_hidden[:n].to(dtype)
+        return CacheBatch(ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device))

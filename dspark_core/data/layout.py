@@ -21,9 +21,14 @@ def prompts_path(dataset: str) -> Path:
     return dataset_dir(dataset) / "prompts.jsonl"
 
 
+def target_dir(dataset: str, target_spec: str) -> Path:
+    """What one target made of the dataset: its responses and its feature caches."""
+    return dataset_dir(dataset) / slugify(target_spec)
+
+
 def responses_dir(dataset: str, target_spec: str) -> Path:
-    return dataset_dir(dataset) / slugify(target_spec) / "responses"
+    return target_dir(dataset, target_spec) / "responses"
 
 
 def cache_dir(dataset: str, target_spec: str, layer_ids: tuple[int, ...], dtype: str) -> Path:
-    return dataset_dir(dataset) / slugify(target_spec) / f"features-L{'-'.join(map(str, layer_ids))}-{dtype}"
+    return target_dir(dataset, target_spec) / f"features-L{'-'.join(map(str, layer_ids))}-{dtype}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,10 +22,11 @@ from dspark_core.data.chat import render_ids
 from dspark_core.data.prompts import PromptRecord
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.drafter import Drafter
-from dspark_core.errors import DsparkError
+from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.packaged import PACKAGED_MODELS
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
+from dspark_core.settings import setting
 
 RESPONSES_FILE = "responses.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -47,11 +49,28 @@ def recommended_sampling(target: TargetModel) -> SamplingConfig:
 
 @dataclass(frozen=True)
 class RegenerationConfig:
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    seed: int = 0
-    #: None: the target's recommended settings (see `recommended_sampling`)
-    sampling: SamplingConfig | None = None
+    """How the target answers the prompts. Sampling settings left empty are the model's recommended ones."""
+
+    max_new_tokens: int = setting(128, "Longest response the target writes per prompt")
+    batch_size: int = setting(16, "Prompts answered together")
+    seed: int = setting(0, "Sampling seed")
+    temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting")
+    top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting")
+    top_k: int | None = setting(None, "Top-k; empty: the model's recommended setting")
+    limit: int | None = setting(None, "Answer only the first N prompts; empty: all")
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
+
+    def sampling_for(self, target: TargetModel) -> SamplingConfig:
+        """The recommended sampling of `target`, with the settings given here in its place."""
+        recommended = recommended_sampling(target)
+        return SamplingConfig(
+            temperature=recommended.temperature if self.temperature is None else self.temperature,
+            top_p=recommended.top_p if self.top_p is None else self.top_p,
+            top_k=recommended.top_k if self.top_k is None else self.top_k,
+        )
 
 
 def _read_done(path: Path) -> set[str]:
@@ -85,7 +104,8 @@ def regenerate_responses(
     """Answer every (record, split) pair with the target; returns the final manifest."""
     if not prompts:
         raise DsparkError("no prompts to answer: the prompt source is empty")
-    sampling = config.sampling or recommended_sampling(target)
+    sampling = config.sampling_for(target)
+    prompts = prompts[: config.limit]
     settings = {"max_new_tokens": config.max_new_tokens, "seed": config.seed, "sampling": asdict(sampling),
                 "chat_template": target.has_chat_template}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,7 @@ def regenerate_responses(
     todo = [(r, s) for r, s in prompts if r.id not in done]
     todo.sort(key=lambda pair: sum(len(c) for _, c in pair[0].messages))  # similar lengths batch well
     engine = SpeculativeEngine(target, drafter)
+    started = time.perf_counter()
     skipped: list[str] = []
     bar = tqdm(total=len(todo), desc="regenerating responses", disable=not progress)
     with open(responses_path, "a", encoding="utf-8") as handle:
@@ -138,6 +159,8 @@ def regenerate_responses(
         splits=counts,
         response_tokens=tokens,
         skipped_too_long=skipped,
+        # this run only (a resumed or reused run takes less than the whole)
+        seconds=round(time.perf_counter() - started, 2),
     )
     write_json_atomic(manifest_path, manifest)
     return manifest

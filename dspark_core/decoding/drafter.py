@@ -56,6 +56,8 @@ class Drafter(ABC):
     feature_layers: tuple[int, ...] = ()
     #: whether the drafter needs the target's pre-LM-head hidden state of committed positions
     needs_last_hidden: bool = False
+    #: the block size the drafter was trained for (None: no preference, the caller's setting applies)
+    block_size: int | None = None
 
     def begin(self, prompts: list[list[int]]) -> None:
         """A new batch of requests starts (request id = index in `prompts`). Reset per-request state."""

@@ -18,24 +18,25 @@ from dspark_core.decoding.sampling import SamplingConfig, probabilities
 from dspark_core.decoding.verification import verify_greedy, verify_sampled
 from dspark_core.errors import ConfigError, PromptError
 from dspark_core.models.target import TargetModel
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 128
+    max_new_tokens: int = setting(128, "Most tokens generated per request")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    #: ℓ, the most draft tokens verified per round (the drafter's block size)
-    max_draft_tokens: int = 7
+    #: γ, the most draft tokens proposed and verified per round
+    block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: most draft tokens proposed and verified per round")
     #: the one switch that turns the draft module on or off
     speculative: bool = True
     stop_at_eos: bool = True
-    seed: int = 0
+    seed: int = setting(0, "Sampling seed")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.max_draft_tokens < 0:
-            raise ConfigError(f"max_draft_tokens must be >= 0, got {self.max_draft_tokens}")
+        if self.block_size < 0:
+            raise ConfigError(f"block_size must be >= 0, got {self.block_size}")
 
 
 @dataclass
@@ -68,7 +69,7 @@ class SpeculativeEngine:
                 raise PromptError(f"prompt #{index} is empty; every request needs at least one token")
             target.check_prompt_length(len(prompt))
 
-        drafter = self.drafter if config.speculative and config.max_draft_tokens > 0 else None
+        drafter = self.drafter if config.speculative and config.block_size > 0 else None
         layer_ids = drafter.feature_layers if drafter else ()
         want_features = drafter is not None and drafter.wants_features
         generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -100,7 +101,7 @@ class SpeculativeEngine:
             while active:
                 batch_rounds += 1
                 limits = [
-                    max(0, min(config.max_draft_tokens, config.max_new_tokens - generated[i] - 1,
+                    max(0, min(config.block_size, config.max_new_tokens - generated[i] - 1,
                                target.max_context - len(tokens[i]) - 1))
                     for i in active
                 ]

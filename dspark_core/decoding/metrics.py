@@ -1,4 +1,4 @@
-"""Decoding statistics with the literature's definitions (DESIGN.md §3.1; DeepSpec/EAGLE conventions).
+"""Decoding statistics with the definitions the literature reports (docs/architecture.md, "Metrics").
 
 Positions k are 1-based draft positions.
 * tau: mean over rounds of tokens committed (accepted drafts + 1 bonus/replacement; a round that ends on

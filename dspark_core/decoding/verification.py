@@ -1,4 +1,4 @@
-"""Lossless verification of drafted blocks (DESIGN.md §3.1), batched over requests.
+"""Lossless verification of drafted blocks (docs/architecture.md, "Verification"), batched over requests.
 
 Sampled: accept x_k with probability min(1, p_k(x_k)/q_k(x_k)); at the first rejection draw from
 normalize(max(0, p_k - q_k)); if all are accepted draw a bonus token from p_{l+1}.

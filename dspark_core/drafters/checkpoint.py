@@ -1,29 +1,35 @@
-"""Draft checkpoints: safetensors weights + config.json, self-describing, written atomically.
+"""Draft checkpoints and exports: safetensors weights + JSON config, self-describing, written atomically,
+and one loader for both.
 
-config.json holds: algorithm, the module config, target spec and revision, layer ids, block size, mask
-token, head type and rank, draft vocabulary size, the training config and the code version. The frozen
-embedding and LM head are the target's and are not stored.
+A checkpoint's config.json holds: algorithm, the module config, target spec and revision, layer ids, block
+size, mask token, head type and rank, draft vocabulary size, the training config and the code version. The
+frozen embedding and LM head are the target's and are not stored.
+
+An export (`dspark.export`) is the same weights under another layout's names and config, plus
+`dspark_export.json` recording its format and the source checkpoint's config. `load_draft` opens either,
+with the same target checks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 import dspark_core
 from dspark_core.drafters.base import DraftModule
-from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
-from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+from dspark_core.drafters.registry import DrafterKind, drafter_kind
 from dspark_core.errors import DsparkError
 from dspark_core.paths import atomic_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+EXPORT_FILE = "dspark_export.json"
 FORMAT = "dspark-draft"
-MODEL_CLASSES = {"dspark": (DSparkConfig, DSparkModel), "dflash": (DSparkConfig, DSparkModel),
-                 "eagle3": (Eagle3Config, Eagle3Model)}
+
 
 def save_draft(model: DraftModule, directory: Path, *, target, training: dict | None = None, extra: dict | None = None) -> Path:
     """Write `directory` atomically (temp dir + rename); an existing directory is replaced only on success."""
@@ -51,31 +57,72 @@ def save_draft(model: DraftModule, directory: Path, *, target, training: dict | 
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
+
+def is_export(directory: Path) -> bool:
+    return (Path(directory) / EXPORT_FILE).is_file()
+
+
 def read_draft_config(directory: Path) -> dict:
-    path = Path(directory) / CONFIG_FILE
+    """The checkpoint config of a checkpoint, or of the checkpoint an export was made from."""
+    directory = Path(directory)
+    if is_export(directory):
+        return _read_json(directory / EXPORT_FILE)["source"]
+    path = directory / CONFIG_FILE
     if not path.is_file():
-        raise DsparkError(f"{directory} is not a draft checkpoint (no {CONFIG_FILE}); train one with `dspark train`")
-    config = json.loads(path.read_text())
+        raise DsparkError(f"{directory} is not a draft checkpoint or export (no {CONFIG_FILE}); train one with "
+                          f"`dspark train`")
+    config = _read_json(path)
     if config.get("format") != FORMAT:
         raise DsparkError(f"{directory} is not a dspark draft checkpoint (format {config.get('format')!r})")
     return config
 
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 of a draft's weights file: the identity of its weights."""
+    digest = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DsparkError(f"cannot read {path} ({exc}); the draft directory is corrupt, export or train it again") from exc
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(Path(directory) / WEIGHTS_FILE))
+    except Exception as exc:
+        raise DsparkError(f"cannot read the weights of {directory} ({exc}); the checkpoint is corrupt") from exc
+
+
+def _from_speculators(tensors: dict[str, torch.Tensor], kind: DrafterKind, model: DraftModule) -> dict[str, torch.Tensor]:
+    """Speculators-layout tensors back under our names; the draft vocabulary from its `d2t` offsets."""
+    ours = {kind.speculators_name(name): name for name in model.state_dict()}
+    state = {ours[name]: value for name, value in tensors.items() if name in ours}
+    state["draft_vocab"] = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    return state
+
+
 def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tuple[DraftModule, dict]:
-    """Rebuild the module from a checkpoint; attach `target`'s embedding and LM head when given."""
+    """Rebuild the module from a checkpoint or an export (either format); returns (module, checkpoint config).
+    With `target`, refuses a draft trained for another revision and attaches the target's embedding and LM head."""
+    directory = Path(directory)
     config = read_draft_config(directory)
     if target is not None and check_target and config["target_revision"] != target.revision:
         raise DsparkError(
-            f"draft checkpoint {directory} was trained for {config['target']!r} (revision {str(config['target_revision'])[:12]}), "
+            f"draft {directory} was trained for {config['target']!r} (revision {str(config['target_revision'])[:12]}), "
             f"not for {target.spec!r} (revision {str(target.revision)[:12]}); train a draft for this target"
         )
-    if config["algorithm"] not in MODEL_CLASSES:
-        raise DsparkError(f"{directory}: unknown draft algorithm {config['algorithm']!r}")
-    config_class, model_class = MODEL_CLASSES[config["algorithm"]]
-    model = model_class(config_class(**config["module"]))
-    try:
-        state = load_file(str(Path(directory) / WEIGHTS_FILE))
-    except Exception as exc:
-        raise DsparkError(f"cannot read the weights of {directory} ({exc}); the checkpoint is corrupt") from exc
+    kind = drafter_kind(config["algorithm"])
+    model = kind.build(kind.config_class(**config["module"]))
+    state = _read_weights(directory)
+    if is_export(directory) and _read_json(directory / EXPORT_FILE)["format"] == "speculators":
+        state = _from_speculators(state, kind, model)
     saved_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     model.to(saved_dtype)  # load at the saved precision, then convert: never round-trip through float32
     model.load_state_dict(state, strict=True)
@@ -84,9 +131,15 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
         attach_target_weights(model, target)
     return model.eval(), config
 
+
+def load_drafter(directory: Path, target):
+    """The engine drafter of a trained checkpoint or an export, for `target`."""
+    model, config = load_draft(directory, target)
+    return drafter_kind(config["algorithm"]).runtime(model, name=f"{config['algorithm']}:{Path(directory).name}")
+
+
 def attach_target_weights(model: DraftModule, target) -> None:
     dtype = next(p.dtype for p in model.parameters())
     embed = target.model.get_input_embeddings().weight
     lm_head = target.model.get_output_embeddings().weight
     model.attach_target(embed.to(dtype), lm_head.to(dtype))
-

@@ -1,5 +1,5 @@
 """DSpark and DFlash draft modules: a parallel backbone over a block, plus (DSpark) a sequential head and a
-confidence head (DESIGN.md §3.3–3.5). DFlash is the same backbone with `head="none"`.
+confidence head (docs/architecture.md, "Draft modules"). DFlash is the same backbone with `head="none"`.
 
 The target's embedding and LM head are shared and frozen: they are attached from the target at load time
 (`attach_target`) and never stored in the draft checkpoint. The LM head is restricted to a *draft
@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dspark_core.drafters.base import DraftModule, target_dimensions
+from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.heads import HEADS
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
+from dspark_core.settings import DEFAULT_BLOCK_SIZE
 
 
 @dataclass
@@ -32,7 +33,7 @@ class DSparkConfig:
     intermediate_size: int = 1536
     rms_norm_eps: float = 1e-5
     rope_theta: float = 100000.0
-    block_size: int = 7  # γ: block positions, each predicting one token after the anchor
+    block_size: int = DEFAULT_BLOCK_SIZE  # γ: block positions, each predicting one token after the anchor
     target_layer_ids: tuple[int, ...] = (1, 8, 14, 20, 27)
     vocab_size: int = 49152  # the target's
     draft_vocab_size: int = 8192
@@ -47,16 +48,6 @@ class DSparkConfig:
             raise ValueError(f"head must be one of {sorted(HEADS)} or 'none', got {self.head!r}")
         if self.confidence and self.head == "none":
             raise ValueError("the confidence head reads the sequential head's token embedding: it needs a head")
-        if self.algorithm == "dflash" and (self.head != "none" or self.confidence):
-            raise ValueError("DFlash has no sequential head and no confidence head (head='none', confidence=False)")
-
-    @staticmethod
-    def for_target(target, algorithm: str = "dspark", **overrides) -> "DSparkConfig":
-        defaults = dict(algorithm=algorithm, **target_dimensions(target))
-        if algorithm == "dflash":
-            defaults.update(head="none", confidence=False)
-        defaults.update(overrides)
-        return DSparkConfig(**defaults)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -176,6 +167,22 @@ class DSparkModel(DraftModule):
         if self.confidence is not None:
             confidence = self.confidence_logit(prev, h)
         return logits, confidence
+
+
+#: (our tensor-name pattern, the name vLLM's speculators project uses); the first match wins
+SPECULATORS_NAMES = (
+    (r"^fuse\.weight$", "fc.weight"),
+    (r"^fuse_norm\.weight$", "hidden_norm.weight"),
+    (r"^final_norm\.weight$", "norm.weight"),
+    (r"^layers\.(\d+)\.input_norm\.weight$", r"layers.\1.input_layernorm.weight"),
+    (r"^layers\.(\d+)\.post_norm\.weight$", r"layers.\1.post_attention_layernorm.weight"),
+    (r"^layers\.(\d+)\.attention\.(q|k|v|o)_proj\.weight$", r"layers.\1.self_attn.\2_proj.weight"),
+    (r"^layers\.(\d+)\.mlp\.(gate|up|down)\.weight$", r"layers.\1.mlp.\2_proj.weight"),
+    (r"^head\.embed\.weight$", "markov_head.markov_w1.weight"),
+    (r"^head\.out\.weight$", "markov_head.markov_w2.weight"),
+    (r"^head\.(gate|cell)\.(weight|bias)$", r"markov_head.\1.\2"),
+    (r"^confidence\.(weight|bias)$", r"confidence_head.proj.\1"),
+)
 
 
 def block_attention_mask(anchors: torch.Tensor, lengths: torch.Tensor, context_length: int, gamma: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Eagle3: one autoregressive draft layer on fused low/mid/high target features (DESIGN.md §3.6).
+"""Eagle3: one autoregressive draft layer on fused low/mid/high target features (docs/architecture.md).
 
 Entry i of the draft's sequence combines the target's fused features g_i (which have seen tokens <= i) with
 the embedding of token x_{i+1}, and predicts x_{i+2}. Drafting from anchor x_n: the first step is the context
@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from dspark_core.drafters.base import DraftModule, target_dimensions
+from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
+from dspark_core.settings import DEFAULT_BLOCK_SIZE
 
 
 @dataclass
@@ -28,19 +29,13 @@ class Eagle3Config:
     intermediate_size: int = 1536
     rms_norm_eps: float = 1e-5
     rope_theta: float = 100000.0
-    block_size: int = 7  # γ: training-time-test steps, and tokens drafted per round
-    target_layer_ids: tuple[int, ...] = (1, 14, 26)  # low, mid, high
+    block_size: int = DEFAULT_BLOCK_SIZE  # γ: training-time-test steps, and tokens drafted per round
+    target_layer_ids: tuple[int, ...] = (1, 14, 26)  # low, mid, high (the registry picks them from the cache)
     vocab_size: int = 49152
     draft_vocab_size: int = 8192
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)
-
-    @staticmethod
-    def for_target(target, **overrides) -> "Eagle3Config":
-        defaults = dict(target_layer_ids=eagle3_layer_ids(target.num_layers), **target_dimensions(target))
-        defaults.update(overrides)
-        return Eagle3Config(**defaults)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -48,9 +43,21 @@ class Eagle3Config:
         return data
 
 
-def eagle3_layer_ids(num_layers: int) -> tuple[int, ...]:
-    """Low, middle and high decoder layers (EAGLE-3's choice: 2, L/2, L-3 in 1-based counting)."""
-    return tuple(sorted({1, num_layers // 2 - 1, max(1, num_layers - 4)}))
+def low_mid_high(available: tuple[int, ...]) -> tuple[int, ...]:
+    """Eagle3 reads a low, a middle and a high layer: the first, middle and last of the available ones."""
+    return tuple(sorted({available[0], available[len(available) // 2], available[-1]}))
+
+
+#: (our tensor-name pattern, the name vLLM's speculators project uses); the first match wins
+SPECULATORS_NAMES = (
+    (r"^fuse\.weight$", "fc.weight"),
+    (r"^embed_norm\.weight$", "layers.0.input_layernorm.weight"),
+    (r"^hidden_norm\.weight$", "layers.0.hidden_norm.weight"),
+    (r"^attention\.(q|k|v|o)_proj\.weight$", r"layers.0.self_attn.\1_proj.weight"),
+    (r"^post_norm\.weight$", "layers.0.post_attention_layernorm.weight"),
+    (r"^mlp\.(gate|up|down)\.weight$", r"layers.0.mlp.\1_proj.weight"),
+    (r"^final_norm\.weight$", "norm.weight"),
+)
 
 
 class Eagle3Model(DraftModule):

@@ -1,4 +1,4 @@
-"""DSpark's sequential heads (DESIGN.md §3.4): a transition bias B_k that depends on the previous token.
+"""DSpark's sequential heads (docs/architecture.md, "Draft modules"): a transition bias B_k that depends on the previous token.
 
 All heads share W_1 (an embedding of the previous token, rank r) and W_2 (rank r -> draft vocabulary).
 `bias(prev, h, state)` returns (B_k, new_state) for one position; heads without state ignore it.

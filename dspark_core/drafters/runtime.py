@@ -8,13 +8,10 @@ the token just drawn (DSpark) or not (DFlash).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
 from dspark_core.decoding.sampling import probabilities, sample
-from dspark_core.drafters.checkpoint import load_draft
 from dspark_core.drafters.dspark import DSparkModel
 from dspark_core.drafters.eagle3 import Eagle3Model
 
@@ -44,6 +41,7 @@ class DSparkDrafter(Drafter):
     def __init__(self, model: DSparkModel, name: str | None = None):
         self.model = model.eval()
         self.name = name or model.config.algorithm
+        self.block_size = model.config.block_size
         self.feature_layers = tuple(model.config.target_layer_ids)
         self._contexts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lengths: dict[int, int] = {}
@@ -116,6 +114,7 @@ class Eagle3Drafter(Drafter):
     def __init__(self, model: Eagle3Model, name: str | None = None):
         self.model = model.eval()
         self.name = name or "eagle3"
+        self.block_size = model.config.block_size
         self.feature_layers = tuple(model.config.target_layer_ids)
         self._cache: dict[int, dict] = {}
 
@@ -170,21 +169,3 @@ class Eagle3Drafter(Drafter):
                 state = model.step(x, state, torch.tensor([[position + k]], device=device), keys, values, None)
                 tokens[row, k] = _draw(model.logits(state)[0], model.draft_vocab, request, probs, row, k)[0]
         return DraftProposal(tokens=tokens, lengths=torch.tensor(lengths, dtype=torch.long, device=device), probs=probs)
-
-
-def drafter_for_module(model, name: str) -> Drafter:
-    """The runtime drafter for a loaded draft module (DSpark, DFlash or Eagle3)."""
-    if isinstance(model, Eagle3Model):
-        return Eagle3Drafter(model, name=name)
-    return DSparkDrafter(model, name=name)
-
-
-def drafter_from_checkpoint(directory: Path, target) -> Drafter:
-    """The runtime drafter for a trained checkpoint or an exported draft (either export format)."""
-    from dspark_core.export.formats import EXPORT_FILE, load_export
-
-    if (Path(directory) / EXPORT_FILE).is_file():
-        model, config = load_export(Path(directory), target)
-    else:
-        model, config = load_draft(directory, target)
-    return drafter_for_module(model, f"{config['algorithm']}:{Path(directory).name}")

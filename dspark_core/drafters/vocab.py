@@ -1,7 +1,7 @@
 """The draft vocabulary: the target tokens a drafter may propose (the most frequent in the training data).
 
-Restricting the draft's LM head to N << V rows cuts the draft round's cost (DESIGN.md §5) without touching
-losslessness: verification only needs q to be what the drafter sampled from.
+Restricting the draft's LM head to N << V rows cuts the draft round's cost (docs/architecture.md, "Cost on
+CPU") without touching losslessness: verification only needs q to be what the drafter sampled from.
 """
 
 from __future__ import annotations

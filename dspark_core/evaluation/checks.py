@@ -4,6 +4,7 @@ caller decides how to report them (a Dagster asset check, a CLI, a test)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from dspark_core.decoding.drafter import Drafter
 from dspark_core.errors import DsparkError
 from dspark_core.evaluation.speculative import EvalPrompt, EvalSettings, decode_prompts, mismatched_prompts
 from dspark_core.models.target import TargetModel
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
 
 
 def non_finite_tensors(directory: Path) -> list[str]:
@@ -60,10 +62,18 @@ def cache_problems(cache_path: Path, target: TargetModel) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class GreedyCheckConfig:
+    """The losslessness check of a trained draft: greedy speculative output equals autoregressive output."""
+
+    prompts: int = setting(3, "Held-out prompts decoded greedily both ways")
+    max_new_tokens: int = setting(32, "Tokens generated per prompt")
+
+
 def greedy_mismatches(target: TargetModel, drafter: Drafter, prompts: list[EvalPrompt], max_new_tokens: int = 32,
-                      *, progress: bool = False) -> list[str]:
+                      *, block_size: int = DEFAULT_BLOCK_SIZE, progress: bool = False) -> list[str]:
     """Ids of prompts where greedy speculative output differs from autoregressive output (must be none)."""
-    settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+    settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=0.0, block_size=block_size)
     reference = decode_prompts(target, None, prompts, settings, desc="autoregressive", progress=progress)
     speculative = decode_prompts(target, drafter, prompts, settings, desc="speculative", progress=progress)
     return mismatched_prompts(speculative, reference)

@@ -44,15 +44,17 @@ def eval_prompts(target: TargetModel, records: list[PromptRecord], limit: int | 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    max_new_tokens: int = 64
+    """How each prompt is decoded (the user-facing defaults live in the evaluation recipe's EvalConfig)."""
+
+    max_new_tokens: int
     #: 0 = greedy (outputs must then equal autoregressive token for token)
-    temperature: float = 0.0
-    block_size: int = 7
+    temperature: float
+    block_size: int
     seed: int = 0
 
     def generation_config(self, speculative: bool = True) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, sampling=SamplingConfig(temperature=self.temperature),
-                                max_draft_tokens=self.block_size, speculative=speculative, seed=self.seed)
+                                block_size=self.block_size, speculative=speculative, seed=self.seed)
 
 
 @dataclass

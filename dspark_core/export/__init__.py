@@ -1,5 +1,5 @@
 """Export trained drafts: a Hugging Face-style directory, or vLLM speculators' field layout."""
 
-from dspark_core.export.formats import export_draft, load_export
+from dspark_core.export.formats import FORMATS, export_draft
 
-__all__ = ["export_draft", "load_export"]
+__all__ = ["FORMATS", "export_draft"]

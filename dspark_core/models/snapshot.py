@@ -20,6 +20,7 @@ import torch
 import transformers
 
 from dspark_core.errors import ModelSpecError, UnsupportedModelError
+from dspark_core.models.architecture import check_supported
 from dspark_core.models.packaged import locate_packaged
 from dspark_core.models.spec import ModelSource, parse_spec, slugify
 from dspark_core.paths import atomic_directory, models_dir, write_json_atomic
@@ -197,8 +198,6 @@ def _import(source: ModelSource, path: Path, revision: str, extra: dict) -> None
         model.hf_quantizer = None
         if hasattr(model, "is_quantized"):
             model.is_quantized = False
-
-    from dspark_core.models.target import check_supported
 
     check_supported(model, source.spec)
     config = model.config.get_text_config()

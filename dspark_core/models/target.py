@@ -10,23 +10,9 @@ import torch
 from torch import nn
 
 from dspark_core.device import resolve_device, resolve_dtype
-from dspark_core.errors import ConfigError, PromptError, UnsupportedModelError
+from dspark_core.errors import ConfigError, PromptError
+from dspark_core.models.architecture import check_supported, decoder_layers
 from dspark_core.models.snapshot import Snapshot, resolve_snapshot
-
-
-def _decoder_layers(model: nn.Module) -> nn.ModuleList | None:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    return layers if isinstance(layers, nn.ModuleList) else None
-
-
-def check_supported(model: nn.Module, spec: str) -> None:
-    """Refuse models whose structure the feature tap and the engine cannot drive."""
-    if _decoder_layers(model) is None or model.get_output_embeddings() is None:
-        raise UnsupportedModelError(
-            f"model {spec!r} ({type(model).__name__}) is not a decoder-only causal LM with a `layers` list and an "
-            f"LM head; dspark supports Llama-, Qwen-, Mistral-, Gemma-style architectures"
-        )
 
 
 @dataclass
@@ -63,7 +49,7 @@ class TargetModel:
         self.spec = spec
         self.config = model.config.get_text_config()
         self._decoder = model.get_decoder()
-        self._layers = _decoder_layers(model)
+        self._layers = decoder_layers(model)
         self._lm_head = model.get_output_embeddings()
         self._softcap = getattr(self.config, "final_logit_softcapping", None)
 

@@ -121,6 +121,43 @@ class MetricsStore:
                     raise
                 time.sleep(0.05 + random.random() * 0.1)
 
+    # -- the questions the UI and `make run` ask (views defined in schema.py) ---------------------------
+    def latest_tau(self, base_model: str | None = None, temperature: float | None = None) -> tuple[list[str], list[tuple]]:
+        """The latest τ, speed-up and cost per (base model, drafter, benchmark, temperature), best τ first."""
+        where, params = _filters(base_model=base_model, temperature=temperature)
+        return self.query(
+            "SELECT base_model, drafter, benchmark, temperature, draft_version, tau, speedup, tokens_per_s, "
+            "draft_ms_per_round, verify_ms_per_round, rounds, recorded_at FROM latest_tau" + where
+            + " ORDER BY base_model, tau DESC", params)
+
+    def tau_over_time(self, limit: int = 50) -> tuple[list[str], list[tuple]]:
+        """τ per day, base model, drafter and domain, newest first."""
+        return self.query(
+            "SELECT strftime(day, '%Y-%m-%d') AS day, base_model, drafter, benchmark, domain, tau, rounds "
+            "FROM tau_over_time ORDER BY day DESC, base_model, drafter, domain LIMIT ?", [limit])
+
+    def acceptance_curves(self, base_model: str | None = None, metric: str = "cond_accept",
+                          temperature: float | None = 0.0) -> dict[tuple[str, str, str], dict[int, float]]:
+        """Latest per-position acceptance: {(base model, drafter, benchmark): {position k: rate}}."""
+        where, params = _filters(base_model=base_model, temperature=temperature, metric=metric)
+        _, rows = self.query("SELECT base_model, drafter, benchmark, position, value FROM acceptance_curves" + where
+                             + " ORDER BY base_model, drafter, benchmark, position", params)
+        curves: dict[tuple[str, str, str], dict[int, float]] = {}
+        for base, drafter, benchmark, position, value in rows:
+            curves.setdefault((base, drafter, benchmark), {})[int(position)] = value
+        return curves
+
+    def totals(self) -> tuple[int, int]:
+        """(rows, measurements) in acceptance_metrics."""
+        _, rows = self.query("SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics")
+        return int(rows[0][0]), int(rows[0][1])
+
+    def record(self, rows: list[AcceptanceRow]) -> int:
+        """Write one measurement (rows sharing a measurement_key), replacing an earlier write of it."""
+        if not rows:
+            return 0
+        return self.replace_measurement(rows[0].measurement_key, rows)
+
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """Run a read-only query; returns (column names, rows). Statements that write are refused by DuckDB."""
         with self.connect(read_only=True) as connection:
@@ -132,6 +169,14 @@ class MetricsStore:
                 raise DsparkError(f"query failed: {exc}") from exc
             columns = [d[0] for d in cursor.description] if cursor.description else []
             return columns, cursor.fetchall()
+
+
+def _filters(**equal) -> tuple[str, list]:
+    """A WHERE clause testing each given (non-None) column for equality, and its parameters."""
+    given = {column: value for column, value in equal.items() if value is not None}
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(f"{column} = ?" for column in given), list(given.values())
 
 
 def now_utc() -> datetime:

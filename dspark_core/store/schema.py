@@ -1,6 +1,6 @@
 """The DuckDB schema, applied as numbered migrations on first use (schema_version records what ran).
 
-acceptance_metrics is long form, one row per measured value (DESIGN.md §4). `measurement_key` identifies
+acceptance_metrics is long form, one row per measured value (docs/architecture.md, "Metrics store"). `measurement_key` identifies
 one measurement: writing the same key again replaces its rows instead of adding duplicates.
 """
 

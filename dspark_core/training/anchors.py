@@ -1,4 +1,4 @@
-"""Anchor sampling: where in a training sequence a draft block starts (DESIGN.md §3.6)."""
+"""Anchor sampling: where in a training sequence a draft block starts (docs/architecture.md, "Training objective")."""
 
 from __future__ import annotations
 

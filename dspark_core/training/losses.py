@@ -1,4 +1,4 @@
-"""The training objective (DESIGN.md §3.6) and the analytic acceptance it implies.
+"""The training objective (docs/architecture.md, "Training objective") and the analytic acceptance it implies.
 
 L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf over the supervised block positions, each position weighted by
 w_k = exp(-(k-1)/g). The draft distribution lives on the draft vocabulary (zero elsewhere), so the L1
@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dspark_core.settings import setting
+
 
 @dataclass(frozen=True)
 class LossWeights:
-    ce: float = 0.1
-    tv: float = 0.9
-    conf: float = 1.0
-    decay: float = 4.0  # g in w_k = exp(-(k-1)/g)
+    ce: float = setting(0.1, "α_ce: weight of the cross-entropy to the target's token")
+    tv: float = setting(0.9, "α_tv: weight of the L1 distance to the target's distribution")
+    conf: float = setting(1.0, "α_conf: weight of the confidence head's loss")
+    decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)")
 
 
 @dataclass

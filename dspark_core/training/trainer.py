@@ -11,28 +11,26 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from dspark_core.data.feature_cache import FeatureCache, tokenizer_hash
-from dspark_core.drafters.checkpoint import attach_target_weights, save_draft
+from dspark_core.data.feature_cache import CacheBatch, FeatureCache, tokenizer_hash
 from dspark_core.drafters.base import DraftModule
-from dspark_core.drafters.dspark import DSparkConfig, DSparkModel
-from dspark_core.drafters.eagle3 import Eagle3Config, Eagle3Model
+from dspark_core.drafters.checkpoint import attach_target_weights, save_draft
+from dspark_core.drafters.registry import ALGORITHMS, drafter_kind
 from dspark_core.drafters.vocab import coverage, select_draft_vocab
-from dspark_core.errors import DsparkError
+from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
+from dspark_core.paths import recover_directory
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
 from dspark_core.training.losses import LossWeights, draft_losses
-from dspark_core.paths import recover_directory
 from dspark_core.training.state import load_training_state, save_training_state
-
-
-ALGORITHMS = ("dspark", "dflash", "eagle3")
+from dspark_core.training.validation import held_out_acceptance
 
 
 class TrainingDivergedError(DsparkError):
@@ -41,39 +39,42 @@ class TrainingDivergedError(DsparkError):
 
 @dataclass
 class TrainConfig:
-    algorithm: str = "dspark"  # dspark | dflash | eagle3
-    steps: int = 300
-    batch_size: int = 4  # sequences per step
-    anchors_per_sequence: int = 16
-    max_length: int = 512
-    learning_rate: float = 6e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    loss: LossWeights = field(default_factory=LossWeights)
+    """How a draft is trained, and the shape of the module. Stored in the checkpoint."""
+
+    algorithm: str = setting("dspark", f"Draft algorithm: {', '.join(ALGORITHMS)}")
+    steps: int = setting(300, "Optimizer steps")
+    batch_size: int = setting(4, "Sequences per step")
+    anchors_per_sequence: int = setting(16, "Anchors (draft blocks) sampled per sequence and step")
+    max_length: int = setting(512, "Tokens per training sequence (longer ones are cut)")
+    learning_rate: float = setting(6e-4, "Peak AdamW learning rate (linear warmup, then cosine decay)")
+    warmup_steps: int = setting(20, "Linear warmup steps")
+    weight_decay: float = setting(0.01, "AdamW weight decay of matrices")
+    grad_clip: float = setting(1.0, "Gradient norm clip")
+    loss: LossWeights = setting(help="Loss weights (CE, TV, confidence) and position decay", factory=LossWeights)
     # module shape
-    num_layers: int = 1
-    block_size: int = 7
-    head: str = "markov"
-    head_rank: int = 256
-    draft_vocab_size: int = 8192
-    #: target layers the draft reads (a subset of the cache's); None = all cached layers (Eagle3: low/mid/high)
-    layer_ids: tuple[int, ...] | None = None
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 50
+    num_layers: int = setting(1, "Draft backbone depth (DSpark/DFlash)")
+    block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: draft tokens proposed per round")
+    head: str = setting("markov", "DSpark sequential head: markov, gated or rnn (DFlash and Eagle3 have none)")
+    head_rank: int = setting(256, "Rank r of the sequential head")
+    draft_vocab_size: int = setting(8192, "Draft vocabulary: the most frequent training tokens")
+    #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
+    layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
+    seed: int = setting(0, "Seed of initialization and data order")
+    log_every: int = setting(10, "Log metrics every N steps")
+    checkpoint_every: int = setting(50, "Save the resumable training state every N steps")
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
             self.loss = LossWeights(**self.loss)
-        if self.algorithm not in ALGORITHMS:
-            raise DsparkError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        kind = drafter_kind(self.algorithm)
         if self.layer_ids is not None:
-            self.layer_ids = tuple(self.layer_ids)
-        if self.algorithm in ("dflash", "eagle3"):
-            # DFlash (same backbone, no sequential head) and Eagle3 train with cross-entropy only.
-            self.head = "none"
-            self.loss = LossWeights(ce=1.0, tv=0.0, conf=0.0, decay=self.loss.decay)
+            self.layer_ids = tuple(self.layer_ids) or None
+        fixed = dict(kind.training_settings)  # e.g. DFlash and Eagle3: no sequential head, cross-entropy only
+        self.loss = replace(self.loss, **fixed.pop("loss", {}))
+        for name, value in fixed.items():
+            setattr(self, name, value)
+        if self.head not in ("markov", "gated", "rnn", "none"):
+            raise ConfigError(f"unknown sequential head {self.head!r}; choose markov, gated or rnn")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,14 +88,8 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]:
-    """The target layers the draft reads: configured, or Eagle3's low/mid/high, or every cached layer."""
-    if config.layer_ids is not None:
-        wanted = config.layer_ids
-    elif config.algorithm == "eagle3":
-        cached = cache.layer_ids
-        wanted = tuple(sorted({cached[0], cached[len(cached) // 2], cached[-1]}))
-    else:
-        wanted = cache.layer_ids
+    """The target layers the draft reads: configured, or the algorithm's choice among the cached ones."""
+    wanted = config.layer_ids or drafter_kind(config.algorithm).select_layers(tuple(cache.layer_ids))
     missing = [i for i in wanted if i not in cache.layer_ids]
     if missing:
         raise DsparkError(f"layers {missing} are not in the feature cache {cache.path} (it holds {list(cache.layer_ids)})")
@@ -104,21 +99,14 @@ def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]
 def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DraftModule:
     streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
     vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
-    layers = model_layer_ids(cache, config)
-    if config.algorithm == "eagle3":
-        model_config = Eagle3Config.for_target(target, block_size=config.block_size, target_layer_ids=layers,
-                                               draft_vocab_size=int(vocab.numel()))
-        model_class = Eagle3Model
-    else:
-        model_config = DSparkConfig.for_target(
-            target, config.algorithm, num_layers=config.num_layers, block_size=config.block_size,
-            target_layer_ids=layers, head=config.head, head_rank=config.head_rank,
-            draft_vocab_size=int(vocab.numel()), confidence=config.algorithm == "dspark",
-        )
-        model_class = DSparkModel
+    kind = drafter_kind(config.algorithm)
+    module_config = kind.module_config(
+        target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
+        head=config.head, head_rank=config.head_rank, draft_vocab_size=int(vocab.numel()),
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = model_class(model_config).to(target.device)
+        model = kind.build(module_config).to(target.device)
     model.set_draft_vocab(vocab.to(target.device))
     attach_target_weights(model, target)
     return model
@@ -146,28 +134,9 @@ class Batcher:
         return batch
 
 
-def _collate(cache: FeatureCache, indices: list[int], max_length: int, device, dtype, layer_ids: tuple[int, ...]):
-    samples = [cache[i] for i in indices]
-    length = min(max_length, max(s.input_ids.numel() for s in samples))
-    batch = len(samples)
-    d = cache.hidden_size
-    columns = torch.cat([torch.arange(cache.layer_ids.index(i) * d, (cache.layer_ids.index(i) + 1) * d)
-                         for i in layer_ids])
-    width = columns.numel()
-    ids = torch.zeros(batch, length, dtype=torch.long)
-    mask = torch.zeros(batch, length, dtype=torch.bool)
-    layers = torch.zeros(batch, length, width, dtype=dtype)
-    hidden = torch.zeros(batch, length, samples[0].last_hidden.shape[-1], dtype=dtype)
-    lengths = torch.zeros(batch, dtype=torch.long)
-    for row, s in enumerate(samples):
-        n = min(length, s.input_ids.numel())
-        ids[row, :n], mask[row, :n], lengths[row] = s.input_ids[:n], s.loss_mask[:n], n
-        layers[row, :n], hidden[row, :n] = s.layers[:n, columns].to(dtype), s.last_hidden[:n].to(dtype)
-    return ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device)
-
-
-def training_step(model: DraftModule, target: TargetModel, batch, config: TrainConfig, generator: torch.Generator):
-    ids, mask, layers, hidden, lengths = batch
+def training_step(model: DraftModule, target: TargetModel, batch: CacheBatch, config: TrainConfig,
+                  generator: torch.Generator):
+    ids, mask, layers, hidden, lengths = batch.input_ids, batch.loss_mask, batch.layers, batch.last_hidden, batch.lengths
     gamma = model.config.block_size
     anchors, valid = sample_anchors([m[: int(n)].cpu() for m, n in zip(mask, lengths)], config.anchors_per_sequence, generator)
     anchors, valid = anchors.to(ids.device), valid.to(ids.device)
@@ -201,10 +170,13 @@ def train_draft(
     out_dir: Path,
     config: TrainConfig,
     *,
+    validation: FeatureCache | None = None,
     on_log: Callable[[int, dict], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train a draft on `cache` for `target`, writing `out_dir/state` (resumable) and `out_dir/draft` (final)."""
+    """Train a draft on `cache` for `target`, writing `out_dir/state` (resumable) and `out_dir/draft` (final).
+    With a `validation` cache (held-out sequences), the final metrics include the draft's greedy acceptance
+    on it (`val_tau`, `val_accept_k`)."""
     if len(cache) == 0:
         raise DsparkError(f"the feature cache {cache.path} has no training samples (empty dataset or split)")
     if cache.manifest["target_revision"] != target.revision:
@@ -253,8 +225,8 @@ def train_draft(
     last_good = start
     tokens_seen, timer = 0, time.perf_counter()
     for step in range(start, config.steps):
-        batch = _collate(cache, batcher.next(), config.max_length, device, feature_dtype,
-                         model.config.target_layer_ids)
+        batch = cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
+                            device=device, dtype=feature_dtype)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         if autocast:
@@ -296,10 +268,12 @@ def train_draft(
     bar.close()
 
     model.eval()
+    final = dict(history[-1]) if history else {}
+    if validation is not None and len(validation):
+        final.update(held_out_acceptance(model, target, validation, max_length=config.max_length).scalars())
     vocab_coverage = coverage(model.draft_vocab.cpu(), (cache[i].input_ids[cache[i].loss_mask] for i in range(len(cache))))
     checkpoint = save_draft(model, out_dir / "draft", target=target, training={
         **config.to_dict(), "cache": str(cache.path), "cache_samples": len(cache), "steps_done": config.steps,
-        "draft_vocab_coverage": vocab_coverage,
+        "draft_vocab_coverage": vocab_coverage, **{k: v for k, v in final.items() if k.startswith("val_")},
     })
-    return TrainResult(checkpoint=checkpoint, steps=config.steps, final_metrics=history[-1] if history else {},
-                       history=history)
+    return TrainResult(checkpoint=checkpoint, steps=config.steps, final_metrics=final, history=history)

@@ -9,9 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dspark_cli.options import core_option
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
-from dspark_core.decoding.factory import DRAFTER_FORMS, build_drafter
 from dspark_core.decoding.metrics import tau
+from dspark_core.drafters.factory import DRAFTER_FORMS, build_drafter
 from dspark_core.models import load_target
 
 console = Console()
@@ -25,11 +26,11 @@ def generate_command(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     top_k: int = typer.Option(0, "--top-k", help="0 = off."),
     top_p: float = typer.Option(1.0, "--top-p", help="1.0 = off."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
-    block_size: int = typer.Option(7, "--block-size", help="Most draft tokens verified per round (ℓ)."),
+    max_new_tokens: int = core_option(GenerationConfig, "max_new_tokens", "--max-new-tokens"),
+    block_size: int = core_option(GenerationConfig, "block_size", "--block-size"),
     speculative: bool = typer.Option(True, "--speculative/--no-speculative", help="The switch for the draft module."),
     compare: bool = typer.Option(False, "--compare", help="Also decode autoregressively; report speed-up and equality."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = core_option(GenerationConfig, "seed", "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32, bfloat16 ... (default: auto)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of text and a table."),
@@ -45,12 +46,12 @@ def generate_command(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         sampling=SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p),
-        max_draft_tokens=block_size,
+        block_size=block_size,
         speculative=speculative,
         seed=seed,
     )
     if drafter == "champion" or drafter.startswith("champion:"):
-        from dspark_core.cli.drafts import champion_path
+        from dspark_cli.drafts import champion_path
         from dspark_core.models.spec import slugify
 
         drafter = str(champion_path(drafter.partition(":")[2] or slugify(target)))

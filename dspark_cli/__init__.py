@@ -8,13 +8,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from dspark_core.cli.data import data_app
-from dspark_core.cli.drafts import drafts_app
-from dspark_core.cli.export import export_command
-from dspark_core.cli.generate import generate_command
-from dspark_core.cli.models import models_app
-from dspark_core.cli.sql import sql_command
-from dspark_core.cli.train import train_command
+from dspark_cli.data import data_app
+from dspark_cli.drafts import drafts_app
+from dspark_cli.eval import eval_command
+from dspark_cli.export import export_command
+from dspark_cli.generate import generate_command
+from dspark_cli.models import models_app
+from dspark_cli.sql import sql_command
+from dspark_cli.train import train_command
 from dspark_core.errors import DsparkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
@@ -24,6 +25,7 @@ app.add_typer(drafts_app, name="drafts")
 app.command("generate")(generate_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.command("eval")(eval_command)
 app.command("sql")(sql_command)
 
 

@@ -1,0 +1,100 @@
+"""`dspark data prompts|regenerate|cache`: the data preparation chain, step by step (the library's recipes)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dspark_cli.options import comma_ints, core_option
+from dspark_core.data.feature_cache import CacheConfig
+from dspark_core.data.regenerate import RegenerationConfig
+from dspark_core.data.sources import PromptsConfig
+from dspark_core.models import load_target
+from dspark_core.recipes.features import build_cache
+from dspark_core.recipes.prompts import prepare_prompts
+from dspark_core.recipes.responses import generate_responses
+
+data_app = typer.Typer(no_args_is_help=True, help="Prepare training data: prompts -> target responses -> feature cache.")
+console = Console()
+
+
+def _summary(title: str, rows: dict) -> None:
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    for key, value in rows.items():
+        table.add_row(key, escape(str(value)))
+    console.print(table)
+
+
+@data_app.command("prompts")
+def prompts_command(
+    source: Optional[str] = core_option(PromptsConfig, "source", "--source"),
+    dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
+    target: Optional[str] = typer.Option(None, "--target", help="For --source self: the model that writes the prompts."),
+    count: int = core_option(PromptsConfig, "count", "--count"),
+    hf_split: str = core_option(PromptsConfig, "hf_split", "--hf-split"),
+    prompt_column: Optional[str] = core_option(PromptsConfig, "prompt_column", "--prompt-column"),
+    messages_column: Optional[str] = core_option(PromptsConfig, "messages_column", "--messages-column"),
+    limit: Optional[int] = core_option(PromptsConfig, "limit", "--limit"),
+    validation_fraction: float = core_option(PromptsConfig, "validation_fraction", "--validation-fraction"),
+    on_error: str = core_option(PromptsConfig, "on_error", "--on-error"),
+    seed: int = core_option(PromptsConfig, "seed", "--seed"),
+) -> None:
+    """Collect prompts, deduplicate them, split train/validation deterministically, write prompts.jsonl
+    (reused while the source and settings are unchanged)."""
+    config = PromptsConfig(dataset=dataset, source=source, count=count, limit=limit, seed=seed, hf_split=hf_split,
+                           prompt_column=prompt_column, messages_column=messages_column, on_error=on_error,
+                           validation_fraction=validation_fraction)
+    report = prepare_prompts(config, target=(lambda: load_target(target)) if target else None)
+    for problem in report.malformed[:20]:
+        console.print(f"[yellow]skipped[/] {escape(problem)}", highlight=False)
+    if len(report.malformed) > 20:
+        console.print(f"[yellow]... and {len(report.malformed) - 20} more malformed lines[/]")
+    _summary("prompts", {"written to": report.path, "train": report.counts["train"],
+                         "validation": report.counts["validation"], "source": report.source, "report": report.summary})
+
+
+@data_app.command("regenerate")
+def regenerate_command(
+    target: str = typer.Option(..., "--target", help="The target model that answers (self-distillation)."),
+    dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
+    max_new_tokens: int = core_option(RegenerationConfig, "max_new_tokens", "--max-new-tokens"),
+    batch_size: int = core_option(RegenerationConfig, "batch_size", "--batch-size"),
+    temperature: Optional[float] = core_option(RegenerationConfig, "temperature", "--temperature"),
+    top_p: Optional[float] = core_option(RegenerationConfig, "top_p", "--top-p"),
+    top_k: Optional[int] = core_option(RegenerationConfig, "top_k", "--top-k"),
+    limit: Optional[int] = core_option(RegenerationConfig, "limit", "--limit"),
+    seed: int = core_option(RegenerationConfig, "seed", "--seed"),
+) -> None:
+    """Have the target answer every prompt (resumable: a rerun continues where it stopped)."""
+    config = RegenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature,
+                                top_p=top_p, top_k=top_k, limit=limit)
+    report = generate_responses(load_target(target), dataset, config)
+    _summary("responses", {"written to": report.path, "conversations": report.conversations, "splits": report.splits,
+                           "response tokens": report.response_tokens, "sampling": report.sampling,
+                           "skipped (too long)": len(report.skipped_too_long)})
+
+
+@data_app.command("cache")
+def cache_command(
+    target: str = typer.Option(..., "--target"),
+    dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
+    layer_ids: Optional[str] = typer.Option(None, "--layer-ids", help="Comma-separated decoder layers; default: "
+                                            "--num-layers spread over the depth."),
+    num_layers: int = core_option(CacheConfig, "num_layers", "--num-layers"),
+    dtype: str = core_option(CacheConfig, "dtype", "--dtype"),
+    max_length: int = core_option(CacheConfig, "max_length", "--max-length"),
+) -> None:
+    """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state."""
+    config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype, max_length=max_length)
+    report = build_cache(load_target(target), dataset, config)
+    _summary("feature cache", {"written to": report.path, "samples": report.samples, "tokens": report.tokens,
+                               "assistant tokens": report.assistant_tokens, "layers": report.layer_ids,
+                               "size": f"{report.size_mib} MiB", "shards": report.shards,
+                               "reused": report.reused})
+

@@ -1,0 +1,24 @@
+"""Command-line options whose default and help come from the library's config dataclasses, so the CLI can
+never disagree with the library (or with the Dagster config, which reads the same declarations)."""
+
+from __future__ import annotations
+
+import typer
+
+from dspark_core.settings import default_of, help_of
+
+
+def core_option(cls: type, name: str, *flags: str, **kwargs) -> typer.models.OptionInfo:
+    """A typer option for setting `name` of config dataclass `cls`: its declared default and help text."""
+    help_text = help_of(cls, name)
+    return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **kwargs)
+
+
+def comma_ints(value: str | None) -> tuple[int, ...] | None:
+    """'1,8,14' -> (1, 8, 14); empty -> None."""
+    if not value:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,8,14") from None

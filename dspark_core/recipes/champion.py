@@ -1,0 +1,66 @@
+"""Stage 7, champion: the pure policy deciding whether an evaluated draft version becomes its base model's
+champion, and whether it passes the champion check. Registries (MLflow) feed it and act on its answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dspark_core.settings import setting
+
+__all__ = ["Champion", "ChampionDecision", "ChampionPolicy", "Contender", "decide_champion"]
+
+
+@dataclass(frozen=True)
+class ChampionPolicy:
+    tau_margin: float = setting(0.02, "The champion check fails when τ is below the champion's τ by more than this")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """The draft version just evaluated."""
+
+    version: str
+    tau: float
+    #: a version that was rolled back is not promoted again automatically
+    rolled_back: bool = False
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The current champion; `tau` is its τ measured the same way as the contender's (None: never measured so)."""
+
+    version: str
+    tau: float | None
+
+
+@dataclass(frozen=True)
+class ChampionDecision:
+    promote: bool
+    #: the blocking check: the contender is not worse than the champion by more than the margin
+    passes_check: bool
+    reason: str
+    #: the champion after the decision
+    champion_version: str
+
+
+def decide_champion(contender: Contender, champion: Champion | None,
+                    policy: ChampionPolicy = ChampionPolicy()) -> ChampionDecision:
+    """Promote when there is no champion, the contender is the champion, τ was never compared, or τ is at least
+    the champion's; never promote a rolled-back version. The check passes within `policy.tau_margin`."""
+    if champion is None:
+        return ChampionDecision(not contender.rolled_back, True, "no champion yet",
+                                contender.version if not contender.rolled_back else "none")
+    if champion.version == contender.version:
+        return ChampionDecision(False, True, f"version {contender.version} is the champion already", champion.version)
+    if champion.tau is None:
+        passes, reason = True, f"the champion (version {champion.version}) was never evaluated this way; τ not compared"
+        better = True
+    else:
+        passes = contender.tau >= champion.tau - policy.tau_margin
+        better = contender.tau >= champion.tau
+        reason = (f"τ {contender.tau:.3f} vs the champion's {champion.tau:.3f} (version {champion.version}, "
+                  f"margin {policy.tau_margin})")
+    if contender.rolled_back:
+        return ChampionDecision(False, passes, f"version {contender.version} was rolled back; `dspark drafts promote` "
+                                               f"re-arms it", champion.version)
+    return ChampionDecision(better, passes, reason, contender.version if better else champion.version)

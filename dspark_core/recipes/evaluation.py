@@ -1,0 +1,165 @@
+"""Stage 6, evaluation: speculative decoding with a trained draft against autoregressive decoding of the same
+target, through the same engine, on held-out prompts; τ, per-position acceptance, draft/verify cost and
+speed-up per domain and prompt-length bucket, and the long-form rows of the metrics store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import dspark_core
+from dspark_core.data.prompts import read_prompt_file
+from dspark_core.decoding.drafter import Drafter
+from dspark_core.drafters.checkpoint import load_drafter, read_draft_config, weights_sha256
+from dspark_core.errors import ConfigError, DsparkError
+from dspark_core.evaluation.plots import acceptance_curves
+from dspark_core.evaluation.speculative import (
+    EvalPrompt, EvalSettings, GroupSummary, PromptResult, decode_prompts, eval_prompts, mismatched_prompts, summarize,
+)
+from dspark_core.models.target import TargetModel
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
+from dspark_core.store.acceptance import AcceptanceRow, measurement_key
+
+__all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmark: str = setting("held-out", "Benchmark name recorded with the metrics")
+    max_prompts: int = setting(12, "Held-out (validation-split) prompts to decode")
+    max_new_tokens: int = setting(64, "Tokens generated per prompt")
+    temperature: float = setting(0.0, "0 = greedy; > 0 samples (still exactly the target's distribution)")
+    seed: int = setting(0, "Sampling seed")
+
+    def __post_init__(self) -> None:
+        if self.max_prompts < 1 or self.max_new_tokens < 1 or not self.temperature >= 0:
+            raise ConfigError(f"max_prompts and max_new_tokens must be >= 1 and temperature >= 0, got "
+                              f"{self.max_prompts}, {self.max_new_tokens}, {self.temperature}")
+
+
+@dataclass
+class EvalReport:
+    config: EvalConfig
+    target_spec: str
+    target_revision: str
+    drafter: str  # the algorithm of a trained draft, else the drafter's name
+    draft_path: Path | None
+    weights_sha256: str | None
+    block_size: int
+    prompts: list[EvalPrompt]
+    #: the whole benchmark first (domain = context bucket = 'all'), then one per (domain, bucket)
+    summaries: list[GroupSummary]
+    #: prompts whose greedy output differs from autoregressive decoding (None when sampling)
+    mismatches: list[str] | None
+    #: the autoregressive decoding of the same prompts (reusable as the next evaluation's baseline)
+    baseline: list[PromptResult] = field(default_factory=list, repr=False)
+
+    @property
+    def overall(self) -> GroupSummary:
+        return self.summaries[0]
+
+    @property
+    def greedy_identical(self) -> bool | None:
+        return None if self.mismatches is None else not self.mismatches
+
+    @property
+    def eval_id(self) -> str:
+        """How τ was measured (benchmark, temperature, length, prompts): τ is only ever compared with τ
+        measured alike."""
+        prompts = hashlib.sha256("".join(p.id for p in self.prompts).encode()).hexdigest()[:12]
+        return json.dumps({"benchmark": self.config.benchmark, "temperature": self.config.temperature,
+                           "max_new_tokens": self.config.max_new_tokens, "prompts": prompts}, sort_keys=True)
+
+    def metrics(self) -> dict[str, float]:
+        """Scalar metrics of the whole benchmark (what a tracking run records)."""
+        overall = self.overall
+        values = {"tau": overall.tau, "speedup": overall.speedup, "tokens_per_s": overall.tokens_per_s,
+                  "draft_ms_per_round": overall.draft_ms_per_round, "verify_ms_per_round": overall.verify_ms_per_round}
+        values.update({f"prefix_accept_{k}": rate for k, (rate, _) in enumerate(overall.prefix_accept, 1)})
+        values.update({f"cond_accept_{k}": rate for k, (rate, _) in enumerate(overall.cond_accept, 1)})
+        return {name: float(value) for name, value in values.items() if value is not None}
+
+    def table(self) -> tuple[list[str], list[list]]:
+        """(columns, rows): one row per group, for display."""
+        columns = ["domain", "context", "prompts", "τ", "speed-up", "draft ms", "verify ms", "cond. accept @k"]
+        rows = [[s.domain, s.context_bucket, s.prompts, s.tau, s.speedup, s.draft_ms_per_round, s.verify_ms_per_round,
+                 " ".join("–" if r is None else f"{r:.2f}" for r, _ in s.cond_accept)] for s in self.summaries]
+        return columns, rows
+
+    def measurement_key(self, base_model: str, recorded_at: datetime) -> str:
+        """One measurement per base model, drafter, weights, settings, prompts, code version and UTC day:
+        measuring again the same day replaces it; another day adds one."""
+        return measurement_key(base_model=base_model, drafter=self.drafter, weights=self.weights_sha256,
+                               settings={**asdict(self.config), "block_size": self.block_size},
+                               prompts=[p.id for p in self.prompts], code_version=dspark_core.__version__,
+                               day=recorded_at.date().isoformat())
+
+    def acceptance_rows(self, *, base_model: str, recorded_at: datetime, run_id: str | None = None,
+                        mlflow_run_id: str | None = None, draft_version: str | None = None) -> list[AcceptanceRow]:
+        """Long-form rows of the metrics store: one per measured value and group."""
+        shared = AcceptanceRow(
+            recorded_at=recorded_at, measurement_key=self.measurement_key(base_model, recorded_at), run_id=run_id,
+            mlflow_run_id=mlflow_run_id, base_model=base_model, base_model_revision=self.target_revision,
+            drafter=self.drafter, draft_checkpoint=None if self.draft_path is None else str(self.draft_path),
+            draft_version=draft_version,
+            benchmark=self.config.benchmark, temperature=self.config.temperature, block_size=self.block_size,
+            code_version=dspark_core.__version__,
+        )
+        rows = []
+        for s in self.summaries:
+            def add(metric: str, value, n, position=None) -> None:
+                rows.append(replace(shared, domain=s.domain, context_bucket=s.context_bucket, metric=metric,
+                                    position=position, value=None if value is None else float(value), n=n))
+
+            add("tau", s.tau, s.rounds)
+            add("tokens_per_s", s.tokens_per_s, s.new_tokens)
+            if s.speedup is not None:
+                add("speedup", s.speedup, s.new_tokens)
+            add("draft_ms_per_round", s.draft_ms_per_round, s.rounds)
+            add("verify_ms_per_round", s.verify_ms_per_round, s.rounds)
+            for metric, rates in (("prefix_accept", s.prefix_accept), ("cond_accept", s.cond_accept)):
+                for k, (rate, eligible) in enumerate(rates, start=1):
+                    if rate is not None:
+                        add(metric, rate, eligible, position=k)
+        return rows
+
+    def acceptance_plot(self, path: Path) -> Path:
+        overall = self.overall
+        return acceptance_curves({"prefix acceptance": [r for r, _ in overall.prefix_accept],
+                                  "conditional acceptance": [r for r, _ in overall.cond_accept]},
+                                 path, title=f"{self.drafter} on {self.target_spec}, τ {overall.tau:.2f}")
+
+
+def held_out_prompts(target: TargetModel, prompts_file: Path, limit: int | None = None) -> list[EvalPrompt]:
+    """The validation split of a prompt file, rendered with the target's chat template."""
+    held_out = [record for record, split in read_prompt_file(prompts_file) if split == "validation"]
+    if not held_out:
+        raise DsparkError(f"{prompts_file} has no validation prompts; raise the prompts' validation_fraction")
+    return eval_prompts(target, held_out, limit)
+
+
+def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPrompt], config: EvalConfig, *,
+             baseline: list[PromptResult] | None = None, progress: bool = False) -> EvalReport:
+    """Decode `prompts` one request at a time autoregressively (unless `baseline` already holds that, from this
+    process), then with `drafter` (a trained checkpoint or export directory, or any engine drafter), after a
+    short warm-up; the speed-up is the ratio of the two."""
+    draft_path = None if isinstance(drafter, Drafter) else Path(drafter)
+    if draft_path is not None:
+        drafter = load_drafter(draft_path, target)
+    block_size = drafter.block_size or DEFAULT_BLOCK_SIZE
+    settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            block_size=block_size, seed=config.seed)
+    decode_prompts(target, drafter, prompts[:1], replace(settings, max_new_tokens=8), progress=False)  # warm-up
+    if baseline is None:
+        baseline = decode_prompts(target, None, prompts, settings, desc="autoregressive", progress=progress)
+    results = decode_prompts(target, drafter, prompts, settings, desc=drafter.name, progress=progress)
+    return EvalReport(
+        config=config, target_spec=target.spec, target_revision=target.revision,
+        drafter=read_draft_config(draft_path)["algorithm"] if draft_path else drafter.name, draft_path=draft_path,
+        weights_sha256=weights_sha256(draft_path) if draft_path else None, block_size=block_size, prompts=prompts,
+        summaries=summarize(results, baseline, block_size),
+        mismatches=mismatched_prompts(results, baseline) if config.temperature == 0 else None, baseline=baseline,
+    )

@@ -1,0 +1,66 @@
+"""Stage 3, feature cache: the target's chosen layer outputs and pre-LM-head state over every conversation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dspark_core.data import layout
+from dspark_core.data.feature_cache import CacheConfig, build_feature_cache
+from dspark_core.data.regenerate import read_responses
+from dspark_core.errors import DsparkError
+from dspark_core.models.target import TargetModel
+
+__all__ = ["CacheConfig", "FeatureCacheReport", "build_cache", "find_cache"]
+
+
+@dataclass
+class FeatureCacheReport:
+    path: Path
+    layer_ids: list[int]
+    samples: int
+    tokens: int
+    assistant_tokens: int
+    shards: int
+    dtype: str
+    size_mib: float
+    target_revision: str
+    #: True when a finished cache of the same data and settings was already there
+    reused: bool
+
+
+def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True) -> FeatureCacheReport:
+    """Build (or reuse, or resume) the cache of `dataset`'s responses under its target folder."""
+    responses = layout.responses_dir(dataset, target.spec)
+    responses_manifest, conversations = read_responses(responses)
+    layers = config.layers_for(target.num_layers)
+    out = layout.cache_dir(dataset, target.spec, layers, config.dtype)
+    reused = (out / "manifest.json").exists()
+    manifest = build_feature_cache(
+        target, conversations, out, config, progress=progress,
+        source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]},
+    )
+    return FeatureCacheReport(
+        path=out, layer_ids=list(manifest["layer_ids"]), samples=manifest["num_samples"], tokens=manifest["num_tokens"],
+        assistant_tokens=manifest["assistant_tokens"], shards=len(manifest["shards"]), dtype=manifest["dtype"],
+        size_mib=round(manifest["bytes"] / 2**20, 1), target_revision=manifest["target_revision"], reused=reused,
+    )
+
+
+def find_cache(target_spec: str, dataset: str, layer_ids: tuple[int, ...] | None = None, dtype: str | None = None) -> Path:
+    """The feature cache of `dataset` for `target_spec`: the one with these layers and dtype, or the only one."""
+    if layer_ids and dtype:
+        return layout.cache_dir(dataset, target_spec, tuple(layer_ids), dtype)
+    folder = layout.target_dir(dataset, target_spec)
+    found = sorted(p for p in folder.glob("features-L*") if (p / "manifest.json").is_file()) if folder.is_dir() else []
+    if layer_ids:
+        found = [p for p in found if p.name.startswith(f"features-L{'-'.join(map(str, layer_ids))}-")]
+    if dtype:
+        found = [p for p in found if p.name.endswith(f"-{dtype}")]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise DsparkError(f"dataset {dataset!r} has no finished feature cache for {target_spec!r} in {folder}; "
+                          f"build one with `dspark data cache --target {target_spec} --dataset {dataset}`")
+    raise DsparkError(f"dataset {dataset!r} has several feature caches for {target_spec!r} "
+                      f"({', '.join(p.name for p in found)}); choose one with --layer-ids and --cache-dtype")

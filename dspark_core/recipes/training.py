@@ -1,0 +1,79 @@
+"""Stage 4, training: a DSpark, DFlash or Eagle3 draft on a target feature cache, resumable.
+
+Runs live in `checkpoints/<target>/<algorithm>/<settings hash>/`, keyed by the training settings, the
+cache and the target revision: the same settings and data resume (or reuse) the same run; anything
+changed trains a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from safetensors import safe_open
+
+from dspark_core.data.feature_cache import FeatureCache
+from dspark_core.drafters.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from dspark_core.evaluation.plots import loss_curve
+from dspark_core.models.spec import slugify
+from dspark_core.models.target import TargetModel
+from dspark_core.paths import dspark_home
+from dspark_core.training.trainer import TrainConfig, train_draft
+
+__all__ = ["TrainConfig", "TrainReport", "train", "training_dir"]
+
+
+@dataclass
+class TrainReport:
+    checkpoint: Path
+    out_dir: Path
+    algorithm: str
+    steps: int
+    final_metrics: dict
+    history: list[dict]
+    stored_parameters: int
+    loss_curve: Path
+    cache_samples: int
+    #: files worth keeping with a tracking run: the loss curve, the checkpoint config, the metrics log
+    artifacts: list[Path] = field(default_factory=list)
+
+    @property
+    def analytic_acceptance(self) -> list[tuple[int, float | None]]:
+        """(position k, acceptance on the last training batch), k = 1..γ."""
+        found = {int(key.split("_")[1]): value for key, value in self.final_metrics.items() if key.startswith("accept_")}
+        return [(k, found.get(k)) for k in range(1, max(found, default=0) + 1)]
+
+
+def training_dir(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> Path:
+    """Where a run with these settings on this cache for this target lives."""
+    fingerprint = {"training": config.to_dict(), "cache": str(cache.path), "samples_hash": cache.manifest["samples_hash"],
+                   "revision": target.revision}
+    settings_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    return dspark_home() / "checkpoints" / slugify(target.spec) / config.algorithm / settings_hash
+
+
+def train(target: TargetModel, cache_path: Path, config: TrainConfig, *, out_dir: Path | None = None,
+          on_log: Callable[[int, dict], None] | None = None, progress: bool = True) -> TrainReport:
+    """Train (or resume, or reuse) a draft on the training split of the cache at `cache_path`."""
+    cache = FeatureCache(cache_path, target_revision=target.revision, split="train")
+    validation = FeatureCache(cache_path, split="validation", verify=False)  # checksums were verified just above
+    out_dir = Path(out_dir) if out_dir else training_dir(target, cache, config)
+    result = train_draft(target, cache, out_dir, config, validation=validation, on_log=on_log, progress=progress)
+    plot = loss_curve(result.history, out_dir / "loss_curve.png", title=f"{config.algorithm} on {target.spec}")
+    with safe_open(str(result.checkpoint / WEIGHTS_FILE), framework="pt") as handle:
+        parameters = sum(_numel(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return TrainReport(
+        checkpoint=result.checkpoint, out_dir=out_dir, algorithm=config.algorithm, steps=result.steps,
+        final_metrics=result.final_metrics, history=result.history, stored_parameters=parameters, loss_curve=plot,
+        cache_samples=len(cache), artifacts=[plot, result.checkpoint / CONFIG_FILE, out_dir / "metrics.jsonl"],
+    )
+
+
+def _numel(shape) -> int:
+    total = 1
+    for size in shape:
+        total *= int(size)
+    return total

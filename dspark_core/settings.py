@@ -1,0 +1,50 @@
+"""Settings declared once: a dataclass field with its default *and* its help text.
+
+The library's config dataclasses declare every user-facing setting with `setting(default, "help")`. The
+front ends (the `dspark` command line, the Dagster config classes) read the default and the help from
+here instead of repeating them, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+#: γ, draft tokens proposed (and at most verified) per round. The one place this default lives.
+DEFAULT_BLOCK_SIZE = 7
+
+_HELP = "help"
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING) -> Any:
+    """A dataclass field with a default (or a default factory) and a one-line help text."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={_HELP: help})
+    return dataclasses.field(default=default, metadata={_HELP: help})
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            return item
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The declared default of setting `name` of dataclass `cls` (a fresh value for factory defaults)."""
+    item = _field(cls, name)
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    raise KeyError(f"{cls.__name__}.{name} has no default")
+
+
+def help_of(cls: type, name: str) -> str:
+    """The help text of setting `name` of dataclass `cls`."""
+    return _field(cls, name).metadata.get(_HELP, "")
+
+
+def documented_settings(cls: type) -> list[str]:
+    """Names of the fields of `cls` declared with a help text (the user-facing settings)."""
+    return [item.name for item in dataclasses.fields(cls) if item.metadata.get(_HELP)]
