@@ -1,22 +1,30 @@
-"""Train DSpark, DFlash and Eagle3 on the same self-distilled data for the packaged SmolLM2 on CPU, then
-compare greedy acceptance and wall-clock speed on held-out prompts, in one run. Every stage is the library's
-recipe (the same the Dagster assets and the `dspark` command line run).
+"""Self-distil a target, train DSpark, DFlash and Eagle3 on the same data for the same wall-clock time, and
+compare them on held-out prompts against autoregressive decoding — every stage the library's recipe (the
+same the Dagster assets and the `dspark` command line run).
 
-Steps (each reused if already done under $DSPARK_HOME, so an interrupted run resumes):
-  1. self-generated prompts (Magpie) for training, and a disjoint held-out set;
-  2. the target's own responses (recommended sampling), 3. the feature cache,
-  4. DSpark (Markov head), DFlash and Eagle3, same settings and steps each;
-  5. greedy decoding of the held-out prompts with: autoregressive, prompt lookup, untrained DSpark,
-     DFlash, Eagle3, DSpark — τ, acceptance, draft/verify ms per round, speed-up over autoregressive.
+  1. domain-steered self-generated prompts (math, code, chat, writing);
+  2. the target's own responses; 3. the feature cache;
+  4. DSpark, DFlash and Eagle3 with the default recipe, each for the same training time;
+  5. greedy decoding of the built-in held-out suite (math, code, chat; checked by content hash never to be
+     a training prompt) with autoregressive, prompt lookup and each draft: τ per domain, per-position
+     acceptance, draft/verify ms per round, speed-up over autoregressive, equality with autoregressive.
+Every stage's throughput (prompts/s, tokens/s, positions/s) is recorded. Stages already done under
+$DSPARK_HOME are reused, so an interrupted run resumes.
 
-Usage: python benchmarks/bench_drafters.py [--prompts 160] [--steps 400] [--eval-prompts 16]
+Presets: `cpu` (the default: about 45 minutes on 2 cores), `gpu` (a 10-minute window on one large GPU,
+model load included: at least a million response tokens; `--checkpoints-out` receives the trained drafts so
+that they can be evaluated on CPU too), `smoke` (minutes; exercises every stage on any device).
+
+Usage: python benchmarks/bench_drafters.py [--preset cpu|gpu|smoke] [--out FILE] [--checkpoints-out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,108 +33,158 @@ from rich.table import Table
 
 import dspark_core
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache
-from dspark_core.data.prompts import read_prompt_file
 from dspark_core.data.regenerate import RegenerationConfig
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.decoding import PromptLookupDrafter
-from dspark_core.drafters.registry import ALGORITHMS, drafter_kind
+from dspark_core.drafters.registry import ALGORITHMS
+from dspark_core.evaluation.speculative import eval_prompts
+from dspark_core.evaluation.suites import suite_records, unseen_in_training
 from dspark_core.models import load_target
 from dspark_core.paths import dspark_home, write_json_atomic
-from dspark_core.recipes.evaluation import EvalConfig, evaluate, held_out_prompts
+from dspark_core.recipes.evaluation import EvalConfig, evaluate
 from dspark_core.recipes.features import build_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 from dspark_core.recipes.training import train
-from dspark_core.training.trainer import TrainConfig, build_model
+from dspark_core.training.budget import steps_for_budget
+from dspark_core.training.trainer import TrainConfig
 
-console = Console(width=150)
+console = Console(width=160)
+DOMAINS = ("math", "code", "chat", "writing")
 
 
-def stage(name: str, started: float) -> None:
-    console.print(f"[bold]{name}[/] done at {(time.perf_counter() - started) / 60:.1f} min")
+@dataclass(frozen=True)
+class Preset:
+    prompts: int  # self-generated training prompts
+    max_new_tokens: int  # response length cap
+    regeneration_batch: int
+    train_minutes: float  # per drafter
+    eval_per_domain: int  # held-out suite prompts per domain
+    eval_max_new_tokens: int
+    train: dict  # TrainConfig overrides (the default recipe when empty)
+
+
+PRESETS = {
+    "cpu": Preset(prompts=560, max_new_tokens=192, regeneration_batch=32, train_minutes=6.0, eval_per_domain=12,
+                  eval_max_new_tokens=64, train={}),
+    "gpu": Preset(prompts=6000, max_new_tokens=256, regeneration_batch=512, train_minutes=1.5, eval_per_domain=12,
+                  eval_max_new_tokens=64, train={"batch_size": 32}),
+    "smoke": Preset(prompts=16, max_new_tokens=24, regeneration_batch=16, train_minutes=0.15, eval_per_domain=2,
+                    eval_max_new_tokens=16, train={}),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--dataset", default="bench-selfgen")
-    parser.add_argument("--prompts", type=int, default=160)
-    parser.add_argument("--max-new-tokens", type=int, default=160, help="response length cap for training data")
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--eval-prompts", type=int, default=16)
-    parser.add_argument("--eval-max-new-tokens", type=int, default=96)
-    parser.add_argument("--draft-vocab", type=int, default=8192)
-    parser.add_argument("--out", default="benchmarks/results/drafters.json")
+    parser.add_argument("--dataset", help="dataset name (default: bench-<preset>)")
+    parser.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
+                        help="regenerate responses greedily (default) or with the model's recommended sampling")
+    parser.add_argument("--out", help="results JSON (default: benchmarks/results/drafters-<preset>.json)")
+    parser.add_argument("--checkpoints-out", help="copy the trained drafts here (e.g. $OUT on a GPU machine)")
     args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    dataset = args.dataset or f"bench-{args.preset}"
+    out = Path(args.out or f"benchmarks/results/drafters-{args.preset}.json")
 
     started = time.perf_counter()
     target = load_target(args.target)
-    console.print(f"target {target.spec} on {target.device}, torch threads {torch.get_num_threads()}, home {dspark_home()}")
+    throughput: dict[str, dict] = {"model_load_s": {"seconds": time.perf_counter() - started}}
+    console.print(f"target {target.spec} on {target.device} ({target.dtype}), torch threads {torch.get_num_threads()}, "
+                  f"home {dspark_home()}, preset {args.preset}")
 
-    # 1. prompts: a training set (with a small validation split) and a disjoint held-out evaluation set.
-    prompts = prepare_prompts(PromptsConfig(dataset=args.dataset, source="self", count=args.prompts,
+    def stage(name: str, t0: float, amount: float, unit: str, reused: bool = False) -> None:
+        seconds = time.perf_counter() - t0
+        throughput[name] = {"seconds": seconds, unit: amount, f"{unit}_per_s": amount / seconds if seconds else None,
+                            "reused": reused}
+        console.print(f"[bold]{name}[/]: {amount:.0f} {unit} in {seconds:.0f} s "
+                      f"({amount / max(seconds, 1e-9):.1f}/s){' (reused)' if reused else ''}; "
+                      f"total {(time.perf_counter() - started) / 60:.1f} min")
+
+    # 1-3. data
+    t0 = time.perf_counter()
+    prompts = prepare_prompts(PromptsConfig(dataset=dataset, source="self", count=preset.prompts, domains=DOMAINS,
                                             validation_fraction=0.05), target=lambda: target)
-    held_out_file = prepare_prompts(PromptsConfig(dataset=f"{args.dataset}-held-out", source="self",
-                                                  count=args.eval_prompts * 2, seed=10_007, validation_fraction=1.0),
-                                    target=lambda: target).path
-    known = {record.id for record, _ in read_prompt_file(prompts.path)}
-    eval_set = [p for p in held_out_prompts(target, held_out_file) if p.id not in known][: args.eval_prompts]
-    stage(f"prompts ({sum(prompts.counts.values())} train+val, {len(eval_set)} held out)", started)
+    stage("prompts", t0, sum(prompts.counts.values()), "prompts", prompts.reused)
+    t0 = time.perf_counter()
+    regeneration = RegenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.regeneration_batch,
+                                      temperature=0.0 if args.greedy else None)
+    responses = generate_responses(target, dataset, regeneration)
+    stage("responses", t0, responses.response_tokens, "tokens", responses.seconds < 1)
+    t0 = time.perf_counter()
+    cache = build_cache(target, dataset, CacheConfig())
+    stage("feature_cache", t0, cache.tokens, "tokens", cache.reused)
 
-    # 2-3. responses and feature cache.
-    responses = generate_responses(target, args.dataset, RegenerationConfig(max_new_tokens=args.max_new_tokens))
-    stage(f"responses ({responses.response_tokens} tokens)", started)
-    cache = build_cache(target, args.dataset, CacheConfig())
-    stage(f"feature cache ({cache.tokens} tokens, {cache.size_mib:.0f} MiB)", started)
-
-    # 4. train the three drafters on the same data with the same budget.
+    # 4. three drafters, the same training time each
     checkpoints, training = {}, {}
+    train_cache = FeatureCache(cache.path, split="train", verify=False)
     for algorithm in ALGORITHMS:
         t0 = time.perf_counter()
-        report = train(target, cache.path, TrainConfig(algorithm=algorithm, steps=args.steps,
-                                                       draft_vocab_size=args.draft_vocab, log_every=25))
+        config = TrainConfig(algorithm=algorithm, **preset.train)
+        config = replace(config, steps=steps_for_budget(target, train_cache, config, preset.train_minutes * 60))
+        report = train(target, cache.path, config)
         checkpoints[algorithm] = report.checkpoint
-        training[algorithm] = {"minutes": (time.perf_counter() - t0) / 60, **report.final_metrics}
-        stage(f"train {algorithm}", started)
-    train_minutes = (time.perf_counter() - started) / 60
+        positions = sum(h["positions_per_s"] for h in report.history) / max(1, len(report.history))
+        training[algorithm] = {"steps": config.steps, "minutes": (time.perf_counter() - t0) / 60,
+                               "positions_per_s": positions, **report.final_metrics}
+        stage(f"train_{algorithm}", t0, config.steps, "steps")
+        throughput[f"train_{algorithm}"]["positions_per_s"] = positions
+    if args.checkpoints_out:
+        for algorithm, checkpoint in checkpoints.items():
+            shutil.copytree(checkpoint, Path(args.checkpoints_out) / algorithm, dirs_exist_ok=True)
 
-    # 5. evaluate on the held-out prompts, greedy, one request at a time (the per-request latency view).
-    untrained = build_model(target, FeatureCache(cache.path, split="train"),
-                            TrainConfig(algorithm="dspark", draft_vocab_size=args.draft_vocab)).eval()
-    drafters = {
-        "prompt-lookup": PromptLookupDrafter(),
-        "dspark (untrained)": drafter_kind("dspark").runtime(untrained, "dspark (untrained)"),
-        **{algorithm: checkpoints[algorithm] for algorithm in ("eagle3", "dflash", "dspark")},
-    }
-    config = EvalConfig(max_new_tokens=args.eval_max_new_tokens)
+    # 5. held-out suite, greedy, one request at a time (the per-request latency view)
+    records = unseen_in_training(suite_records("heldout-v1"), prompts.path)
+    per_domain: dict[str, list] = {}
+    for record in records:
+        per_domain.setdefault(record.source, []).append(record)
+    held_out = eval_prompts(target, [r for domain in sorted(per_domain) for r in per_domain[domain][: preset.eval_per_domain]])
+    config = EvalConfig(benchmark="heldout-v1", max_new_tokens=preset.eval_max_new_tokens)
     results, baseline = {}, None
+    drafters = {"prompt-lookup": PromptLookupDrafter(), **checkpoints}
     for name, drafter in drafters.items():
-        report = evaluate(target, drafter, eval_set, config, baseline=baseline)
-        baseline, overall = report.baseline, report.overall
+        t0 = time.perf_counter()
+        report = evaluate(target, drafter, held_out, config, baseline=baseline)
+        baseline = report.baseline
         results[name] = {
-            "tau": overall.tau, "tokens": overall.new_tokens, "tokens_per_s": overall.tokens_per_s,
-            "cond_accept": [rate for rate, _ in overall.cond_accept], "speedup": overall.speedup,
-            "draft_ms_per_round": overall.draft_ms_per_round, "verify_ms_per_round": overall.verify_ms_per_round,
-            "identical_to_autoregressive": report.greedy_identical,
+            "by_domain": {s.domain: {"tau": s.tau, "speedup": s.speedup, "prompts": s.prompts} for s in report.by_domain()},
+            **_summary(report.overall), "identical_to_autoregressive": report.greedy_identical,
         }
-        console.print(f"evaluated {name}: τ {overall.tau:.2f}")
+        stage(f"eval_{name}", t0, report.overall.new_tokens, "tokens")
+        console.print(f"evaluated {name}: τ {report.overall.tau:.2f}, {report.overall.speedup:.2f}x")
 
-    table = Table(title=f"{target.spec}, CPU, greedy, {len(eval_set)} held-out prompts × ≤{args.eval_max_new_tokens} tokens")
-    for column in ("drafter", "τ", "cond. accept @1..7", "draft ms/round", "verify ms/round", "tok/s", "speed-up", "lossless"):
+    table = Table(title=f"{target.spec} on {target.device}, greedy, {len(held_out)} held-out prompts (built-in suite) "
+                        f"× ≤{preset.eval_max_new_tokens} tokens")
+    for column in ("drafter", "τ", "τ math", "τ code", "τ chat", "cond. accept @1..k", "draft ms", "verify ms",
+                   "speed-up", "lossless"):
         table.add_column(column, justify="right")
     for name, e in results.items():
-        table.add_row(name, f"{e['tau']:.2f}", " ".join("-" if v is None else f"{v:.2f}" for v in e["cond_accept"]),
-                      f"{e['draft_ms_per_round']:.1f}", f"{e['verify_ms_per_round']:.1f}", f"{e['tokens_per_s']:.1f}",
-                      f"{e['speedup']:.2f}x", "yes" if e["identical_to_autoregressive"] else "NO")
+        domains = e["by_domain"]
+        table.add_row(name, f"{e['tau']:.2f}", *(f"{domains[d]['tau']:.2f}" if d in domains else "-" for d in ("math", "code", "chat")),
+                      " ".join("-" if v is None else f"{v:.2f}" for v in e["cond_accept"]),
+                      f"{e['draft_ms_per_round']:.1f}", f"{e['verify_ms_per_round']:.1f}", f"{e['speedup']:.2f}x",
+                      "yes" if e["identical_to_autoregressive"] else "NO")
     console.print(table)
-    console.print(f"data + training took {train_minutes:.1f} min; training: " + ", ".join(
-        f"{k} {v['minutes']:.1f} min (analytic τ {v.get('expected_tau', float('nan')):.2f})" for k, v in training.items()))
-    report = {"target": target.spec, "revision": target.revision, "args": vars(args), "train_minutes": train_minutes,
-              "training": training, "results": results, "total_minutes": (time.perf_counter() - started) / 60,
-              "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "torch": torch.__version__},
-              "code_version": dspark_core.__version__}
-    write_json_atomic(Path(args.out), report)
-    console.print(f"wrote {args.out}")
+    write_json_atomic(out, {
+        "command": "python benchmarks/bench_drafters.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
+        "preset": args.preset, "settings": preset.__dict__, "target": target.spec, "revision": target.revision,
+        "device": str(target.device), "dtype": str(target.dtype), "greedy_data": args.greedy,
+        "data": {"prompts": prompts.counts, "domains": prompts.domains, "response_tokens": responses.response_tokens,
+                 "cache_tokens": cache.tokens},
+        "training": training, "throughput": throughput, "results": results,
+        "total_minutes": (time.perf_counter() - started) / 60,
+        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "code_version": dspark_core.__version__,
+    })
+    console.print(f"wrote {out}; total {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def _summary(overall) -> dict:
+    return {"tau": overall.tau, "speedup": overall.speedup, "tokens": overall.new_tokens,
+            "tokens_per_s": overall.tokens_per_s, "cond_accept": [rate for rate, _ in overall.cond_accept],
+            "draft_ms_per_round": overall.draft_ms_per_round, "verify_ms_per_round": overall.verify_ms_per_round}
 
 
 if __name__ == "__main__":

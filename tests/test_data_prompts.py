@@ -93,3 +93,30 @@ def test_hugging_face_dataset_from_local_directory_with_column_mapping(tmp_path)
     assert len(report.malformed) == 1 and "row 1" in report.malformed[0]
     with pytest.raises(DsparkError, match="could not load dataset"):
         load_hf_dataset(str(tmp_path / "missing"))
+
+
+def test_builtin_suite_has_forty_prompts_per_domain_and_refuses_overlap_with_training(tmp_path):
+    from dspark_core.data.prompts import write_prompts
+    from dspark_core.evaluation.suites import suite_records, unseen_in_training
+
+    records = suite_records("heldout-v1")
+    by_domain = {}
+    for record in records:
+        by_domain[record.source] = by_domain.get(record.source, 0) + 1
+    assert by_domain == {"math": 40, "code": 40, "chat": 40}
+    assert len({r.id for r in records}) == 120  # no duplicates
+    training = tmp_path / "prompts.jsonl"
+    write_prompts([PromptRecord.create([("user", "something else entirely")], "x")], training, 0.1)
+    assert unseen_in_training(records, training) == records
+    write_prompts([records[5]], training, 0.1)
+    with pytest.raises(DsparkError, match="1 evaluation prompts are also training prompts"):
+        unseen_in_training(records, training)
+    with pytest.raises(DsparkError, match="unknown evaluation suite 'nope'"):
+        suite_records("nope")
+
+
+def test_a_category_field_names_the_domain(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"turns": ["Add 2 and 3."], "category": "math"}\n{"prompt": "Hi there"}\n')
+    records = read_jsonl(path)
+    assert [r.source for r in records] == ["math", "p.jsonl:2"]

@@ -144,3 +144,39 @@ def test_analytic_acceptance_is_ordered_by_position_beyond_nine():
     report = TrainReport(Path("c"), Path("o"), "dspark", 1, metrics, [], 0, Path("p"), 0)
     assert [k for k, _ in report.analytic_acceptance] == list(range(1, 12))
     assert report.analytic_acceptance[9] == (10, 0.10) and report.analytic_acceptance[4] == (5, None)
+
+
+def test_init_from_target_copies_the_top_layers(tiny_target, greedy_cache):
+    """init='target': draft layer i is a copy of target layer L - n + i, the final norm is the target's, and the
+    context fusion passes the highest tapped layer through."""
+    from dspark_core.training.trainer import build_model
+
+    model = build_model(tiny_target, greedy_cache, _overfit_config("dspark", num_layers=2, init="target"))
+    layers = tiny_target.model.model.layers
+    for draft_layer, source in zip(model.layers, layers[-2:]):
+        assert torch.equal(draft_layer.attention.q_proj.weight, source.self_attn.q_proj.weight)
+        assert torch.equal(draft_layer.attention.v_proj.weight, source.self_attn.v_proj.weight)
+        assert torch.equal(draft_layer.mlp.down.weight, source.mlp.down_proj.weight)
+        assert torch.equal(draft_layer.post_norm.weight, source.post_attention_layernorm.weight)
+    assert torch.equal(model.final_norm.weight, tiny_target.model.model.norm.weight)
+    features = torch.randn(3, 3 * tiny_target.hidden_size, dtype=model.fuse.weight.dtype)
+    assert torch.allclose(model.fuse(features), features[:, -tiny_target.hidden_size:])  # cache layers (0, 1, 2): layer 2
+    random = build_model(tiny_target, greedy_cache, _overfit_config("dspark", num_layers=2))
+    assert not torch.equal(random.layers[0].attention.q_proj.weight, layers[-2].self_attn.q_proj.weight)
+    with pytest.raises(DsparkError, match="eagle3 drafts cannot start from the target's layers"):
+        _overfit_config("eagle3", init="target")
+
+
+def test_target_distribution_from_the_cached_normalizer_equals_the_full_softmax(tiny_target, greedy_cache):
+    """The cache stores the log-sum-exp of the target's logits, so training needs only the draft vocabulary's
+    rows of the LM head; the distribution must be the same as from the full softmax."""
+    from dspark_core.training.losses import TargetDistribution
+
+    sample = greedy_cache[0]
+    assert sample.lse is not None and sample.lse.shape == sample.input_ids.shape
+    hidden = sample.last_hidden.to(tiny_target.dtype)
+    vocab = torch.arange(0, 3000, 7)
+    full = TargetDistribution.from_logits(tiny_target.lm_logits(hidden), vocab)
+    cached = TargetDistribution.from_draft_logits(tiny_target.lm_logits(hidden, vocab), sample.lse)
+    assert torch.allclose(full.draft_probs, cached.draft_probs, atol=1e-6)
+    assert torch.allclose(full.outside, cached.outside, atol=1e-5)

@@ -4,7 +4,8 @@ Directory layout:
     manifest.json            target + revision, layer ids, hidden size, dtype, tokenizer hash, max length,
                              counts and one entry per shard (sample ids, splits, sha256); written last
     shard-00000.safetensors  input_ids [T] int32, loss_mask [T] uint8, offsets [n+1] int64,
-                             layers [T, m*d] (the chosen layers' outputs, concatenated), last_hidden [T, d]
+                             layers [T, m*d] (the chosen layers' outputs, concatenated), last_hidden [T, d],
+                             lse [T] float32 (log-sum-exp of the target's logits from the stored last_hidden)
 Shards are written atomically one by one, so a killed build resumes at the first missing shard. Readers
 memory-map shards and validate the manifest against what the caller expects; checksums catch corruption.
 """
@@ -229,7 +230,7 @@ def write_feature_cache(
 @torch.inference_mode()
 def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, bar) -> dict[str, torch.Tensor]:
     dtype = _DTYPES[config.dtype]
-    layers_out, hidden_out = [], []
+    layers_out, hidden_out, lse_out = [], [], []
     start = 0
     while start < len(shard):
         # Grow the batch while padded tokens stay within the budget.
@@ -250,7 +251,12 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
         for row, sample in enumerate(batch):
             n = len(sample["ids"])
             layers_out.append(fused[row, :n].to("cpu", dtype))
-            hidden_out.append(features.last_hidden[row, :n].to("cpu", dtype))
+            stored = features.last_hidden[row, :n].to(dtype)
+            hidden_out.append(stored.to("cpu"))
+            # The normalizer of the target's distribution, from the hidden state as stored: with it, training
+            # needs the LM head's rows of the draft vocabulary only, not all of them.
+            lse_out.append(torch.cat([target.lm_logits(chunk.to(target.dtype)).float().logsumexp(-1)
+                                      for chunk in stored.split(1024)]).cpu())
             bar.update(n)
         start = end
     lengths = torch.tensor([len(s["ids"]) for s in shard], dtype=torch.long)
@@ -260,6 +266,7 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
         "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
         "layers": torch.cat(layers_out).contiguous(),
         "last_hidden": torch.cat(hidden_out).contiguous(),
+        "lse": torch.cat(lse_out).contiguous(),
     }
 
 
@@ -272,6 +279,8 @@ class CacheBatch:
     layers: torch.Tensor  # [B, T, m*d] (the requested layers, concatenated)
     last_hidden: torch.Tensor  # [B, T, d]
     lengths: torch.Tensor  # [B] long
+    #: [B, T] float32 log-sum-exp of the target's logits (None for caches built before it was stored)
+    lse: torch.Tensor | None = None
 
 
 @dataclass
@@ -282,6 +291,7 @@ class CachedSample:
     loss_mask: torch.Tensor  # [T] bool, True on assistant tokens
     layers: torch.Tensor  # [T, m*d]
     last_hidden: torch.Tensor  # [T, d]
+    lse: torch.Tensor | None = None  # [T] float32
 
 
 class FeatureCache:
@@ -362,6 +372,7 @@ class FeatureCache:
             loss_mask=handle.get_slice("loss_mask")[start:end].bool(),
             layers=handle.get_slice("layers")[start:end],
             last_hidden=handle.get_slice("last_hidden")[start:end],
+            lse=handle.get_slice("lse")[start:end] if "lse" in handle.keys() else None,
         )
 
     def batch(self, indices: list[int], *, max_length: int, layer_ids: tuple[int, ...], device, dtype) -> CacheBatch:
@@ -377,8 +388,13 @@ class FeatureCache:
         layers = torch.zeros(len(samples), length, columns.numel(), dtype=dtype)
         hidden = torch.zeros(len(samples), length, samples[0].last_hidden.shape[-1], dtype=dtype)
         lengths = torch.zeros(len(samples), dtype=torch.long)
+        with_lse = all(s.lse is not None for s in samples)
+        lse = torch.zeros(len(samples), length, dtype=torch.float32)
         for row, s in enumerate(samples):
             n = min(length, s.input_ids.numel())
             ids[row, :n], mask[row, :n], lengths[row] = s.input_ids[:n], s.loss_mask[:n], n
             layers[row, :n], hidden[row, :n] = s.layers[:n, columns].to(dtype), s.last_hidden[:n].to(dtype)
-        return CacheBatch(ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device))
+            if with_lse:
+                lse[row, :n] = s.lse[:n]
+        return CacheBatch(ids.to(device), mask.to(device), layers.to(device), hidden.to(device), lengths.to(device),
+                          lse.to(device) if with_lse else None)

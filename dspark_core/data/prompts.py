@@ -145,7 +145,9 @@ def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport |
                 obj = exc
             messages = _parse_or_report(obj, f"{path}:{number}", report, on_error, "fix the line")
             if messages is not None:
-                records.append(PromptRecord.create(messages, f"{path.name}:{number}"))
+                # A category (Spec-Bench) or domain field names the record's domain; else its file and line.
+                domain = obj.get("category") or obj.get("domain") if isinstance(obj, dict) else None
+                records.append(PromptRecord.create(messages, str(domain) if domain else f"{path.name}:{number}"))
     return records
 
 

@@ -29,6 +29,8 @@ class PromptsConfig:
     source: str | None = setting(None, f"Prompt source: {SOURCE_FORMS}; empty: 'self' (the model writes user "
                                        f"requests itself, offline; needs a chat template)")
     count: int = setting(96, "For source 'self': how many prompts to generate")
+    domains: tuple[str, ...] = setting((), "For source 'self': steer the requests to these domains in equal shares "
+                                           "(math, code, chat, writing); empty: unsteered")
     limit: int | None = setting(None, "Keep at most this many prompts (any source)")
     validation_fraction: float = setting(0.12, "Share held out from training, by content hash; evaluation decodes these")
     seed: int = setting(0, "Seed of prompt generation")
@@ -38,6 +40,7 @@ class PromptsConfig:
     on_error: str = setting("skip", "Malformed lines: 'skip' (reported) or 'raise'")
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "domains", tuple(self.domains))
         if not 0.0 <= self.validation_fraction <= 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1], got {self.validation_fraction}")
         if self.on_error not in ("skip", "raise"):
@@ -55,7 +58,8 @@ def collect_prompts(config: PromptsConfig, target: Callable[[], TargetModel] | N
     if source == "self":
         if target is None:
             raise DsparkError("the prompt source 'self' needs a target: the instruction-tuned model that writes the prompts")
-        records = self_generated_prompts(target(), SelfGenerationConfig(count=config.count, seed=config.seed))
+        records = self_generated_prompts(target(), SelfGenerationConfig(count=config.count, seed=config.seed,
+                                                                        domains=tuple(config.domains)))
         report.read = len(records)
     elif source.startswith("hf:"):
         records = load_hf_dataset(source[3:], split=config.hf_split, prompt_column=config.prompt_column,

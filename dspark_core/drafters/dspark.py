@@ -17,6 +17,8 @@ from torch import nn
 from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.heads import HEADS
 from dspark_core.drafters.layers import Attention, RMSNorm, SwiGLU
+from dspark_core.errors import ConfigError
+from dspark_core.models.architecture import decoder_layers
 from dspark_core.settings import DEFAULT_BLOCK_SIZE
 
 
@@ -132,13 +134,14 @@ class DSparkModel(DraftModule):
         return self.confidence(torch.cat([h, self.head.embed(prev)], dim=-1)).squeeze(-1)
 
     # ---- training forward -----------------------------------------------------------------
-    def forward_train(self, layer_features, input_ids, lengths, anchors):
+    def forward_train(self, layer_features, input_ids, lengths, anchors, *, with_hidden: bool = False):
         """Teacher-forced draft logits for many anchors per sequence.
 
         layer_features [B, T, m*d], input_ids [B, T], lengths [B], anchors [B, A] (positions with a+1 < length).
         Returns logits [B, A, γ, N] and confidence logits [B, A, γ] (or None). Block a sees context positions
         < anchors[a] and its own γ slots (bidirectionally); position k's previous token is the gold token at
-        anchor + k - 1 (the anchor itself for k = 1).
+        anchor + k - 1 (the anchor itself for k = 1). With `with_hidden`, also the final hidden states [B, A, γ, d]
+        (what the LM head reads).
         """
         batch, length = input_ids.shape
         gamma, anchors_per_seq = self.config.block_size, anchors.shape[1]
@@ -159,14 +162,51 @@ class DSparkModel(DraftModule):
         prev = input_ids.gather(1, prev_positions.reshape(batch, -1)).view(batch, anchors_per_seq, gamma)
         confidence = None
         if self.head is not None:
-            state, biases = None, []
-            for k in range(gamma):  # sequential only for the RNN head's state; cheap
-                bias, state = self.head.bias(prev[:, :, k], h[:, :, k], state)
-                biases.append(bias)
-            logits = logits + torch.stack(biases, dim=2)
-        if self.confidence is not None:
-            confidence = self.confidence_logit(prev, h)
-        return logits, confidence
+            embedded = self.head.embed(prev)  # one lookup for the whole block (one gradient of W_1, not γ)
+            logits = logits + self.head.block_bias(embedded, h)
+            if self.confidence is not None:
+                confidence = self.confidence(torch.cat([h, embedded], dim=-1)).squeeze(-1)
+        return (logits, confidence, h) if with_hidden else (logits, confidence)
+
+
+#: our layer's parameters <- the names of a Llama-style decoder layer's (copied by `init_from_target`)
+_TARGET_LAYER_NAMES = {
+    "input_norm.weight": "input_layernorm.weight",
+    "attention.q_proj.weight": "self_attn.q_proj.weight",
+    "attention.k_proj.weight": "self_attn.k_proj.weight",
+    "attention.v_proj.weight": "self_attn.v_proj.weight",
+    "attention.o_proj.weight": "self_attn.o_proj.weight",
+    "post_norm.weight": "post_attention_layernorm.weight",
+    "mlp.gate.weight": "mlp.gate_proj.weight",
+    "mlp.up.weight": "mlp.up_proj.weight",
+    "mlp.down.weight": "mlp.down_proj.weight",
+}
+
+
+@torch.no_grad()
+def init_from_target(model: DSparkModel, target) -> None:
+    """Start from the target's own top layers instead of random weights: draft layer i becomes a copy of target
+    layer L - n + i (n draft layers), the final norm the target's, and the context fusion selects the
+    highest tapped layer, normalized as the first copied layer normalizes its input. The draft then starts
+    out reading the target's hidden space with the target's own attention and MLP."""
+    layers = decoder_layers(target.model)
+    first = len(layers) - len(model.layers)
+    for i, draft_layer in enumerate(model.layers):
+        source = dict(layers[first + i].named_parameters())
+        ours = dict(draft_layer.named_parameters())
+        if set(source) != set(_TARGET_LAYER_NAMES.values()) or any(
+                ours[a].shape != source[b].shape for a, b in _TARGET_LAYER_NAMES.items()):
+            raise ConfigError(f"{target.spec!r} has decoder layers of another structure ({type(layers[0]).__name__}); "
+                              f"initialising draft layers from them needs a Llama-style layer; use init 'random'")
+        for ours_name, theirs in _TARGET_LAYER_NAMES.items():
+            ours[ours_name].copy_(source[theirs].to(ours[ours_name].dtype))
+    final_norm = getattr(target.model.get_decoder(), "norm", None)
+    if final_norm is not None:
+        model.final_norm.weight.copy_(final_norm.weight.to(model.final_norm.weight.dtype))
+    d = model.config.hidden_size
+    model.fuse.weight.zero_()
+    model.fuse.weight[:, -d:] = torch.eye(d, dtype=model.fuse.weight.dtype)  # the highest tapped layer
+    model.fuse_norm.weight.copy_(model.layers[0].input_norm.weight)
 
 
 #: (our tensor-name pattern, the name vLLM's speculators project uses); the first match wins

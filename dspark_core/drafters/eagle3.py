@@ -98,9 +98,10 @@ class Eagle3Model(DraftModule):
     def logits(self, state: torch.Tensor) -> torch.Tensor:
         return self.base_logits(self.final_norm(state))
 
-    def forward_train(self, layer_features, input_ids, lengths, anchors):
+    def forward_train(self, layer_features, input_ids, lengths, anchors, *, with_hidden: bool = False):
         """Training-time test for chains anchored at `anchors` [B, A] (each >= 1). Returns logits [B, A, γ, N]
-        (step s predicts x_{a+s}) and None (no confidence head)."""
+        (step s predicts x_{a+s}) and None (no confidence head); with `with_hidden`, also the final hidden
+        states [B, A, γ, d] (what the LM head reads)."""
         batch, length = input_ids.shape
         gamma, count = self.config.block_size, anchors.shape[1]
         device = input_ids.device
@@ -118,7 +119,7 @@ class Eagle3Model(DraftModule):
         state = g[rows, chain]
         step_positions = chain
         chain_keys, chain_values = [], []
-        outputs = []
+        outputs, hiddens = [], []
         for s in range(gamma):
             if s > 0:
                 token = input_ids.gather(1, (anchors + s).clamp_max(length - 1))  # teacher-forced x_{a+s}
@@ -132,5 +133,7 @@ class Eagle3Model(DraftModule):
             own = torch.eye(count, dtype=torch.bool, device=device).repeat(1, len(chain_keys))
             mask = torch.cat([context_mask, own.expand(batch, -1, -1)], dim=-1)
             state = self.step(x, state, step_positions, all_keys, all_values, mask)
-            outputs.append(self.logits(state))
-        return torch.stack(outputs, dim=2), None
+            hiddens.append(self.final_norm(state))
+            outputs.append(self.base_logits(hiddens[-1]))
+        logits = torch.stack(outputs, dim=2)
+        return (logits, None, torch.stack(hiddens, dim=2)) if with_hidden else (logits, None)

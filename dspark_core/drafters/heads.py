@@ -1,7 +1,9 @@
 """DSpark's sequential heads (docs/architecture.md, "Draft modules"): a transition bias B_k that depends on the previous token.
 
 All heads share W_1 (an embedding of the previous token, rank r) and W_2 (rank r -> draft vocabulary).
-`bias(prev, h, state)` returns (B_k, new_state) for one position; heads without state ignore it.
+`bias(prev, h, state)` returns (B_k, new_state) for one position (drafting, left to right); heads without
+state ignore it. `block_bias(embedded, h)` returns every position's bias of a teacher-forced block at once
+(training), from the previous tokens' embeddings W_1[x_{k-1}] looked up once for the whole block.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ class MarkovHead(nn.Module):
     def bias(self, prev: torch.Tensor, h: torch.Tensor, state=None):
         return self.out(self.features(prev, h)), state
 
+    def block_bias(self, embedded: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """embedded [..., γ, r] = W_1[x_{k-1}], h [..., γ, d] -> B [..., γ, N]."""
+        return self.out(self._gate(embedded, h))
+
+    def _gate(self, embedded: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return embedded
+
 
 class GatedHead(MarkovHead):
     """The previous-token embedding scaled by a gate σ(W_g [h_k ; W_1[x_{k-1}]]) before W_2."""
@@ -35,8 +44,10 @@ class GatedHead(MarkovHead):
         self.gate = nn.Linear(hidden + rank, rank)
 
     def features(self, prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        e = self.embed(prev)
-        return e * torch.sigmoid(self.gate(torch.cat([h, e], dim=-1)))
+        return self._gate(self.embed(prev), h)
+
+    def _gate(self, embedded: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return embedded * torch.sigmoid(self.gate(torch.cat([h, embedded], dim=-1)))
 
 
 class RNNHead(MarkovHead):
@@ -49,12 +60,22 @@ class RNNHead(MarkovHead):
         self.cell = nn.Linear(2 * rank + hidden, 3 * rank)
 
     def bias(self, prev: torch.Tensor, h: torch.Tensor, state=None):
+        return self._step(self.embed(prev), h, state)
+
+    def _step(self, embedded: torch.Tensor, h: torch.Tensor, state):
         if state is None:
             state = h.new_zeros(*h.shape[:-1], self.rank)
-        g, c, o = self.cell(torch.cat([state, self.embed(prev), h], dim=-1)).chunk(3, dim=-1)
+        g, c, o = self.cell(torch.cat([state, embedded, h], dim=-1)).chunk(3, dim=-1)
         gate = torch.sigmoid(g)
         state = gate * state + (1 - gate) * torch.tanh(c)
         return self.out(torch.tanh(o)), state
+
+    def block_bias(self, embedded: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        state, biases = None, []
+        for k in range(h.shape[-2]):  # the state runs left to right over the block
+            bias, state = self._step(embedded[..., k, :], h[..., k, :], state)
+            biases.append(bias)
+        return torch.stack(biases, dim=-2)
 
     def features(self, prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.embed(prev)

@@ -43,6 +43,8 @@ class DrafterKind:
     #: (our tensor-name pattern, speculators name) pairs, and the speculators architecture name
     speculators_names: tuple[tuple[str, str], ...] = ()
     speculators_architecture: str = ""
+    #: copies the target's own layers into a fresh module (None: only random initialization)
+    init_from_target: Callable[[nn.Module, object], None] | None = None
 
     def module_config(self, target, **settings):
         """The module config for `target`: its attention geometry, the given settings this config class has,
@@ -73,6 +75,7 @@ DSPARK = DrafterKind(
     config_class=dspark.DSparkConfig, module_class=dspark.DSparkModel, runtime_class=DSparkDrafter,
     module_settings={"confidence": True},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DSparkSpeculator",
+    init_from_target=dspark.init_from_target,
 )
 DFLASH = DrafterKind(
     name="dflash",
@@ -81,6 +84,7 @@ DFLASH = DrafterKind(
     module_settings={"head": "none", "confidence": False},
     training_settings={"head": "none", "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DFlashSpeculator",
+    init_from_target=dspark.init_from_target,
 )
 EAGLE3 = DrafterKind(
     name="eagle3",

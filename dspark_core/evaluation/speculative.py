@@ -143,3 +143,13 @@ def summarize(results: list[PromptResult], baseline: list[PromptResult] | None, 
     for (domain, bucket), indices in sorted(groups.items()):
         summaries.append(_summary(domain, bucket, pick(results, indices), pick(baseline, indices), block))
     return summaries
+
+
+def domain_summaries(results: list[PromptResult], baseline: list[PromptResult] | None, block: int) -> list[GroupSummary]:
+    """One summary per domain, over all prompt lengths (context_bucket = 'all')."""
+    groups: dict[str, list[int]] = {}
+    for index, result in enumerate(results):
+        groups.setdefault(result.prompt.domain, []).append(index)
+    pick = lambda rows, idx: [rows[i] for i in idx] if rows else None  # noqa: E731
+    return [_summary(domain, ALL, pick(results, indices), pick(baseline, indices), block)
+            for domain, indices in sorted(groups.items())]

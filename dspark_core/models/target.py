@@ -127,9 +127,14 @@ class TargetModel:
         return self.tokenizer.get_vocab()
 
     # ---- forward ---------------------------------------------------------------------------
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from pre-LM-head hidden states with the frozen LM head (and softcapping if the model has it)."""
-        logits = self._lm_head(hidden)
+    def lm_logits(self, hidden: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from pre-LM-head hidden states with the frozen LM head (and softcapping if the model has it);
+        with `tokens`, only those tokens' logits (the LM head's rows for them)."""
+        if tokens is None:
+            logits = self._lm_head(hidden)
+        else:
+            bias = self._lm_head.bias
+            logits = nn.functional.linear(hidden, self._lm_head.weight[tokens], None if bias is None else bias[tokens])
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits

@@ -17,7 +17,8 @@ from dspark_core.drafters.checkpoint import load_drafter, read_draft_config, wei
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.evaluation.plots import acceptance_curves
 from dspark_core.evaluation.speculative import (
-    EvalPrompt, EvalSettings, GroupSummary, PromptResult, decode_prompts, eval_prompts, mismatched_prompts, summarize,
+    EvalPrompt, EvalSettings, GroupSummary, PromptResult, decode_prompts, domain_summaries, eval_prompts,
+    mismatched_prompts, summarize,
 )
 from dspark_core.models.target import TargetModel
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
@@ -56,6 +57,12 @@ class EvalReport:
     mismatches: list[str] | None
     #: the autoregressive decoding of the same prompts (reusable as the next evaluation's baseline)
     baseline: list[PromptResult] = field(default_factory=list, repr=False)
+    #: the speculative decoding of each prompt
+    results: list[PromptResult] = field(default_factory=list, repr=False)
+
+    def by_domain(self) -> list[GroupSummary]:
+        """One summary per domain over all prompt lengths."""
+        return domain_summaries(self.results, self.baseline, self.block_size)
 
     @property
     def overall(self) -> GroupSummary:
@@ -162,4 +169,5 @@ def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPro
         weights_sha256=weights_sha256(draft_path) if draft_path else None, block_size=block_size, prompts=prompts,
         summaries=summarize(results, baseline, block_size),
         mismatches=mismatched_prompts(results, baseline) if config.temperature == 0 else None, baseline=baseline,
+        results=results,
     )

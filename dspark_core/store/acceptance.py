@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import duckdb
-
 from dspark_core.errors import DsparkError
 from dspark_core.store.schema import ACCEPTANCE_COLUMNS, migrate
 
@@ -72,7 +70,9 @@ class MetricsStore:
         self.lock_timeout_s = lock_timeout_s
 
     @contextmanager
-    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def connect(self, *, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:
+        import duckdb  # here, not at the top: the rest of the library runs where duckdb is not installed
+
         if read_only and not self.path.exists():
             raise DsparkError(f"no metrics database at {self.path} yet; materialize speculative_eval (or `make run`) first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ class MetricsStore:
                         connection.execute("ROLLBACK")
                         raise
                 return len(rows)
-            except duckdb.TransactionException:  # a write-write conflict inside one process
+            except _duckdb().TransactionException:  # a write-write conflict inside one process
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05 + random.random() * 0.1)
@@ -163,12 +163,18 @@ class MetricsStore:
         with self.connect(read_only=True) as connection:
             try:
                 cursor = connection.execute(sql, params or [])
-            except duckdb.Error as exc:
+            except _duckdb().Error as exc:
                 if "read-only" in str(exc):
                     raise DsparkError(f"the metrics database is opened read-only here; only queries that read are run ({exc})") from exc
                 raise DsparkError(f"query failed: {exc}") from exc
             columns = [d[0] for d in cursor.description] if cursor.description else []
             return columns, cursor.fetchall()
+
+
+def _duckdb():
+    import duckdb
+
+    return duckdb
 
 
 def _filters(**equal) -> tuple[str, list]:

@@ -22,6 +22,8 @@ class LossWeights:
     tv: float = setting(0.9, "α_tv: weight of the L1 distance to the target's distribution")
     conf: float = setting(1.0, "α_conf: weight of the confidence head's loss")
     decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)")
+    feature: float = setting(0.0, "α_feat: weight of the regression of the draft's final hidden state onto the "
+                                  "target's (smooth L1; a dense signal that EAGLE trains with)")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class LossTerms:
     ce: torch.Tensor
     tv: torch.Tensor
     conf: torch.Tensor
+    feature: torch.Tensor
     acceptance: torch.Tensor  # [γ] mean per-step acceptance 1 - ½‖p_d − p_t‖₁ at each block position
     counts: torch.Tensor  # [γ] supervised rows per block position
 
@@ -45,27 +48,54 @@ class LossTerms:
 
     def scalars(self) -> dict[str, float]:
         out = {"loss": float(self.total.detach()), "loss_ce": float(self.ce), "loss_tv": float(self.tv),
-               "loss_conf": float(self.conf), "expected_tau": self.expected_tau()}
+               "loss_conf": float(self.conf), "loss_feature": float(self.feature), "expected_tau": self.expected_tau()}
         out.update({f"accept_{k + 1}": float(a) for k, a in enumerate(self.acceptance.tolist())})
         return out
 
 
+@dataclass
+class TargetDistribution:
+    """The target's next-token distribution seen from the draft vocabulary: the probabilities of the draft
+    vocabulary's tokens, and the mass outside it."""
+
+    draft_probs: torch.Tensor  # [M, N]
+    outside: torch.Tensor  # [M]
+
+    @staticmethod
+    def from_logits(target_logits: torch.Tensor, draft_vocab: torch.Tensor) -> "TargetDistribution":
+        """From logits over the full vocabulary [M, V]."""
+        p_full = target_logits.float().softmax(-1)
+        draft_probs = p_full[:, draft_vocab]
+        return TargetDistribution(draft_probs, (1.0 - draft_probs.sum(-1)).clamp_min(0.0))
+
+    @staticmethod
+    def from_draft_logits(draft_vocab_logits: torch.Tensor, lse: torch.Tensor) -> "TargetDistribution":
+        """From the logits of the draft vocabulary's tokens [M, N] and the log-sum-exp over the whole
+        vocabulary [M] (exact, without the rest of the LM head)."""
+        draft_probs = (draft_vocab_logits.float() - lse.float()[:, None]).exp()
+        return TargetDistribution(draft_probs, (1.0 - draft_probs.sum(-1)).clamp_min(0.0))
+
+    def index(self, rows: torch.Tensor) -> "TargetDistribution":
+        return TargetDistribution(self.draft_probs[rows], self.outside[rows])
+
+
 def draft_losses(
     draft_logits: torch.Tensor,  # [M, N] over the draft vocabulary
-    target_logits: torch.Tensor,  # [M, V] over the full vocabulary
+    target_logits: torch.Tensor | TargetDistribution,  # [M, V] over the full vocabulary, or already reduced
     targets: torch.Tensor,  # [M] gold token ids (full vocabulary)
     positions: torch.Tensor,  # [M] block position k, 0-based
     draft_vocab: torch.Tensor,  # [N] token ids
     gamma: int,
     weights: LossWeights,
     confidence_logits: torch.Tensor | None = None,  # [M]
+    draft_hidden: torch.Tensor | None = None,  # [M, d] what the draft's LM head reads
+    target_hidden: torch.Tensor | None = None,  # [M, d] what the target's LM head read at the same position
 ) -> LossTerms:
     w = torch.exp(-positions.float() / weights.decay)
     q = draft_logits.float().softmax(-1)
-    p_full = target_logits.float().softmax(-1)
-    p_draft = p_full[:, draft_vocab]
-    outside = (1.0 - p_draft.sum(-1)).clamp_min(0.0)
-    l1 = (q - p_draft).abs().sum(-1) + outside
+    target = target_logits if isinstance(target_logits, TargetDistribution) else \
+        TargetDistribution.from_logits(target_logits, draft_vocab)
+    l1 = (q - target.draft_probs).abs().sum(-1) + target.outside
     tv = (l1 * w).sum() / w.sum().clamp_min(1e-8)
 
     # Cross-entropy to the gold token, where the draft vocabulary contains it.
@@ -81,10 +111,16 @@ def draft_losses(
         conf = (bce * w).sum() / w.sum().clamp_min(1e-8)
     else:
         conf = torch.zeros((), device=draft_logits.device)
-    total = weights.ce * ce + weights.tv * tv + weights.conf * conf
+    if draft_hidden is not None and target_hidden is not None:
+        regression = F.smooth_l1_loss(draft_hidden.float(), target_hidden.float(), reduction="none").mean(-1)
+        feature = (regression * w).sum() / w.sum().clamp_min(1e-8)
+    else:
+        feature = torch.zeros((), device=draft_logits.device)
+    total = weights.ce * ce + weights.tv * tv + weights.conf * conf + weights.feature * feature
 
     counts = torch.bincount(positions, minlength=gamma)[:gamma]
     sums = torch.zeros(gamma, device=accept.device).index_add_(0, positions, accept)
     acceptance = sums / counts.clamp_min(1)
-    return LossTerms(total=total, ce=ce.detach(), tv=tv.detach(), conf=conf.detach(), acceptance=acceptance.cpu(),
+    return LossTerms(total=total, ce=ce.detach(), tv=tv.detach(), conf=conf.detach(), feature=feature.detach(),
+                     acceptance=acceptance.cpu(),
                      counts=counts.cpu())

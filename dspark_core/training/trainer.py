@@ -28,9 +28,13 @@ from dspark_core.models.target import TargetModel
 from dspark_core.paths import recover_directory
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
-from dspark_core.training.losses import LossWeights, draft_losses
+from dspark_core.training.losses import LossWeights, TargetDistribution, draft_losses
 from dspark_core.training.state import load_training_state, save_training_state
 from dspark_core.training.validation import held_out_acceptance
+
+
+#: rows of the target's LM head computed at once (bounds the [rows, vocabulary] temporaries)
+TARGET_ROWS_PER_CHUNK = 1024
 
 
 class TrainingDivergedError(DsparkError):
@@ -59,6 +63,8 @@ class TrainConfig:
     draft_vocab_size: int = setting(8192, "Draft vocabulary: the most frequent training tokens")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
+    init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
+                                  "DSpark/DFlash on Llama-style targets)")
     seed: int = setting(0, "Seed of initialization and data order")
     log_every: int = setting(10, "Log metrics every N steps")
     checkpoint_every: int = setting(50, "Save the resumable training state every N steps")
@@ -75,6 +81,10 @@ class TrainConfig:
             setattr(self, name, value)
         if self.head not in ("markov", "gated", "rnn", "none"):
             raise ConfigError(f"unknown sequential head {self.head!r}; choose markov, gated or rnn")
+        if self.init not in ("random", "target"):
+            raise ConfigError(f"unknown initialization {self.init!r}; choose 'random' or 'target'")
+        if self.init == "target" and kind.init_from_target is None:
+            raise ConfigError(f"{self.algorithm} drafts cannot start from the target's layers; use init 'random'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +117,8 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = kind.build(module_config).to(target.device)
+    if config.init == "target":
+        kind.init_from_target(model, target)
     model.set_draft_vocab(vocab.to(target.device))
     attach_target_weights(model, target)
     return model
@@ -143,16 +155,28 @@ def training_step(model: DraftModule, target: TargetModel, batch: CacheBatch, co
     targets, supervised = block_targets(ids, mask, lengths, anchors, valid, gamma)
     if not supervised.any():
         return None
-    logits, confidence = model.forward_train(layers, ids, lengths, anchors)
-    # The target's distribution at anchor + k comes from its pre-LM-head state at anchor + k - 1.
+    regress = config.loss.feature > 0
+    logits, confidence, *hidden_out = model.forward_train(layers, ids, lengths, anchors, with_hidden=regress)
+    # The target's distribution at anchor + k comes from its pre-LM-head state at anchor + k - 1. Blocks overlap,
+    # so it is computed once per distinct position (the LM head over the whole vocabulary is the costly part).
     source = (anchors[:, :, None] + torch.arange(gamma, device=ids.device)).clamp_max(ids.shape[1] - 1)
     rows = supervised.nonzero(as_tuple=True)
+    positions, inverse = torch.unique(rows[0] * ids.shape[1] + source[rows], return_inverse=True)
     with torch.no_grad():
-        target_hidden = hidden[rows[0], source[rows]]
-        target_logits = target.lm_logits(target_hidden.to(target.dtype))
+        distinct = hidden.reshape(-1, hidden.shape[-1])[positions].to(target.dtype)
+        if batch.lse is not None:  # the cache holds the normalizer: the draft vocabulary's rows suffice
+            target_distribution = TargetDistribution.from_draft_logits(
+                target.lm_logits(distinct, model.draft_vocab), batch.lse.reshape(-1)[positions]).index(inverse)
+        else:
+            reduced = [TargetDistribution.from_logits(target.lm_logits(chunk), model.draft_vocab)
+                       for chunk in distinct.split(TARGET_ROWS_PER_CHUNK)]
+            target_distribution = TargetDistribution(torch.cat([r.draft_probs for r in reduced]),
+                                                     torch.cat([r.outside for r in reduced])).index(inverse)
     return draft_losses(
-        logits[rows], target_logits, targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
+        logits[rows], target_distribution, targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
         None if confidence is None else confidence[rows],
+        draft_hidden=hidden_out[0][rows] if regress else None,
+        target_hidden=hidden.reshape(-1, hidden.shape[-1])[positions][inverse] if regress else None,
     )
 
 

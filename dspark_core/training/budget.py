@@ -1,0 +1,50 @@
+"""Training for a wall-clock budget: time a few real steps of a configuration, then give it the number of
+steps that fits. Comparing recipes at equal wall-clock (not equal steps) is what tells whether a costlier
+step pays for itself."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dspark_core.data.feature_cache import FeatureCache
+from dspark_core.models.target import TargetModel
+from dspark_core.training.trainer import Batcher, TrainConfig, build_model, training_step
+
+
+def seconds_per_step(target: TargetModel, cache: FeatureCache, config: TrainConfig, *, steps: int = 6,
+                     warmup: int = 2) -> float:
+    """Median wall time of a full training step (collate, forward, backward, optimizer) after a warm-up."""
+    model = build_model(target, cache, config)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    generator, batcher, times = torch.Generator().manual_seed(0), Batcher(len(cache), config.batch_size, 0), []
+    dtype = torch.float32 if target.device.type == "cpu" else torch.bfloat16
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if target.device.type == "cuda" else None
+    for step in range(steps + warmup):
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        batch = cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
+                            device=target.device, dtype=dtype)
+        if autocast:
+            with autocast:
+                terms = training_step(model, target, batch, config, generator)
+        else:
+            terms = training_step(model, target, batch, config, generator)
+        if terms is not None:
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def steps_for_budget(target: TargetModel, cache: FeatureCache, config: TrainConfig, seconds: float, *,
+                     minimum: int = 20) -> int:
+    """How many steps of `config` fit in `seconds` of training on this machine."""
+    return max(minimum, int(seconds / seconds_per_step(target, cache, config)))
