@@ -5,11 +5,13 @@ Step 1 times a few training steps of every variant back to back (keep the machin
 runs) and gives each variant the number of steps that fits the budget; step 2 trains them (timings no longer
 matter) and measures greedy held-out acceptance on the validation split of the reference cache
 (`dspark_core.training.validation`: the acceptance real greedy decoding would see, without decoding).
-Optionally the best variants are decoded for real against autoregressive decoding.
+Optionally each variant is also decoded for real against autoregressive decoding, on the built-in held-out
+suite, at one or several block sizes (a CPU verifies 8 tokens at about twice the cost of one, so the γ that
+decodes fastest can be smaller than the one trained).
 
 Usage:
   python benchmarks/ablate_recipe.py --cache DIR [--budget-min 5] [--variants baseline,anchors64,...]
-         [--decode 16] [--out benchmarks/results/ablation.json]
+         [--decode 8 --decode-block-sizes 1,2,4 --prompts PROMPTS.jsonl] [--out benchmarks/results/ablation.json]
 
 Variants are TrainConfig overrides (see VARIANTS); `train_cache` trains on another cache (another dataset:
 more data, greedy responses) while validation stays on the reference cache.
@@ -31,8 +33,8 @@ from rich.table import Table
 
 import dspark_core
 from dspark_core.data.feature_cache import FeatureCache
-from dspark_core.data.prompts import read_prompt_file
 from dspark_core.evaluation.speculative import eval_prompts
+from dspark_core.evaluation.suites import suite_records, unseen_in_training
 from dspark_core.models import load_target
 from dspark_core.paths import dspark_home, write_json_atomic
 from dspark_core.recipes.evaluation import EvalConfig, evaluate
@@ -72,11 +74,15 @@ def main() -> None:
     parser.add_argument("--target", default="smollm2-135m")
     parser.add_argument("--cache", required=True, help="reference feature cache: its train split trains, its "
                                                        "validation split judges every variant")
-    parser.add_argument("--prompts", help="the reference dataset's prompts.jsonl, for --decode")
+    parser.add_argument("--prompts", help="the reference dataset's prompts.jsonl: --decode checks that no suite "
+                                          "prompt is among them")
     parser.add_argument("--budget-min", type=float, default=5.0, help="training wall-clock budget per variant")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--extra", default="{}", help="JSON {name: overrides} of more variants")
-    parser.add_argument("--decode", type=int, default=0, help="decode this many held-out prompts with each variant")
+    parser.add_argument("--decode", type=int, default=0, help="decode this many prompts per domain of the built-in "
+                                                               "held-out suite with each variant")
+    parser.add_argument("--decode-block-sizes", default="", help="comma-separated γ to decode at (default: the "
+                                                                  "draft's own)")
     parser.add_argument("--out", default="benchmarks/results/ablation.json")
     args = parser.parse_args()
 
@@ -96,7 +102,15 @@ def main() -> None:
         plan[name] = (replace(config, steps=max(20, int(args.budget_min * 60 / per_step))), per_step)
         console.print(f"{name}: {per_step:.3f} s/step -> {plan[name][0].steps} steps")
 
-    results, baseline_decoding = {}, None
+    results, baseline_decoding, held_out = {}, None, []
+    if args.decode:
+        records = suite_records("heldout-v1")
+        if args.prompts:
+            records = unseen_in_training(records, Path(args.prompts))
+        per_domain: dict[str, list] = {}
+        for record in records:
+            per_domain.setdefault(record.source, []).append(record)
+        held_out = eval_prompts(target, [r for d in sorted(per_domain) for r in per_domain[d][: args.decode]])
     runs = dspark_home() / "ablation"
     for name in names:  # 2. training and judging
         config, per_step = plan[name]
@@ -114,14 +128,22 @@ def main() -> None:
             "val_accept": [final.get(f"val_accept_{k}") for k in range(1, config.block_size + 1)],
             "expected_tau_train_batch": final.get("expected_tau"),
         }
-        if args.decode and args.prompts:
-            held = [r for r, split in read_prompt_file(Path(args.prompts)) if split == "validation"][: args.decode]
-            report = evaluate(target, result.checkpoint, eval_prompts(target, held), EvalConfig(max_new_tokens=64),
-                              baseline=baseline_decoding)
-            baseline_decoding = report.baseline
-            entry.update(decode_tau=report.overall.tau, decode_speedup=report.overall.speedup,
-                         decode_cond_accept=[r for r, _ in report.overall.cond_accept],
-                         identical_to_autoregressive=report.greedy_identical)
+        if args.decode:
+            decoded = {}
+            for gamma in [int(g) for g in args.decode_block_sizes.split(",")] if args.decode_block_sizes else [None]:
+                report = evaluate(target, result.checkpoint, held_out, EvalConfig(max_new_tokens=64, block_size=gamma),
+                                  baseline=baseline_decoding)
+                baseline_decoding = report.baseline
+                decoded[report.block_size] = {
+                    "tau": report.overall.tau, "speedup": report.overall.speedup,
+                    "cond_accept": [r for r, _ in report.overall.cond_accept],
+                    "draft_ms_per_round": report.overall.draft_ms_per_round,
+                    "verify_ms_per_round": report.overall.verify_ms_per_round,
+                    "tau_by_domain": {d.domain: d.tau for d in report.by_domain()},
+                    "identical_to_autoregressive": report.greedy_identical}
+            best = max(decoded, key=lambda g: decoded[g]["speedup"])
+            entry.update(decoded=decoded, decode_block_size=best, decode_tau=decoded[best]["tau"],
+                         decode_speedup=decoded[best]["speedup"])
         results[name] = entry
         console.print(f"{name}: val τ {entry['val_tau']:.3f} after {config.steps} steps "
                       f"({entry['positions_per_s']:.0f} positions/s)" +

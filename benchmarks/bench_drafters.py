@@ -46,6 +46,7 @@ from dspark_core.recipes.features import build_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 from dspark_core.recipes.training import train
+from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
 from dspark_core.training.budget import steps_for_budget
 from dspark_core.training.trainer import TrainConfig
 
@@ -61,16 +62,20 @@ class Preset:
     train_minutes: float  # per drafter
     eval_per_domain: int  # held-out suite prompts per domain
     eval_max_new_tokens: int
+    decode_block_size: int | None  # draft tokens verified per round (None: the draft's γ)
     train: dict  # TrainConfig overrides (the default recipe when empty)
 
 
 PRESETS = {
-    "cpu": Preset(prompts=560, max_new_tokens=192, regeneration_batch=32, train_minutes=6.0, eval_per_domain=12,
-                  eval_max_new_tokens=64, train={}),
+    # 2 CPU cores, about 40 minutes: ~7 min prompts, ~6 min greedy responses (~70k tokens), ~2 min cache,
+    # 5 min of training per drafter, ~10 min of held-out decoding.
+    "cpu": Preset(prompts=480, max_new_tokens=160, regeneration_batch=32, train_minutes=5.0, eval_per_domain=8,
+                  eval_max_new_tokens=64, decode_block_size=DEFAULT_DECODE_BLOCK_SIZE, train={}),
+    # One large GPU, a 10-minute window: verification is nearly free there, so drafts decode at their own γ.
     "gpu": Preset(prompts=6000, max_new_tokens=256, regeneration_batch=512, train_minutes=1.5, eval_per_domain=12,
-                  eval_max_new_tokens=64, train={"batch_size": 32}),
+                  eval_max_new_tokens=64, decode_block_size=None, train={"batch_size": 32, "block_size": 7}),
     "smoke": Preset(prompts=16, max_new_tokens=24, regeneration_batch=16, train_minutes=0.15, eval_per_domain=2,
-                    eval_max_new_tokens=16, train={}),
+                    eval_max_new_tokens=16, decode_block_size=DEFAULT_DECODE_BLOCK_SIZE, train={}),
 }
 
 
@@ -140,14 +145,21 @@ def main() -> None:
     for record in records:
         per_domain.setdefault(record.source, []).append(record)
     held_out = eval_prompts(target, [r for domain in sorted(per_domain) for r in per_domain[domain][: preset.eval_per_domain]])
-    config = EvalConfig(benchmark="heldout-v1", max_new_tokens=preset.eval_max_new_tokens)
+    # Each draft at the default decoding block size (short rounds: what pays on a CPU) and at its trained γ.
+    config = EvalConfig(benchmark="heldout-v1", max_new_tokens=preset.eval_max_new_tokens,
+                        block_size=preset.decode_block_size)
+    runs = [("prompt-lookup", PromptLookupDrafter(), config)]
+    for algorithm, checkpoint in checkpoints.items():
+        runs.append((algorithm, checkpoint, config))
+        if config.block_size is not None:
+            runs.append((f"{algorithm} γ={TrainConfig(**preset.train).block_size}", checkpoint, replace(config, block_size=None)))
     results, baseline = {}, None
-    drafters = {"prompt-lookup": PromptLookupDrafter(), **checkpoints}
-    for name, drafter in drafters.items():
+    for name, drafter, run_config in runs:
         t0 = time.perf_counter()
-        report = evaluate(target, drafter, held_out, config, baseline=baseline)
+        report = evaluate(target, drafter, held_out, run_config, baseline=baseline)
         baseline = report.baseline
         results[name] = {
+            "block_size": report.block_size,
             "by_domain": {s.domain: {"tau": s.tau, "speedup": s.speedup, "prompts": s.prompts} for s in report.by_domain()},
             **_summary(report.overall), "identical_to_autoregressive": report.greedy_identical,
         }
@@ -156,12 +168,12 @@ def main() -> None:
 
     table = Table(title=f"{target.spec} on {target.device}, greedy, {len(held_out)} held-out prompts (built-in suite) "
                         f"× ≤{preset.eval_max_new_tokens} tokens")
-    for column in ("drafter", "τ", "τ math", "τ code", "τ chat", "cond. accept @1..k", "draft ms", "verify ms",
+    for column in ("drafter", "γ", "τ", "τ math", "τ code", "τ chat", "cond. accept @1..k", "draft ms", "verify ms",
                    "speed-up", "lossless"):
         table.add_column(column, justify="right")
     for name, e in results.items():
         domains = e["by_domain"]
-        table.add_row(name, f"{e['tau']:.2f}", *(f"{domains[d]['tau']:.2f}" if d in domains else "-" for d in ("math", "code", "chat")),
+        table.add_row(name, str(e["block_size"]), f"{e['tau']:.2f}", *(f"{domains[d]['tau']:.2f}" if d in domains else "-" for d in ("math", "code", "chat")),
                       " ".join("-" if v is None else f"{v:.2f}" for v in e["cond_accept"]),
                       f"{e['draft_ms_per_round']:.1f}", f"{e['verify_ms_per_round']:.1f}", f"{e['speedup']:.2f}x",
                       "yes" if e["identical_to_autoregressive"] else "NO")

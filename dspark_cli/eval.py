@@ -34,13 +34,14 @@ def eval_command(
     max_new_tokens: int = core_option(EvalConfig, "max_new_tokens", "--max-new-tokens"),
     temperature: float = core_option(EvalConfig, "temperature", "--temperature"),
     seed: int = core_option(EvalConfig, "seed", "--seed"),
+    block_size: Optional[int] = core_option(EvalConfig, "block_size", "--block-size"),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the measurement to the metrics database."),
     database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
 ) -> None:
     """Decode the dataset's held-out prompts one request at a time with DRAFTER and autoregressively."""
     config = EvalConfig(benchmark=benchmark, max_prompts=max_prompts, max_new_tokens=max_new_tokens,
-                        temperature=temperature, seed=seed)
+                        temperature=temperature, seed=seed, block_size=block_size)
     model = load_target(target, device=device)
     prompts_file = layout.prompts_path(dataset)
     if not prompts_file.exists():

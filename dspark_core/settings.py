@@ -10,8 +10,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-#: γ, draft tokens proposed (and at most verified) per round. The one place this default lives.
-DEFAULT_BLOCK_SIZE = 7
+#: γ a draft is trained for: block positions, tokens proposed per round. The one place this default lives.
+#: At the acceptance CPU-trained drafts reach, positions past the third are almost never accepted, and
+#: training four instead of seven made every drafter better at the same wall-clock budget
+#: (benchmarks/results/ablation-pass1.json, -pass3.json).
+DEFAULT_BLOCK_SIZE = 4
+
+#: Draft tokens verified per round when decoding (at most the draft's γ). On the default device, a CPU,
+#: verifying one or two tokens costs 1.1-1.2 autoregressive steps but four or more cost 1.6-1.9 (a step in the
+#: target's cost, measured), so short rounds decode fastest until acceptance is much higher; on a GPU, where
+#: verification is nearly free, raise it to the draft's γ.
+DEFAULT_DECODE_BLOCK_SIZE = 2
 
 _HELP = "help"
 

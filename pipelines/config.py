@@ -95,6 +95,7 @@ class SpeculativeEvalConfig(CoreConfig):
     max_new_tokens: int = core_field(EvalConfig, "max_new_tokens")
     temperature: float = core_field(EvalConfig, "temperature")
     seed: int = core_field(EvalConfig, "seed")
+    block_size: int | None = core_field(EvalConfig, "block_size")
 
 
 class LosslessCheckConfig(CoreConfig):

@@ -5,6 +5,7 @@ asset bodies stay thin."""
 from __future__ import annotations
 
 import ast
+import re
 import dataclasses
 import inspect
 import subprocess
@@ -234,13 +235,14 @@ def test_block_size_default_is_declared_once():
     from dspark_core.decoding import GenerationConfig
     from dspark_core.drafters.dspark import DSparkConfig
     from dspark_core.drafters.eagle3 import Eagle3Config
-    from dspark_core.settings import DEFAULT_BLOCK_SIZE
+    from dspark_core.recipes.evaluation import EvalConfig
+    from dspark_core.settings import DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE
     from dspark_core.training.trainer import TrainConfig
 
-    assert {GenerationConfig().block_size, TrainConfig().block_size, DSparkConfig().block_size,
-            Eagle3Config().block_size} == {DEFAULT_BLOCK_SIZE}
+    assert {TrainConfig().block_size, DSparkConfig().block_size, Eagle3Config().block_size} == {DEFAULT_BLOCK_SIZE}
+    assert {GenerationConfig().block_size, EvalConfig().block_size} == {DEFAULT_DECODE_BLOCK_SIZE}
     literal = [str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
-               if "block_size: int = 7" in p.read_text() or "block_size=7" in p.read_text()]
+               if re.search(r"block_size(: int)? ?= ?[0-9]", p.read_text())]
     assert not literal, literal
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -88,6 +90,39 @@ def test_markov_head_changes_position_k_only_through_token_k_minus_1(tiny_target
         assert differs == [j == k - 1 for j in range(4)]
 
 
+def test_head_rows_map_draft_tokens_to_their_rows_and_others_to_one_shared_row(tiny_target):
+    model = _model(tiny_target, vocab=[3, 10, 20, 400])
+    assert model.head.embed.num_embeddings == 5
+    assert model.head_rows(torch.tensor([[3, 400, 0, 11, 20, 49151]])).tolist() == [[0, 3, 4, 4, 2, 4]]
+    assert _model(tiny_target, head_vocab="full").head.embed.num_embeddings == tiny_target.vocab_size
+
+
+def test_draft_vocabulary_head_equals_a_full_head_whose_outside_rows_are_shared(tiny_target, tmp_path):
+    """head_vocab 'draft' is the 'full' head with every token outside the draft vocabulary on one row."""
+    vocab = list(range(0, 128, 2))
+    full, compact = _model(tiny_target, vocab=vocab, head_vocab="full"), _model(tiny_target, vocab=vocab)
+    state = full.state_dict()
+    w1 = state["head.embed.weight"]
+    outside = torch.ones(w1.shape[0], dtype=torch.bool)
+    outside[vocab] = False
+    w1[outside] = w1[1].clone()  # token 1 is outside: its row stands for all of them
+    full.load_state_dict(state)
+    state["head.embed.weight"] = torch.cat([w1[vocab], w1[1:2]])
+    compact.load_state_dict(state)
+    ids = torch.tensor([[5, 17, 42, 8, 33, 21, 9, 140, 3, 11, 4, 6]])
+    features, lengths, anchors = _features(tiny_target, ids), torch.tensor([12]), torch.tensor([[1, 4, 6]])
+    for a, b in zip(full.forward_train(features, ids, lengths, anchors), compact.forward_train(features, ids, lengths, anchors)):
+        assert torch.allclose(a, b)
+    # a draft saved before the setting existed holds a full head, and loads as one
+    save_draft(full, tmp_path / "old", target=tiny_target)
+    config_file = tmp_path / "old" / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["module"]["head_vocab"]
+    config_file.write_text(json.dumps(config))
+    loaded, _ = load_draft(tmp_path / "old", tiny_target)
+    assert loaded.config.head_vocab == "full" and torch.equal(loaded.head.embed.weight, full.head.embed.weight)
+
+
 def test_dflash_has_no_sequential_dependence(tiny_target):
     model = _model(tiny_target, algorithm="dflash")
     ids = torch.tensor([tiny_target.encode_prompt("alpha beta gamma delta epsilon zeta eta theta")])
@@ -142,7 +177,7 @@ def test_untrained_drafter_is_lossless_greedy(tiny_target, head, tmp_path):
     prompts = [tiny_target.encode_prompt(p) for p in ["a drafter test", "second request here, longer"]]
     reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False))
     result = SpeculativeEngine(tiny_target, DSparkDrafter(reloaded)).generate(
-        prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False))
+        prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False, block_size=4))
     assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
 
 
@@ -191,7 +226,7 @@ def test_untrained_eagle3_is_lossless_and_reloads_identically(tiny_target, tmp_p
     assert drafter.feature_layers == (0, 1)
     prompts = [tiny_target.encode_prompt(p) for p in ["an eagle test", "x"]]
     reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
-    result = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False))
+    result = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False, block_size=4))
     assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
 
 

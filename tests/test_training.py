@@ -41,7 +41,7 @@ def greedy_cache(tiny_target, tmp_path_factory):
 
 
 def _overfit_config(algorithm: str, **overrides) -> TrainConfig:
-    settings = dict(algorithm=algorithm, steps=120, learning_rate=8e-3, warmup_steps=10, draft_vocab_size=256,
+    settings = dict(algorithm=algorithm, steps=120, learning_rate=8e-3, warmup_steps=10, draft_vocab_size=256, block_size=7,
                     head_rank=32, anchors_per_sequence=32, log_every=20, checkpoint_every=1000)
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -62,7 +62,7 @@ def test_overfit_reproduces_the_target(tiny_target, greedy_cache, tmp_path, algo
     drafter = load_drafter(result.checkpoint, tiny_target)
     prompts = [render_ids(tiny_target, [("user", p)], add_generation_prompt=True) for p in PROMPTS]
     plain = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=32))
-    drafted = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32))
+    drafted = SpeculativeEngine(tiny_target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32, block_size=7))
     assert [o.tokens for o in drafted.outputs] == [o.tokens for o in plain.outputs]
     assert drafted.stats.tau > 5.5  # γ + 1 = 8 is the ceiling
 

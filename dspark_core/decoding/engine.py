@@ -18,7 +18,7 @@ from dspark_core.decoding.sampling import SamplingConfig, probabilities
 from dspark_core.decoding.verification import verify_greedy, verify_sampled
 from dspark_core.errors import ConfigError, PromptError
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
+from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE, setting
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,8 @@ class GenerationConfig:
     max_new_tokens: int = setting(128, "Most tokens generated per request")
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     #: γ, the most draft tokens proposed and verified per round
-    block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: most draft tokens proposed and verified per round")
+    block_size: int = setting(DEFAULT_DECODE_BLOCK_SIZE, "Most draft tokens proposed and verified per round "
+                                                         "(at most the draft's γ; more pays on a GPU, less on a CPU)")
     #: the one switch that turns the draft module on or off
     speculative: bool = True
     stop_at_eos: bool = True

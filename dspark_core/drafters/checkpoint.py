@@ -104,7 +104,14 @@ def _from_speculators(tensors: dict[str, torch.Tensor], kind: DrafterKind, model
     """Speculators-layout tensors back under our names; the draft vocabulary from its `d2t` offsets."""
     ours = {kind.speculators_name(name): name for name in model.state_dict()}
     state = {ours[name]: value for name, value in tensors.items() if name in ours}
-    state["draft_vocab"] = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    vocab = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    state["draft_vocab"] = vocab
+    if getattr(model.config, "head_vocab", None) == "draft" and "head.embed.weight" in state:
+        full = state["head.embed.weight"]  # a row per target token; ours: the draft tokens', then the shared row
+        outside = torch.ones(full.shape[0], dtype=torch.bool)
+        outside[vocab] = False
+        shared = full[outside.nonzero()[0, 0]] if outside.any() else torch.zeros_like(full[0])
+        state["head.embed.weight"] = torch.cat([full[vocab], shared[None]])
     return state
 
 
@@ -119,7 +126,7 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
             f"not for {target.spec!r} (revision {str(target.revision)[:12]}); train a draft for this target"
         )
     kind = drafter_kind(config["algorithm"])
-    model = kind.build(kind.config_class(**config["module"]))
+    model = kind.build(kind.saved_config(config["module"]))
     state = _read_weights(directory)
     if is_export(directory) and _read_json(directory / EXPORT_FILE)["format"] == "speculators":
         state = _from_speculators(state, kind, model)

@@ -38,9 +38,13 @@ class DSparkConfig:
     block_size: int = DEFAULT_BLOCK_SIZE  # γ: block positions, each predicting one token after the anchor
     target_layer_ids: tuple[int, ...] = (1, 8, 14, 20, 27)
     vocab_size: int = 49152  # the target's
-    draft_vocab_size: int = 8192
+    draft_vocab_size: int = 4096
     head: str = "markov"  # "markov" | "gated" | "rnn" | "none" (DFlash)
     head_rank: int = 256
+    #: rows of the head's previous-token embedding W_1: "draft" = one per draft-vocabulary token plus one shared
+    #: by every other token (drafted tokens are always in the draft vocabulary; only an anchor can be outside),
+    #: "full" = one per target token (12.6M parameters for SmolLM2 at r = 256, half of a CPU training step)
+    head_vocab: str = "draft"
     confidence: bool = True
     mask_token: str = "learned"  # block slots after the anchor use a learned mask embedding
 
@@ -48,6 +52,8 @@ class DSparkConfig:
         self.target_layer_ids = tuple(self.target_layer_ids)
         if self.head != "none" and self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)} or 'none', got {self.head!r}")
+        if self.head_vocab not in ("draft", "full"):
+            raise ValueError(f"head_vocab must be 'draft' or 'full', got {self.head_vocab!r}")
         if self.confidence and self.head == "none":
             raise ValueError("the confidence head reads the sequential head's token embedding: it needs a head")
 
@@ -89,8 +95,9 @@ class DSparkModel(DraftModule):
         self.mask_embedding = nn.Parameter(torch.zeros(d))
         self.layers = nn.ModuleList(DraftLayer(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(d, config.rms_norm_eps)
+        head_rows = config.draft_vocab_size + 1 if config.head_vocab == "draft" else config.vocab_size
         self.head = None if config.head == "none" else HEADS[config.head](
-            config.vocab_size, config.draft_vocab_size, d, config.head_rank)
+            head_rows, config.draft_vocab_size, d, config.head_rank)
         self.confidence = nn.Linear(d + config.head_rank, 1) if config.confidence else None
         self._init_weights()
 
@@ -123,15 +130,23 @@ class DSparkModel(DraftModule):
             h = layer(h, positions, kv, mask)
         return self.final_norm(h)
 
+    def head_rows(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Target token ids -> rows of the head's W_1 (see `DSparkConfig.head_vocab`)."""
+        if self.config.head_vocab == "full":
+            return tokens
+        vocab, n = self.draft_vocab, self.draft_vocab.numel()  # sorted ascending
+        index = torch.searchsorted(vocab, tokens).clamp_max(n - 1)
+        return torch.where(vocab[index] == tokens, index, n)
+
     def head_bias(self, prev: torch.Tensor, h: torch.Tensor, state=None):
         if self.head is None:
             return None, state
-        return self.head.bias(prev, h, state)
+        return self.head.bias(self.head_rows(prev), h, state)
 
     def confidence_logit(self, prev: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
         if self.confidence is None:
             return None
-        return self.confidence(torch.cat([h, self.head.embed(prev)], dim=-1)).squeeze(-1)
+        return self.confidence(torch.cat([h, self.head.embed(self.head_rows(prev))], dim=-1)).squeeze(-1)
 
     # ---- training forward -----------------------------------------------------------------
     def forward_train(self, layer_features, input_ids, lengths, anchors, *, with_hidden: bool = False):
@@ -162,7 +177,7 @@ class DSparkModel(DraftModule):
         prev = input_ids.gather(1, prev_positions.reshape(batch, -1)).view(batch, anchors_per_seq, gamma)
         confidence = None
         if self.head is not None:
-            embedded = self.head.embed(prev)  # one lookup for the whole block (one gradient of W_1, not γ)
+            embedded = self.head.embed(self.head_rows(prev))  # one lookup for the whole block (one gradient of W_1)
             logits = logits + self.head.block_bias(embedded, h)
             if self.confidence is not None:
                 confidence = self.confidence(torch.cat([h, embedded], dim=-1)).squeeze(-1)

@@ -32,7 +32,7 @@ class Eagle3Config:
     block_size: int = DEFAULT_BLOCK_SIZE  # γ: training-time-test steps, and tokens drafted per round
     target_layer_ids: tuple[int, ...] = (1, 14, 26)  # low, mid, high (the registry picks them from the cache)
     vocab_size: int = 49152
-    draft_vocab_size: int = 8192
+    draft_vocab_size: int = 4096
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)

@@ -45,6 +45,8 @@ class DrafterKind:
     speculators_architecture: str = ""
     #: copies the target's own layers into a fresh module (None: only random initialization)
     init_from_target: Callable[[nn.Module, object], None] | None = None
+    #: module settings added after drafts were first saved: the value a saved config without them implies
+    saved_defaults: dict = field(default_factory=dict)
 
     def module_config(self, target, **settings):
         """The module config for `target`: its attention geometry, the given settings this config class has,
@@ -53,6 +55,10 @@ class DrafterKind:
         values = {**target_dimensions(target), **{k: v for k, v in settings.items() if k in known}}
         values.update(self.module_settings, algorithm=self.name)
         return self.config_class(**values)
+
+    def saved_config(self, module: dict):
+        """The module config of a saved draft (checkpoint or export)."""
+        return self.config_class(**{**self.saved_defaults, **module})
 
     def build(self, module_config) -> nn.Module:
         return self.module_class(module_config)
@@ -75,7 +81,7 @@ DSPARK = DrafterKind(
     config_class=dspark.DSparkConfig, module_class=dspark.DSparkModel, runtime_class=DSparkDrafter,
     module_settings={"confidence": True},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DSparkSpeculator",
-    init_from_target=dspark.init_from_target,
+    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full"},
 )
 DFLASH = DrafterKind(
     name="dflash",
@@ -84,7 +90,7 @@ DFLASH = DrafterKind(
     module_settings={"head": "none", "confidence": False},
     training_settings={"head": "none", "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DFlashSpeculator",
-    init_from_target=dspark.init_from_target,
+    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full"},
 )
 EAGLE3 = DrafterKind(
     name="eagle3",

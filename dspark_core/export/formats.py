@@ -29,6 +29,7 @@ from dspark_core.errors import DsparkError
 from dspark_core.paths import atomic_directory
 
 FORMATS = ("hf", "speculators")
+HEAD_W1 = "head.embed.weight"  # DSpark's previous-token embedding (one row per draft token + 1, or per target token)
 SPECULATORS_VERSION = "0.3.0"
 _HEAD_TYPES = {"markov": "vanilla", "gated": "gated", "rnn": "rnn"}
 
@@ -110,6 +111,11 @@ def export_draft(checkpoint: Path, out: Path, fmt: str = "speculators") -> Path:
         exported = _speculators_config(config)
         tensors = {kind.speculators_name(k): v for k, v in state.items() if k != "draft_vocab"}
         vocab = state["draft_vocab"].long()
+        if config["module"].get("head_vocab") == "draft" and HEAD_W1 in state:
+            # speculators' W_1 has a row per target token: the shared row of the tokens outside the draft vocabulary
+            rows = torch.full((config["module"]["vocab_size"],), vocab.numel(), dtype=torch.long)
+            rows[vocab] = torch.arange(vocab.numel())
+            tensors[kind.speculators_name(HEAD_W1)] = state[HEAD_W1][rows]
         tensors["d2t"] = vocab - torch.arange(vocab.numel())
         t2d = torch.zeros(config["module"]["vocab_size"], dtype=torch.bool)
         t2d[vocab] = True

@@ -21,7 +21,7 @@ from dspark_core.evaluation.speculative import (
     mismatched_prompts, summarize,
 )
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, setting
 from dspark_core.store.acceptance import AcceptanceRow, measurement_key
 
 __all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
@@ -34,11 +34,16 @@ class EvalConfig:
     max_new_tokens: int = setting(64, "Tokens generated per prompt")
     temperature: float = setting(0.0, "0 = greedy; > 0 samples (still exactly the target's distribution)")
     seed: int = setting(0, "Sampling seed")
+    block_size: int | None = setting(DEFAULT_DECODE_BLOCK_SIZE, "Most draft tokens verified per round, at most "
+                                 "the draft's γ (empty: γ). Where verifying more tokens costs more (a CPU), "
+                                 "fewer decode faster")
 
     def __post_init__(self) -> None:
         if self.max_prompts < 1 or self.max_new_tokens < 1 or not self.temperature >= 0:
             raise ConfigError(f"max_prompts and max_new_tokens must be >= 1 and temperature >= 0, got "
                               f"{self.max_prompts}, {self.max_new_tokens}, {self.temperature}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ConfigError(f"block_size must be >= 1 (or unset for the draft's own γ), got {self.block_size}")
 
 
 @dataclass
@@ -157,6 +162,8 @@ def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPro
     if draft_path is not None:
         drafter = load_drafter(draft_path, target)
     block_size = drafter.block_size or DEFAULT_BLOCK_SIZE
+    if config.block_size is not None:
+        block_size = min(block_size, config.block_size)
     settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                             block_size=block_size, seed=config.seed)
     decode_prompts(target, drafter, prompts[:1], replace(settings, max_new_tokens=8), progress=False)  # warm-up

@@ -22,7 +22,7 @@ class LossWeights:
     tv: float = setting(0.9, "α_tv: weight of the L1 distance to the target's distribution")
     conf: float = setting(1.0, "α_conf: weight of the confidence head's loss")
     decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)")
-    feature: float = setting(0.0, "α_feat: weight of the regression of the draft's final hidden state onto the "
+    feature: float = setting(1.0, "α_feat: weight of the regression of the draft's final hidden state onto the "
                                   "target's (smooth L1; a dense signal that EAGLE trains with)")
 
 

@@ -60,7 +60,9 @@ class TrainConfig:
     block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: draft tokens proposed per round")
     head: str = setting("markov", "DSpark sequential head: markov, gated or rnn (DFlash and Eagle3 have none)")
     head_rank: int = setting(256, "Rank r of the sequential head")
-    draft_vocab_size: int = setting(8192, "Draft vocabulary: the most frequent training tokens")
+    head_vocab: str = setting("draft", "Rows of the head's previous-token embedding: 'draft' (the draft vocabulary "
+                                       "plus one shared row; cheap) or 'full' (every target token)")
+    draft_vocab_size: int = setting(4096, "Draft vocabulary: the most frequent training tokens")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
@@ -81,6 +83,8 @@ class TrainConfig:
             setattr(self, name, value)
         if self.head not in ("markov", "gated", "rnn", "none"):
             raise ConfigError(f"unknown sequential head {self.head!r}; choose markov, gated or rnn")
+        if self.head_vocab not in ("draft", "full"):
+            raise ConfigError(f"unknown head vocabulary {self.head_vocab!r}; choose 'draft' or 'full'")
         if self.init not in ("random", "target"):
             raise ConfigError(f"unknown initialization {self.init!r}; choose 'random' or 'target'")
         if self.init == "target" and kind.init_from_target is None:
@@ -112,7 +116,7 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
     kind = drafter_kind(config.algorithm)
     module_config = kind.module_config(
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
-        head=config.head, head_rank=config.head_rank, draft_vocab_size=int(vocab.numel()),
+        head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
