@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import dspark_core
 from dspark_core.data.feature_cache import FeatureCache
 from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import suite_records, unseen_in_training
@@ -41,6 +39,7 @@ from dspark_core.recipes.evaluation import EvalConfig, evaluate
 from dspark_core.training.losses import LossWeights
 from dspark_core.training.budget import seconds_per_step
 from dspark_core.training.trainer import TrainConfig, train_draft
+from provenance import provenance
 
 console = Console(width=160)
 
@@ -166,9 +165,7 @@ def _write(args, target, results) -> None:
     write_json_atomic(Path(args.out), {
         "command": "python benchmarks/ablate_recipe.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, "")),
-        "target": target.spec, "revision": target.revision, "code_version": dspark_core.__version__,
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "device": str(target.device)},
+        "target": target.spec, "revision": target.revision, "device": str(target.device), **provenance(),
         "results": results,
     })
 

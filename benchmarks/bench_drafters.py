@@ -21,7 +21,6 @@ Usage: python benchmarks/bench_drafters.py [--preset cpu|gpu|smoke] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -31,7 +30,6 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-import dspark_core
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache
 from dspark_core.data.regenerate import RegenerationConfig
 from dspark_core.data.sources import PromptsConfig
@@ -47,6 +45,7 @@ from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 from dspark_core.recipes.training import train
 from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
+from provenance import provenance
 from dspark_core.training.budget import steps_for_budget
 from dspark_core.training.trainer import TrainConfig
 
@@ -187,9 +186,7 @@ def main() -> None:
                  "cache_tokens": cache.tokens},
         "training": training, "throughput": throughput, "results": results,
         "total_minutes": (time.perf_counter() - started) / 60,
-        "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "code_version": dspark_core.__version__,
+        **provenance(),
     })
     console.print(f"wrote {out}; total {(time.perf_counter() - started) / 60:.1f} min")
 

@@ -151,6 +151,23 @@ def test_losses_match_hand_computation():
     assert terms.expected_tau() == pytest.approx(1 + accept)
 
 
+def test_feature_loss_is_the_decayed_smooth_l1_to_the_target_state_and_trains_only_the_draft():
+    draft_logits, target_logits = torch.zeros(2, 2), torch.zeros(2, 3)
+    target_hidden = torch.tensor([[1.0, -2.0], [0.5, 0.0]])
+    draft_hidden = torch.tensor([[1.0, -2.0], [0.5, 3.0]], requires_grad=True)  # position 1 is off by 3 in one dim
+    weights = LossWeights(ce=0.0, tv=0.0, conf=0.0, feature=1.0, decay=1.0)
+    terms = draft_losses(draft_logits, target_logits, torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, 2]),
+                         gamma=2, weights=weights, draft_hidden=draft_hidden, target_hidden=target_hidden)
+    w = torch.exp(-torch.tensor([0.0, 1.0]))
+    smooth_l1 = torch.tensor([0.0, (3.0 - 0.5) / 2])  # |x| - 0.5 beyond 1, averaged over the 2 dimensions
+    assert terms.feature == pytest.approx(((smooth_l1 * w).sum() / w.sum()).item())
+    terms.total.backward()
+    assert draft_hidden.grad[0].abs().sum() == 0 and draft_hidden.grad[1, 1] > 0
+    same = draft_losses(draft_logits, target_logits, torch.tensor([0, 2]), torch.tensor([0, 1]), torch.tensor([0, 2]),
+                        gamma=2, weights=weights, draft_hidden=target_hidden, target_hidden=target_hidden)
+    assert same.feature == 0
+
+
 def test_position_decay_weights_later_positions_less():
     logits = torch.zeros(2, 2)
     target = torch.log(torch.tensor([[0.9, 0.1], [0.9, 0.1]]))

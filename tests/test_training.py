@@ -180,3 +180,13 @@ def test_target_distribution_from_the_cached_normalizer_equals_the_full_softmax(
     cached = TargetDistribution.from_draft_logits(tiny_target.lm_logits(hidden, vocab), sample.lse)
     assert torch.allclose(full.draft_probs, cached.draft_probs, atol=1e-6)
     assert torch.allclose(full.outside, cached.outside, atol=1e-5)
+
+
+def test_wall_clock_budget_times_real_steps_and_scales_the_step_count(tiny_target, greedy_cache):
+    from dspark_core.training.budget import seconds_per_step, steps_for_budget
+
+    config = _overfit_config("dspark", block_size=4)
+    per_step = seconds_per_step(tiny_target, greedy_cache, config, steps=3, warmup=1)
+    assert 0 < per_step < 30
+    assert steps_for_budget(tiny_target, greedy_cache, config, 0.0, minimum=7) == 7  # never below the minimum
+    assert steps_for_budget(tiny_target, greedy_cache, config, per_step * 1000) > 100

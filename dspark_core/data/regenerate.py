@@ -52,7 +52,7 @@ class RegenerationConfig:
     """How the target answers the prompts. Sampling settings left empty are the model's recommended ones."""
 
     max_new_tokens: int = setting(128, "Longest response the target writes per prompt")
-    batch_size: int = setting(16, "Prompts answered together")
+    batch_size: int = setting(32, "Prompts answered together")
     seed: int = setting(0, "Sampling seed")
     temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting")
     top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting")

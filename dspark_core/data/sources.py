@@ -28,7 +28,7 @@ class PromptsConfig:
     dataset: str = setting("default", "Dataset name: a folder under $DSPARK_HOME/data")
     source: str | None = setting(None, f"Prompt source: {SOURCE_FORMS}; empty: 'self' (the model writes user "
                                        f"requests itself, offline; needs a chat template)")
-    count: int = setting(96, "For source 'self': how many prompts to generate")
+    count: int = setting(192, "For source 'self': how many prompts to generate")
     domains: tuple[str, ...] = setting((), "For source 'self': steer the requests to these domains in equal shares "
                                            "(math, code, chat, writing); empty: unsteered")
     limit: int | None = setting(None, "Keep at most this many prompts (any source)")

@@ -46,7 +46,7 @@ class TrainConfig:
     """How a draft is trained, and the shape of the module. Stored in the checkpoint."""
 
     algorithm: str = setting("dspark", f"Draft algorithm: {', '.join(ALGORITHMS)}")
-    steps: int = setting(600, "Optimizer steps")
+    steps: int = setting(1200, "Optimizer steps")
     batch_size: int = setting(4, "Sequences per step")
     anchors_per_sequence: int = setting(16, "Anchors (draft blocks) sampled per sequence and step")
     max_length: int = setting(512, "Tokens per training sequence (longer ones are cut)")
