@@ -12,8 +12,8 @@ from typing import Any
 
 #: γ a draft is trained for: block positions, tokens proposed per round. The one place this default lives.
 #: At the acceptance CPU-trained drafts reach, positions past the third are almost never accepted, and
-#: training four instead of seven made every drafter better at the same wall-clock budget
-#: (benchmarks/results/ablation-pass1.json, -pass3.json).
+#: training four instead of seven raised DSpark's held-out acceptance at the same wall-clock budget
+#: (benchmarks/results/ablation-pass1.json).
 DEFAULT_BLOCK_SIZE = 4
 
 #: Draft tokens verified per round when decoding (at most the draft's γ). On the default device, a CPU,
