@@ -9,10 +9,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from dspark_cli.options import comma_ints, core_option
+from dspark_cli.options import comma_ints, comma_words, core_option
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.regenerate import RegenerationConfig
 from dspark_core.data.sources import PromptsConfig
+from dspark_core.settings import help_of
 from dspark_core.models import load_target
 from dspark_core.recipes.features import build_cache
 from dspark_core.recipes.prompts import prepare_prompts
@@ -37,6 +38,7 @@ def prompts_command(
     dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
     target: Optional[str] = typer.Option(None, "--target", help="For --source self: the model that writes the prompts."),
     count: int = core_option(PromptsConfig, "count", "--count"),
+    domains: Optional[str] = typer.Option(None, "--domains", help=help_of(PromptsConfig, "domains") + "; comma-separated."),
     hf_split: str = core_option(PromptsConfig, "hf_split", "--hf-split"),
     prompt_column: Optional[str] = core_option(PromptsConfig, "prompt_column", "--prompt-column"),
     messages_column: Optional[str] = core_option(PromptsConfig, "messages_column", "--messages-column"),
@@ -47,7 +49,8 @@ def prompts_command(
 ) -> None:
     """Collect prompts, deduplicate them, split train/validation deterministically, write prompts.jsonl
     (reused while the source and settings are unchanged)."""
-    config = PromptsConfig(dataset=dataset, source=source, count=count, limit=limit, seed=seed, hf_split=hf_split,
+    config = PromptsConfig(dataset=dataset, source=source, count=count, domains=comma_words(domains), limit=limit,
+                           seed=seed, hf_split=hf_split,
                            prompt_column=prompt_column, messages_column=messages_column, on_error=on_error,
                            validation_fraction=validation_fraction)
     report = prepare_prompts(config, target=(lambda: load_target(target)) if target else None)

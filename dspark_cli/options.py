@@ -14,6 +14,11 @@ def core_option(cls: type, name: str, *flags: str, **kwargs) -> typer.models.Opt
     return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **kwargs)
 
 
+def comma_words(value: str | None) -> tuple[str, ...]:
+    """'math, code' -> ('math', 'code'); empty -> ()."""
+    return tuple(word.strip() for word in (value or "").split(",") if word.strip())
+
+
 def comma_ints(value: str | None) -> tuple[int, ...] | None:
     """'1,8,14' -> (1, 8, 14); empty -> None."""
     if not value:

@@ -47,6 +47,7 @@ class PromptDatasetConfig(CoreConfig):
         "needs a chat template); empty: the source registered with the model (`dspark models register SPEC "
         "--prompts SOURCE`), else 'self'"))
     count: int = core_field(PromptsConfig, "count")
+    domains: list[str] = core_field(PromptsConfig, "domains")
     limit: int | None = core_field(PromptsConfig, "limit")
     validation_fraction: float = core_field(PromptsConfig, "validation_fraction")
     seed: int = core_field(PromptsConfig, "seed")

@@ -120,3 +120,31 @@ def test_a_category_field_names_the_domain(tmp_path):
     path.write_text('{"turns": ["Add 2 and 3."], "category": "math"}\n{"prompt": "Hi there"}\n')
     records = read_jsonl(path)
     assert [r.source for r in records] == ["math", "p.jsonl:2"]
+
+
+def test_prompt_file_is_reused_while_source_and_settings_are_unchanged(tmp_path):
+    from dspark_core.data.sources import PromptsConfig, prepare_prompt_file
+
+    source = tmp_path / "src.jsonl"
+    source.write_text('{"prompt": "First question?"}\n{"prompt": "Second question?"}\n')
+    path = tmp_path / "prompts.jsonl"
+    config = PromptsConfig(source=str(source), domains=("math",))  # a tuple setting survives the JSON round trip
+    assert prepare_prompt_file(path, config)[1] is not None  # written
+    assert prepare_prompt_file(path, config)[1] is None  # reused
+    assert prepare_prompt_file(path, PromptsConfig(source=str(source), seed=1))[1] is not None  # settings changed
+
+
+def test_prompt_domains_are_checked_where_the_settings_are_made_and_steer_in_turn(capsys):
+    from conftest import run_cli
+    from dspark_core.data.selfgen import DOMAIN_OPENINGS, SelfGenerationConfig, _openings
+    from dspark_core.data.sources import PromptsConfig
+    from dspark_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown prompt domain.*poetry; choose from math, code, chat, writing"):
+        PromptsConfig(domains=("math", "poetry"))
+    code, _, err = run_cli(["data", "prompts", "--domains", "math,poetry"], capsys)
+    assert code == 2 and "unknown prompt domain(s) poetry" in err and "Traceback" not in err
+    openings = _openings(SelfGenerationConfig(domains=("code", "math"), seed=3), attempt=0, batch=4)
+    assert [domain for domain, _ in openings] == ["code", "math", "code", "math"]
+    assert all(text in DOMAIN_OPENINGS[domain] for domain, text in openings)
+    assert _openings(SelfGenerationConfig(), attempt=0, batch=2) == [("", ""), ("", "")]

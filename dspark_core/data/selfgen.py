@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from dspark_core.data.chat import user_turn_prefix
 from dspark_core.data.prompts import PromptRecord
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
-from dspark_core.errors import DsparkError
+from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 
 
@@ -35,6 +35,13 @@ DOMAIN_OPENINGS: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_domains(domains: tuple[str, ...]) -> None:
+    """A ConfigError naming the choices unless every domain is one prompts can be steered to."""
+    unknown = sorted(set(domains) - set(DOMAIN_OPENINGS))
+    if unknown:
+        raise ConfigError(f"unknown prompt domain(s) {', '.join(unknown)}; choose from {', '.join(DOMAIN_OPENINGS)}")
+
+
 @dataclass(frozen=True)
 class SelfGenerationConfig:
     count: int = 64
@@ -50,6 +57,10 @@ class SelfGenerationConfig:
     #: give up after count * max_attempts_factor samples (a model that rarely writes usable requests)
     max_attempts_factor: int = 6
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domains", tuple(self.domains))
+        check_domains(self.domains)
+
 
 def _normalized(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip()
@@ -59,9 +70,6 @@ def _openings(config: SelfGenerationConfig, attempt: int, batch: int) -> list[tu
     """(domain, opening text) for the requests of one batch: domains in turn, openings drawn by the seed."""
     if not config.domains:
         return [("", "")] * batch
-    unknown = sorted(set(config.domains) - set(DOMAIN_OPENINGS))
-    if unknown:
-        raise DsparkError(f"unknown prompt domain(s) {unknown}; choose from {', '.join(DOMAIN_OPENINGS)}")
     generator = random.Random(config.seed * 1_000_003 + attempt)
     rows = []
     for i in range(batch):

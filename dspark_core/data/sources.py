@@ -12,7 +12,7 @@ from typing import Callable
 from dspark_core.data.prompts import (
     LoadReport, PromptRecord, deduplicate, load_hf_dataset, read_jsonl, read_prompt_file, write_prompts,
 )
-from dspark_core.data.selfgen import SelfGenerationConfig, self_generated_prompts
+from dspark_core.data.selfgen import SelfGenerationConfig, check_domains, self_generated_prompts
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
@@ -41,6 +41,7 @@ class PromptsConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domains", tuple(self.domains))
+        check_domains(self.domains)
         if not 0.0 <= self.validation_fraction <= 1.0:
             raise ConfigError(f"validation_fraction must be in [0, 1], got {self.validation_fraction}")
         if self.on_error not in ("skip", "raise"):
@@ -80,7 +81,8 @@ def prepare_prompt_file(path: Path, config: PromptsConfig,
                         target: Callable[[], TargetModel] | None = None) -> tuple[dict[str, int], LoadReport | None]:
     """Write `path` (prompts with their split) from `config`, or reuse it when it was written from the same
     source and settings (recorded next to it). Returns (counts per split, load report; None when reused)."""
-    settings = {**asdict(config), "source": config.source_or_default}
+    # As JSON sees them (tuples become lists), so that the stored copy compares equal.
+    settings = json.loads(json.dumps({**asdict(config), "source": config.source_or_default}))
     source = Path(config.source_or_default)
     if source.is_file():  # an edited file is a new source
         settings["source_sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
