@@ -32,6 +32,7 @@ from rich.table import Table
 
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache
 from dspark_core.data.regenerate import RegenerationConfig
+from dspark_core.data.selfgen import DOMAIN_OPENINGS
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.decoding import PromptLookupDrafter
 from dspark_core.drafters.registry import ALGORITHMS
@@ -50,7 +51,6 @@ from dspark_core.training.budget import steps_for_budget
 from dspark_core.training.trainer import TrainConfig
 
 console = Console(width=160)
-DOMAINS = ("math", "code", "chat", "writing")
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def main() -> None:
 
     # 1-3. data
     t0 = time.perf_counter()
-    prompts = prepare_prompts(PromptsConfig(dataset=dataset, source="self", count=preset.prompts, domains=DOMAINS,
+    prompts = prepare_prompts(PromptsConfig(dataset=dataset, source="self", count=preset.prompts, domains=tuple(DOMAIN_OPENINGS),
                                             validation_fraction=0.05), target=lambda: target)
     stage("prompts", t0, sum(prompts.counts.values()), "prompts", prompts.reused)
     t0 = time.perf_counter()

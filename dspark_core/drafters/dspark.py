@@ -43,7 +43,7 @@ class DSparkConfig:
     head_rank: int = 256
     #: rows of the head's previous-token embedding W_1: "draft" = one per draft-vocabulary token plus one shared
     #: by every other token (drafted tokens are always in the draft vocabulary; only an anchor can be outside),
-    #: "full" = one per target token (12.6M parameters for SmolLM2 at r = 256, half of a CPU training step)
+    #: "full" = one per target token (12.6M parameters for SmolLM2 at r = 256, ~28% of a CPU training step)
     head_vocab: str = "draft"
     confidence: bool = True
     mask_token: str = "learned"  # block slots after the anchor use a learned mask embedding

@@ -6,6 +6,7 @@ Speed-ups are ratios measured in the same process (autoregressive first), never 
 from __future__ import annotations
 
 import statistics
+from typing import Callable
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -132,24 +133,23 @@ def _summary(domain: str, bucket: str, results: list[PromptResult], baseline: li
     )
 
 
-def summarize(results: list[PromptResult], baseline: list[PromptResult] | None, block: int) -> list[GroupSummary]:
-    """One summary over everything (domain = context_bucket = 'all') first, then one per (domain, bucket)."""
+def _grouped(results: list[PromptResult], baseline: list[PromptResult] | None, block: int,
+             key: Callable[[PromptResult], tuple[str, str]]) -> list[GroupSummary]:
+    """One summary per (domain, bucket) that `key` gives a result, in sorted order."""
     groups: dict[tuple[str, str], list[int]] = {}
     for index, result in enumerate(results):
-        key = (result.prompt.domain, context_bucket(len(result.prompt.ids)))
-        groups.setdefault(key, []).append(index)
+        groups.setdefault(key(result), []).append(index)
     pick = lambda rows, idx: [rows[i] for i in idx] if rows else None  # noqa: E731
-    summaries = [_summary(ALL, ALL, results, baseline, block)]
-    for (domain, bucket), indices in sorted(groups.items()):
-        summaries.append(_summary(domain, bucket, pick(results, indices), pick(baseline, indices), block))
-    return summaries
+    return [_summary(domain, bucket, pick(results, indices), pick(baseline, indices), block)
+            for (domain, bucket), indices in sorted(groups.items())]
+
+
+def summarize(results: list[PromptResult], baseline: list[PromptResult] | None, block: int) -> list[GroupSummary]:
+    """One summary over everything (domain = context_bucket = 'all') first, then one per (domain, bucket)."""
+    return [_summary(ALL, ALL, results, baseline, block)] + _grouped(
+        results, baseline, block, lambda r: (r.prompt.domain, context_bucket(len(r.prompt.ids))))
 
 
 def domain_summaries(results: list[PromptResult], baseline: list[PromptResult] | None, block: int) -> list[GroupSummary]:
     """One summary per domain, over all prompt lengths (context_bucket = 'all')."""
-    groups: dict[str, list[int]] = {}
-    for index, result in enumerate(results):
-        groups.setdefault(result.prompt.domain, []).append(index)
-    pick = lambda rows, idx: [rows[i] for i in idx] if rows else None  # noqa: E731
-    return [_summary(domain, ALL, pick(results, indices), pick(baseline, indices), block)
-            for domain, indices in sorted(groups.items())]
+    return _grouped(results, baseline, block, lambda r: (r.prompt.domain, ALL))

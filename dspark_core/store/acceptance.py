@@ -71,8 +71,7 @@ class MetricsStore:
 
     @contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:
-        import duckdb  # here, not at the top: the rest of the library runs where duckdb is not installed
-
+        duckdb = _duckdb()
         if read_only and not self.path.exists():
             raise DsparkError(f"no metrics database at {self.path} yet; materialize speculative_eval (or `make run`) first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,6 +171,7 @@ class MetricsStore:
 
 
 def _duckdb():
+    """duckdb, imported when the store is used: the rest of the library runs where it is not installed."""
     import duckdb
 
     return duckdb

@@ -10,35 +10,29 @@ import torch
 
 from dspark_core.data.feature_cache import FeatureCache
 from dspark_core.models.target import TargetModel
-from dspark_core.training.trainer import Batcher, TrainConfig, build_model, training_step
+from dspark_core.training.trainer import Batcher, TrainConfig, build_model, next_batch, training_step
 
 
 def seconds_per_step(target: TargetModel, cache: FeatureCache, config: TrainConfig, *, steps: int = 6,
                      warmup: int = 2) -> float:
-    """Median wall time of a full training step (collate, forward, backward, optimizer) after a warm-up."""
+    """Median wall time of a full training step (collate, forward, backward, clipping, optimizer) after a
+    warm-up, through the training loop's own pieces."""
     model = build_model(target, cache, config)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-6)
     generator, batcher, times = torch.Generator().manual_seed(0), Batcher(len(cache), config.batch_size, 0), []
-    dtype = torch.float32 if target.device.type == "cpu" else torch.bfloat16
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if target.device.type == "cuda" else None
+    synchronize = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     for step in range(steps + warmup):
-        if target.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
         started = time.perf_counter()
-        batch = cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
-                            device=target.device, dtype=dtype)
-        if autocast:
-            with autocast:
-                terms = training_step(model, target, batch, config, generator)
-        else:
-            terms = training_step(model, target, batch, config, generator)
+        terms = training_step(model, target, next_batch(cache, batcher, model, config, target.device), config, generator)
         if terms is not None:
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
-        if target.device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]

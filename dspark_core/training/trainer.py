@@ -8,6 +8,7 @@ uninterrupted run. A non-finite loss stops training with a clear message; the la
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -150,7 +151,23 @@ class Batcher:
         return batch
 
 
+def next_batch(cache: FeatureCache, batcher: Batcher, model: DraftModule, config: TrainConfig, device) -> CacheBatch:
+    """The next batch of cached sequences, with features at the training precision (bfloat16 on CUDA, float32
+    on CPU)."""
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    return cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
+                       device=device, dtype=dtype)
+
+
 def training_step(model: DraftModule, target: TargetModel, batch: CacheBatch, config: TrainConfig,
+                  generator: torch.Generator):
+    """The losses of one batch (None when it supervises nothing), under bfloat16 autocast on CUDA."""
+    on_cuda = batch.input_ids.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
+        return _batch_losses(model, target, batch, config, generator)
+
+
+def _batch_losses(model: DraftModule, target: TargetModel, batch: CacheBatch, config: TrainConfig,
                   generator: torch.Generator):
     ids, mask, layers, hidden, lengths = batch.input_ids, batch.loss_mask, batch.layers, batch.last_hidden, batch.lengths
     gamma = model.config.block_size
@@ -245,23 +262,15 @@ def train_draft(
             kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             log_path.write_text("".join(line + "\n" for line in kept))
 
-    device = target.device
-    feature_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     model.train()
     bar = tqdm(total=config.steps, initial=start, desc=f"training {config.algorithm}", disable=not progress)
     last_good = start
     tokens_seen, timer = 0, time.perf_counter()
     for step in range(start, config.steps):
-        batch = cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
-                            device=device, dtype=feature_dtype)
+        batch = next_batch(cache, batcher, model, config, target.device)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
-        if autocast:
-            with autocast:
-                terms = training_step(model, target, batch, config, generator)
-        else:
-            terms = training_step(model, target, batch, config, generator)
+        terms = training_step(model, target, batch, config, generator)
         if terms is None:
             continue
         if not torch.isfinite(terms.total):
