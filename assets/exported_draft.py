@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.draft_checkpoint import draft_checkpoint
+from assets.calibrated_draft import calibrated_draft
 from dspark_core.recipes.export import export
 from pipelines.config import ExportDraftConfig
 from pipelines.metadata import upstream, upstream_path
@@ -11,14 +11,14 @@ from pipelines.resources import MLflowResource
 from pipelines.tracking import registered_model_name
 
 
-@dg.asset(partitions_def=model_drafter_partitions, deps=[draft_checkpoint], group_name="serving", kinds={"safetensors", "mlflow"})
+@dg.asset(partitions_def=model_drafter_partitions, deps=[calibrated_draft], group_name="serving", kinds={"safetensors", "mlflow"})
 def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig, mlflow: MLflowResource) -> dg.MaterializeResult:
-    """Export the checkpoint (speculators layout by default, or our Hugging Face-style layout), attach it to
+    """Export the (calibrated) checkpoint (speculators layout by default, or our Hugging Face-style layout), attach it to
     the training run's MLflow artifacts and register it as a version of `dspark-draft-<base model>`. Runs only
     when the checkpoint's blocking checks (finite weights, greedy losslessness) passed. Exporting the same
     weights again reuses their model version."""
     base_model, drafter = split_partition_key(context)
-    checkpoint = upstream_path(context, "draft_checkpoint", str(context.partition_key))
+    checkpoint = upstream_path(context, "calibrated_draft", str(context.partition_key))
     training_run = upstream(context, "draft_checkpoint", str(context.partition_key))["mlflow_run_id"]
     report = export(checkpoint, config.to_core())
     tracking = mlflow.tracking()

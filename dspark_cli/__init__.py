@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from dspark_cli.calibrate import calibrate_command
 from dspark_cli.data import data_app
 from dspark_cli.drafts import drafts_app
 from dspark_cli.eval import eval_command
 from dspark_cli.export import export_command
 from dspark_cli.generate import generate_command
 from dspark_cli.models import models_app
+from dspark_cli.profile import profile_command
 from dspark_cli.sql import sql_command
 from dspark_cli.train import train_command
 from dspark_core.errors import DsparkError
@@ -25,7 +27,9 @@ app.add_typer(drafts_app, name="drafts")
 app.command("generate")(generate_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
+app.command("calibrate")(calibrate_command)
 app.command("eval")(eval_command)
+app.command("profile")(profile_command)
 app.command("sql")(sql_command)
 
 

@@ -9,9 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from dspark_cli.options import core_option
+from dspark_cli.options import core_option, report_table
 from dspark_core.data import layout
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.errors import DsparkError
@@ -35,26 +34,24 @@ def eval_command(
     temperature: float = core_option(EvalConfig, "temperature", "--temperature"),
     seed: int = core_option(EvalConfig, "seed", "--seed"),
     block_size: Optional[int] = core_option(EvalConfig, "block_size", "--block-size"),
+    schedule: str = core_option(EvalConfig, "schedule", "--schedule"),
+    threshold: float = core_option(EvalConfig, "threshold", "--threshold"),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the measurement to the metrics database."),
     database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
 ) -> None:
     """Decode the dataset's held-out prompts one request at a time with DRAFTER and autoregressively."""
     config = EvalConfig(benchmark=benchmark, max_prompts=max_prompts, max_new_tokens=max_new_tokens,
-                        temperature=temperature, seed=seed, block_size=block_size)
+                        temperature=temperature, seed=seed, block_size=block_size, schedule=schedule,
+                        threshold=threshold)
     model = load_target(target, device=device)
     prompts_file = layout.prompts_path(dataset)
     if not prompts_file.exists():
         raise DsparkError(f"dataset {dataset!r} has no prompts ({prompts_file}); run `dspark data prompts` first")
     report = evaluate(model, drafter, held_out_prompts(model, prompts_file, config.max_prompts), config, progress=True)
     columns, rows = report.table()
-    table = Table(title=f"{report.drafter} on {model.spec}: {len(report.prompts)} held-out prompts, "
-                        f"{'greedy' if config.temperature == 0 else f'T={config.temperature}'}")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(*("–" if v is None else f"{v:.2f}" if isinstance(v, float) else escape(str(v)) for v in row))
-    console.print(table)
+    console.print(report_table(f"{report.drafter} on {model.spec}: {len(report.prompts)} held-out prompts, "
+                               f"{'greedy' if config.temperature == 0 else f'T={config.temperature}'}", columns, rows))
     if report.greedy_identical is not None:
         console.print(f"greedy output identical to autoregressive: [bold]{report.greedy_identical}[/]")
     if record:

@@ -12,6 +12,8 @@ from rich.table import Table
 from dspark_cli.options import core_option
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.metrics import tau
+from dspark_core.decoding.scheduler import ScheduleConfig
+from dspark_core.decoding.step_cost import ensure_profile
 from dspark_core.drafters.factory import DRAFTER_FORMS, build_drafter
 from dspark_core.models import load_target
 
@@ -28,6 +30,8 @@ def generate_command(
     top_p: float = typer.Option(1.0, "--top-p", help="1.0 = off."),
     max_new_tokens: int = core_option(GenerationConfig, "max_new_tokens", "--max-new-tokens"),
     block_size: int = core_option(GenerationConfig, "block_size", "--block-size"),
+    schedule: str = core_option(ScheduleConfig, "mode", "--schedule"),
+    threshold: float = core_option(ScheduleConfig, "threshold", "--threshold"),
     speculative: bool = typer.Option(True, "--speculative/--no-speculative", help="The switch for the draft module."),
     compare: bool = typer.Option(False, "--compare", help="Also decode autoregressively; report speed-up and equality."),
     seed: int = core_option(GenerationConfig, "seed", "--seed"),
@@ -49,6 +53,7 @@ def generate_command(
         block_size=block_size,
         speculative=speculative,
         seed=seed,
+        schedule=ScheduleConfig(mode=schedule, threshold=threshold),
     )
     if drafter == "champion" or drafter.startswith("champion:"):
         from dspark_cli.drafts import champion_path
@@ -56,7 +61,8 @@ def generate_command(
 
         drafter = str(champion_path(drafter.partition(":")[2] or slugify(target)))
     draft = build_drafter(drafter, model) if speculative else None
-    runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft)}
+    step_costs = ensure_profile(model, progress=not as_json)[0] if draft and schedule == "scheduled" else None
+    runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft, step_costs=step_costs)}
     if compare and draft:
         runs["autoregressive"] = SpeculativeEngine(model, None)
     results = {name: engine.generate(batch, config) for name, engine in runs.items()}

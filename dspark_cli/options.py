@@ -27,3 +27,17 @@ def comma_ints(value: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in value.split(","))
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1,8,14") from None
+
+
+def report_table(title: str, columns: list[str], rows: list[list], digits: int = 2):
+    """A right-aligned rich table of a report's (columns, rows): None as '–', floats with `digits` decimals, the
+    rest as text (never read as markup)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(title))
+    for column in columns:
+        table.add_column(escape(column), justify="right")
+    for row in rows:
+        table.add_row(*("–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v)) for v in row))
+    return table

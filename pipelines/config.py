@@ -12,6 +12,7 @@ from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.regenerate import RegenerationConfig
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.evaluation.checks import GreedyCheckConfig
+from dspark_core.recipes.calibration import CalibrationConfig
 from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.export import ExportConfig
@@ -97,6 +98,19 @@ class SpeculativeEvalConfig(CoreConfig):
     temperature: float = core_field(EvalConfig, "temperature")
     seed: int = core_field(EvalConfig, "seed")
     block_size: int | None = core_field(EvalConfig, "block_size")
+    schedule: str = core_field(EvalConfig, "schedule")
+    threshold: float = core_field(EvalConfig, "threshold")
+
+
+class CalibratedDraftConfig(CoreConfig):
+    core: ClassVar[type] = CalibrationConfig
+    suite: str = core_field(CalibrationConfig, "suite")
+    max_prompts: int = core_field(CalibrationConfig, "max_prompts")
+    max_new_tokens: int = core_field(CalibrationConfig, "max_new_tokens")
+    test_fraction: float = core_field(CalibrationConfig, "test_fraction")
+    temperature: float = core_field(CalibrationConfig, "temperature")
+    bins: int = core_field(CalibrationConfig, "bins")
+    method: str = core_field(CalibrationConfig, "method")
 
 
 class LosslessCheckConfig(CoreConfig):

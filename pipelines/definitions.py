@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.base_model import base_model
+from assets.calibrated_draft import calibrated_draft
 from assets.champion_draft import champion_draft
 from assets.draft_checkpoint import draft_checkpoint
 from assets.exported_draft import exported_draft
@@ -22,8 +23,8 @@ from pipelines.resources import default_resources
 from pipelines.schedules import weekly_retraining_schedule
 from pipelines.sensors import new_base_model_sensor, refresh_metrics_on_new_eval, train_drafters_on_new_cache
 
-ASSETS = [base_model, prompt_dataset, target_responses, target_feature_cache, draft_checkpoint, exported_draft,
-          speculative_eval, champion_draft, metrics_history]
+ASSETS = [base_model, prompt_dataset, target_responses, target_feature_cache, draft_checkpoint, calibrated_draft,
+          exported_draft, speculative_eval, champion_draft, metrics_history]
 CHECKS = [feature_cache_matches_base_model, draft_weights_finite, draft_greedy_lossless, tau_within_margin_of_champion]
 
 defs = dg.Definitions(

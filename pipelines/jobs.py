@@ -11,7 +11,7 @@ prepare_base_model_job = dg.define_asset_job(
 
 train_and_evaluate_job = dg.define_asset_job(
     "train_and_evaluate_draft",
-    selection=dg.AssetSelection.assets("draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"),
+    selection=dg.AssetSelection.assets("draft_checkpoint", "calibrated_draft", "exported_draft", "speculative_eval", "champion_draft"),
     description="Train one drafter for one base model, export and register it, evaluate it, promote it if it passes.",
 )
 

@@ -20,7 +20,7 @@ from pipelines.partitions import BASE_MODEL, model_drafter_key
 
 console = Console(width=max(Console().width, 150))  # the report table needs the room, even when piped
 DATA_STAGE = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
-DRAFT_STAGE = ["draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"]
+DRAFT_STAGE = ["draft_checkpoint", "calibrated_draft", "exported_draft", "speculative_eval", "champion_draft"]
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 

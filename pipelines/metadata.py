@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from dspark_core.recipes.calibration import CalibrationReport
 from dspark_core.recipes.evaluation import EvalReport
 from dspark_core.recipes.training import TrainReport
 
@@ -98,4 +99,20 @@ def evaluation_metadata(report: EvalReport, plot: Path) -> dict[str, Any]:
         "eval_id": report.eval_id,
         "results": markdown_table(columns, rows),
         "acceptance_curve": image(plot, "acceptance by position"),
+    }
+
+
+def calibration_metadata(report: CalibrationReport, plot: Path) -> dict[str, Any]:
+    columns, rows = report.table()
+    return {
+        "path": dg.MetadataValue.path(str(report.calibrated_path)),
+        "temperatures": dg.MetadataValue.json({f"T{k}": round(t, 4) for k, t in enumerate(report.temperatures, 1)}),
+        "shifts": dg.MetadataValue.json({f"b{k}": round(b, 4) for k, b in enumerate(report.shifts, 1)}),
+        "method": report.config.method,
+        "ece_before": round(sum(m.ece for m in report.before) / len(report.before), 4),
+        "ece_after": round(sum(m.ece for m in report.after) / len(report.after), 4),
+        "prompts": f"{report.fit_prompts} fit, {report.test_prompts} test",
+        "rounds": report.rounds,
+        "calibration": markdown_table(columns, rows),
+        "reliability_diagrams": image(plot, "predicted vs observed survival per position"),
     }

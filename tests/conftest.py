@@ -109,3 +109,28 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         sys.argv = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+class WithConfidences(Drafter):
+    """Any drafter plus a confidence per drafted position that depends on the token before it (the anchor for
+    position 1), as a confidence head's does: c_k = f(x_{k-1}), spread over (0.05, 0.95) so that scheduled
+    verification lengths vary from round to round and with what was drafted."""
+
+    def __init__(self, inner: Drafter):
+        self.inner = inner
+        self.name = f"{inner.name}+confidence"
+        self.feature_layers = inner.feature_layers
+        self.needs_last_hidden = inner.needs_last_hidden
+
+    def begin(self, prompts):
+        self.inner.begin(prompts)
+
+    def end(self):
+        self.inner.end()
+
+    def propose(self, request: DraftRequest) -> DraftProposal:
+        proposal = self.inner.propose(request)
+        anchors = torch.tensor([history[-1] for history in request.tokens], dtype=torch.long)
+        previous = torch.cat([anchors[:, None], proposal.tokens[:, :-1].cpu()], dim=1)[:, : proposal.tokens.shape[1]]
+        proposal.confidences = 0.05 + 0.9 * ((previous * 2654435761) % 1000).double() / 1000
+        return proposal

@@ -175,6 +175,8 @@ def test_cli_and_dagster_config_take_their_defaults_from_the_library():
     """Every Dagster config field and every CLI option named like a setting of the library dataclass it feeds
     has that setting's default."""
     from dspark_cli import data, eval as eval_cli, generate, train
+    from dspark_core.decoding.scheduler import ScheduleConfig
+    from dspark_core.recipes.calibration import CalibrationConfig
     from dspark_core.settings import default_of
     from pipelines import config as platform_config
 
@@ -191,7 +193,8 @@ def test_cli_and_dagster_config_take_their_defaults_from_the_library():
 
     # Options whose destination names the library setting they feed.
     feeds = {"prompts": data.PromptsConfig, "regenerate": data.RegenerationConfig, "cache": data.CacheConfig,
-             "train": train.TrainConfig, "generate": generate.GenerationConfig, "eval": eval_cli.EvalConfig}
+             "train": train.TrainConfig, "generate": generate.GenerationConfig, "eval": eval_cli.EvalConfig,
+             "calibrate": CalibrationConfig}
     aliases = {"drafter": "algorithm", "anchors": "anchors_per_sequence", "warmup": "warmup_steps",
                "draft_vocab": "draft_vocab_size", "ce": "ce", "tv": "tv", "conf": "conf"}
     for command, parameter in _cli_parameters():
@@ -200,6 +203,8 @@ def test_cli_and_dagster_config_take_their_defaults_from_the_library():
         name = aliases.get(parameter.name, parameter.name)
         if core is None or parameter.name == "dataset":
             continue
+        if leaf == "generate" and parameter.name in ("schedule", "threshold"):  # GenerationConfig.schedule's fields
+            core, name = ScheduleConfig, {"schedule": "mode"}.get(parameter.name, parameter.name)
         owners = [c for c in (core, train.LossWeights, data.PromptsConfig) if name in {f.name for f in dataclasses.fields(c)}]
         if owners:  # a comma-separated list option: None means the empty default
             expected = default_of(owners[0], name)

@@ -155,6 +155,35 @@ def test_train_export_eval_on_the_command_line(capsys, tiny_target):
     code, out, err = run_cli(["sql", "SELECT max(position) AS p FROM acceptance_metrics WHERE block_size = 2 "
                                      "AND position IS NOT NULL", "--json"], capsys)
     assert code == 0 and json.loads(out.splitlines()[0])["p"] <= 2
+    # calibrate the confidences, then evaluate the calibrated draft with scheduled verification
+    code, out, err = run_cli(["calibrate", "--target", TINY, "--drafter", str(checkpoint), "--max-prompts", "4",
+                              "--max-new-tokens", "6"], capsys)
+    assert code == 0, err
+    assert "calibrated draft:" in out and (checkpoint.parent / "calibrated" / "config.json").is_file()
+    code, out, err = run_cli(["eval", "--target", TINY, "--drafter", str(checkpoint.parent / "calibrated"),
+                              "--dataset", "cli-eval", "--max-prompts", "2", "--max-new-tokens", "8",
+                              "--schedule", "scheduled", "--block-size", "4"], capsys)
+    assert code == 0, err
+    assert "greedy output identical to autoregressive: True" in out
+    code, out, err = run_cli(["sql", "SELECT DISTINCT schedule FROM acceptance_metrics WHERE metric = 'tau' "
+                                     "ORDER BY schedule", "--json"], capsys)
+    assert [json.loads(line)["schedule"] for line in out.splitlines()] == ["fixed", "scheduled"]
+    code, out, err = run_cli(["sql", "SELECT count(*) AS n FROM acceptance_metrics WHERE metric = 'ece'", "--json"],
+                             capsys)
+    assert json.loads(out.splitlines()[0])["n"] >= 8  # 4 positions, after and before
+
+
+def test_profile_measures_stores_and_prints_the_step_costs(capsys):
+    args = ["profile", "--target", TINY, "--rows", "1,2", "--max-width", "3", "--context-tokens", "16",
+            "--repetitions", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "measured now (" in out and "1 tok" in out  # none stored yet, or one of another shape
+    code, out, err = run_cli([*args, "--json"], capsys)
+    profile = json.loads(out)
+    assert profile["rows"] == [1, 2] and len(profile["ms"][0]) == 3 and profile["target_spec"] == TINY
+    code, out, err = run_cli(["generate", "--target", TINY, "--prompt", "x", "--schedule", "sometimes"], capsys)
+    assert code == 2 and "schedule mode must be one of fixed, threshold, scheduled" in err
 
 
 def test_unknown_head_or_drafter_is_a_clear_error(capsys):

@@ -14,10 +14,12 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import RandomDrafter
+from conftest import RandomDrafter, WithConfidences
 from dspark_core.decoding import DraftModelDrafter, GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding import verification
 from dspark_core.decoding.sampling import probabilities
+from dspark_core.decoding.scheduler import ScheduleConfig
+from dspark_core.decoding.step_cost import StepCostProfile
 from dspark_core.drafters.checkpoint import attach_target_weights
 from dspark_core.drafters.dspark import DSparkModel
 from dspark_core.drafters.eagle3 import Eagle3Model
@@ -48,12 +50,13 @@ def exact_joint(target, prompt: list[int], sampling: SamplingConfig, depth: int)
     return joint
 
 
-def sample_counts(target, drafter, prompt, sampling, seed: int = 0) -> Counter:
-    engine = SpeculativeEngine(target, drafter)
+def sample_counts(target, drafter, prompt, sampling, seed: int = 0, schedule: ScheduleConfig = ScheduleConfig(),
+                  step_costs: StepCostProfile | None = None) -> Counter:
+    engine = SpeculativeEngine(target, drafter, step_costs=step_costs)
     counts: Counter = Counter()
     for chunk in range(SAMPLES // CHUNK):
         config = GenerationConfig(max_new_tokens=DEPTH, sampling=sampling, stop_at_eos=False, block_size=3,
-                                  seed=seed * 1000 + chunk)
+                                  seed=seed * 1000 + chunk, schedule=schedule)
         result = engine.generate([prompt] * CHUNK, config)
         counts.update(tuple(o.tokens) for o in result.outputs)
     return counts
@@ -151,6 +154,30 @@ def test_sampled_distribution_matches_target(micro_target, perturbed_micro, prom
     assert sum(counts.values()) == SAMPLES
     assert len(joint) < SAMPLES / 5, "support too wide for the test to have power"
     assert chi_square_p_value(counts, joint) > 1e-3
+
+
+#: a cost curve with a step, as measured on CPUs: passes of 1 / 2 / 3 / 4 tokens per request
+STEP_COSTS = StepCostProfile(target_spec="micro-llama", target_revision=None, device="cpu: test", dtype="float64",
+                             torch_version=torch.__version__, context_tokens=8, rows=[1, CHUNK], widths=[1, 2, 3, 4],
+                             ms=[[10, 13, 13.5, 18], [100, 130, 135, 180]], repetitions=1, measured_at="")
+
+
+@pytest.mark.parametrize(("drafter_name", "mode"), [("mistempered+confidence", "threshold"),
+                                                     ("mistempered+confidence", "scheduled"), ("dspark", "scheduled")])
+def test_scheduled_verification_keeps_the_target_distribution(micro_target, prompt, joints, drafter_name, mode):
+    """Verifying fewer drafts where the confidence is low, decided per request and round, changes nothing about
+    the output distribution (the confidence of position k never reads x_k). The confidences depend on the
+    previous token, so which requests verify a position varies with what was drafted before it."""
+    if drafter_name == "dspark":
+        drafter = _untrained_dspark(micro_target)
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            torch.nn.init.normal_(drafter.model.confidence.weight, std=0.5)  # spread the confidences
+    else:
+        drafter = WithConfidences(MistemperedSelfDrafter(micro_target, SamplingConfig(temperature=2.0, top_k=6)))
+    counts = sample_counts(micro_target, drafter, prompt, SETTINGS["t1-topk4"], step_costs=STEP_COSTS,
+                           schedule=ScheduleConfig(mode=mode, threshold=0.25))
+    assert chi_square_p_value(counts, joints["t1-topk4"]) > 1e-3
 
 
 @pytest.mark.parametrize("adversary", ["random", "mistempered-self"])

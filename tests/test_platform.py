@@ -22,12 +22,13 @@ from pipelines.partitions import model_drafter_key
 from pipelines.tracking import tau_tag
 
 DATA = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
-DRAFT = ["draft_checkpoint", "exported_draft", "speculative_eval", "champion_draft"]
+DRAFT = ["draft_checkpoint", "calibrated_draft", "exported_draft", "speculative_eval", "champion_draft"]
 SMALL = {
     "prompt_dataset": {"validation_fraction": 0.3},
     "target_responses": {"max_new_tokens": 16, "batch_size": 8},
     "target_feature_cache": {"layer_ids": [1, 2], "max_length": 128},
     "draft_checkpoint": {"steps": 6, "draft_vocab_size": 256},
+    "calibrated_draft": {"max_prompts": 4, "max_new_tokens": 8},
     "speculative_eval": {"max_prompts": 3, "max_new_tokens": 12},
     "draft_checkpoint_draft_greedy_lossless": {"prompts": 2, "max_new_tokens": 8},
 }
@@ -120,6 +121,9 @@ def test_every_asset_materializes_with_its_metadata(platform, materialized):
     assert cache["samples"] == 16 and len(cache["layer_ids"]) == 2
     checkpoint = meta("draft_checkpoint", key)
     assert Path(checkpoint["path"]).is_dir() and checkpoint["steps"] == 6 and "data:image/png;base64," in checkpoint["loss_curve"]
+    calibrated = meta("calibrated_draft", key)
+    assert calibrated["calibrated"] is True and Path(calibrated["path"]).name == "calibrated"
+    assert len(calibrated["temperatures"]) == 4 and "data:image/png;base64," in calibrated["reliability_diagrams"]
     export = meta("exported_draft", key)
     assert export["draft_version"].isdigit() and (Path(export["path"]) / "config.json").is_file()
     evaluation = meta("speculative_eval", key)
@@ -142,6 +146,12 @@ def test_every_asset_materializes_with_its_metadata(platform, materialized):
         "SELECT metric, count(*) FROM acceptance_metrics WHERE drafter = 'dspark' GROUP BY metric")
     metrics = dict(rows)
     assert metrics["tau"] >= 2 and {"speedup", "tokens_per_s", "draft_ms_per_round", "verify_ms_per_round"} <= set(metrics)
+    # and the calibration's ECE / AUROC / Brier per position, after and before
+    _, rows = platform.metrics_db.store().query(
+        "SELECT benchmark, metric, count(*) FROM acceptance_metrics WHERE benchmark LIKE 'calibration%' GROUP BY ALL")
+    assert {(b, m) for b, m, _ in rows} >= {("calibration-affine:heldout-v1", "ece"),
+                                            ("calibration-affine:heldout-v1", "brier"),
+                                            ("calibration-affine:heldout-v1:uncalibrated", "ece")}
 
 
 def test_full_graph_end_to_end_through_the_jobs(platform, materialized):
@@ -227,12 +237,14 @@ def test_nan_weights_fail_the_blocking_check_and_stop_export(platform, materiali
     _report(platform, "draft_checkpoint", key, path=str(bad),
             mlflow_run_id=platform.metadata("draft_checkpoint", platform.key("dspark"))["mlflow_run_id"])
     result = platform.materialize(
-        dg.AssetSelection.assets("exported_draft") | dg.AssetSelection.checks(
-            dg.AssetCheckKey(dg.AssetKey("draft_checkpoint"), "draft_weights_finite")), key, ["exported_draft"])
+        dg.AssetSelection.assets("calibrated_draft", "exported_draft") | dg.AssetSelection.checks(
+            dg.AssetCheckKey(dg.AssetKey("draft_checkpoint"), "draft_weights_finite")), key,
+        ["calibrated_draft", "exported_draft"])
     assert not _check_passed(result, "draft_weights_finite")
     assert not result.success
-    assert not platform.instance.fetch_materializations(dg.AssetRecordsFilter(
-        asset_key=dg.AssetKey("exported_draft"), asset_partitions=[str(key)]), limit=1).records
+    for asset in ("calibrated_draft", "exported_draft"):
+        assert not platform.instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), asset_partitions=[str(key)]), limit=1).records
 
 
 def test_lossless_check_fails_with_a_broken_verifier(platform, materialized, monkeypatch):
@@ -245,8 +257,8 @@ def test_lossless_check_fails_with_a_broken_verifier(platform, materialized, mon
 
     key = platform.key("dflash")  # a partition not exported yet
     monkeypatch.setattr(engine, "verify_greedy", accept_everything)
-    result = platform.materialize(dg.AssetSelection.assets("draft_checkpoint", "exported_draft"), key,
-                                  ["draft_checkpoint", "exported_draft"])
+    result = platform.materialize(dg.AssetSelection.assets("draft_checkpoint", "calibrated_draft", "exported_draft"),
+                                  key, ["draft_checkpoint", "calibrated_draft", "exported_draft"])
     assert not _check_passed(result, "draft_greedy_lossless") and _check_passed(result, "draft_weights_finite")
     assert not platform.instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=dg.AssetKey("exported_draft"), asset_partitions=[str(key)]), limit=1).records
@@ -366,6 +378,32 @@ def test_replacing_a_measurement_is_atomic_and_idempotent(tmp_path):
     assert store.query("SELECT count(*) FROM acceptance_metrics WHERE measurement_key = 'a'")[1] == [(3,)]
     with pytest.raises(Exception, match="measurement_key"):
         store.replace_measurement("a", _rows("a", 2) + _rows("wrong-key", 1))
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path):
+    """A metrics file written before schedules existed keeps its rows, which read as fixed-length, one request at
+    a time, and the views key measurements by schedule from then on."""
+    import duckdb
+
+    from dspark_core.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+        for statement in MIGRATIONS[0][1]:
+            connection.execute(statement)
+        connection.execute("INSERT INTO schema_version VALUES (1, now())")
+        v1_columns = [c for c in _rows("old", 1)[0].__dataclass_fields__ if c not in ("schedule", "concurrency")]
+        row = {**_rows("old", 1)[0].__dict__, "metric": "tau", "position": None, "value": 1.5,
+               "domain": "all", "context_bucket": "all"}
+        connection.execute(f"INSERT INTO acceptance_metrics ({', '.join(v1_columns)}) VALUES "
+                           f"({', '.join('?' for _ in v1_columns)})", [row[c] for c in v1_columns])
+    store = MetricsStore(path)
+    store.record([replace(r, metric="tau", position=None, value=1.8, schedule="scheduled") for r in _rows("new", 1)])
+    _, rows = store.query("SELECT measurement_key, schedule, concurrency, value FROM acceptance_metrics ORDER BY 1")
+    assert rows == [("new", "scheduled", 1, 1.8), ("old", "fixed", 1, 1.5)]
+    _, latest = store.query("SELECT schedule, tau FROM latest_tau ORDER BY schedule")
+    assert latest == [("fixed", 1.5), ("scheduled", 1.8)]
 
 
 def test_rollback_moves_the_champion_alias_back(tmp_path):

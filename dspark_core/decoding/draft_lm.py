@@ -44,9 +44,14 @@ class DraftModelDrafter(Drafter):
         self._cached = []
 
     def _follow(self, request_ids: list[int]) -> None:
-        """Drop cache rows of requests the engine no longer runs."""
+        """Match the cache rows to the requests the engine runs now: drop finished ones, add admitted ones."""
         if request_ids == self._rows:
             return
+        new = [rid for rid in request_ids if rid not in self._rows]
+        if new:
+            self._kv.add_rows(len(new))
+            self._cached += [[] for _ in new]
+            self._rows += new
         position = {rid: row for row, rid in enumerate(self._rows)}
         keep = [position[rid] for rid in request_ids]
         self._kv.select_rows(torch.tensor(keep, device=self._kv.device))

@@ -37,6 +37,13 @@ class DraftProposal:
     probs: torch.Tensor | None = None  # [R, L, V] draft distributions q; None = point masses on `tokens`
     confidences: torch.Tensor | None = None  # [R, L] optional per-position survival estimates
 
+    def trimmed(self) -> "DraftProposal":
+        """The proposal cut to its longest length (after lengths were lowered, e.g. by a verification schedule)."""
+        width = int(self.lengths.max()) if self.lengths.numel() else 0
+        cut = lambda t: None if t is None else t[:, :width]  # noqa: E731
+        return DraftProposal(tokens=self.tokens[:, :width], lengths=self.lengths, probs=cut(self.probs),
+                             confidences=cut(self.confidences))
+
     @staticmethod
     def from_lists(proposals: list[list[int]], device: torch.device | str = "cpu") -> "DraftProposal":
         width = max((len(p) for p in proposals), default=0)

@@ -2,6 +2,12 @@
 
 With no drafter (or `speculative=False`) every round verifies zero draft tokens, which is plain
 autoregressive decoding through the same code: the baseline for every speed-up figure.
+
+Each round may verify a different number of drafted tokens per request (`ScheduleConfig`: all of them,
+those above a confidence threshold, or the lengths the hardware-aware scheduler picks); the blocks are
+padded into one target pass. With `max_batch`, at most that many requests are active at once and a finished
+request's slot goes to the next prompt, whose prompt rides along in the next round's pass (continuous
+batching, as a server runs it).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
 from dspark_core.decoding.kv_cache import BatchedKVCache
 from dspark_core.decoding.metrics import DecodingStats, RoundRecord, summarize
 from dspark_core.decoding.sampling import SamplingConfig, probabilities
+from dspark_core.decoding.scheduler import ScheduleConfig, verified_lengths
+from dspark_core.decoding.step_cost import StepCostProfile
 from dspark_core.decoding.verification import verify_greedy, verify_sampled
 from dspark_core.errors import ConfigError, PromptError
 from dspark_core.models.target import TargetModel
@@ -32,12 +40,18 @@ class GenerationConfig:
     speculative: bool = True
     stop_at_eos: bool = True
     seed: int = setting(0, "Sampling seed")
+    #: how many of the drafted tokens each request verifies per round
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    #: most requests decoded at once; the others wait and take the slot of the next one that finishes
+    max_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.block_size < 0:
             raise ConfigError(f"block_size must be >= 0, got {self.block_size}")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1 (or None for all requests at once), got {self.max_batch}")
 
 
 @dataclass
@@ -46,6 +60,8 @@ class RequestOutput:
     tokens: list[int]  # generated tokens only
     finish_reason: str  # "eos" | "length" | "context"
     rounds: list[RoundRecord]
+    #: seconds from the request's admission into the batch to its last token
+    latency_s: float = 0.0
 
 
 @dataclass
@@ -57,9 +73,12 @@ class GenerationResult:
 class SpeculativeEngine:
     """Decode a batch of prompts with `target`, drafting with `drafter` (None: autoregressive)."""
 
-    def __init__(self, target: TargetModel, drafter: Drafter | None = None):
+    def __init__(self, target: TargetModel, drafter: Drafter | None = None,
+                 step_costs: StepCostProfile | None = None):
         self.target = target
         self.drafter = drafter
+        #: the target's measured pass costs, which the `scheduled` verification mode needs
+        self.step_costs = step_costs
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
         target, device = self.target, self.target.device
@@ -73,18 +92,25 @@ class SpeculativeEngine:
         drafter = self.drafter if config.speculative and config.block_size > 0 else None
         layer_ids = drafter.feature_layers if drafter else ()
         want_features = drafter is not None and drafter.wants_features
+        if drafter is not None and config.schedule.mode == "scheduled" and self.step_costs is None:
+            raise ConfigError("scheduled verification needs the target's step-cost profile: pass step_costs= "
+                              "(dspark_core.decoding.step_cost.ensure_profile), or choose schedule mode "
+                              "'fixed' or 'threshold'")
         generator = torch.Generator(device=device).manual_seed(config.seed)
         eos = target.eos_token_ids if config.stop_at_eos else frozenset()
         started = time.perf_counter()
 
+        first = len(prompts) if config.max_batch is None else min(config.max_batch, len(prompts))
+        waiting = list(range(first, len(prompts)))  # request ids not admitted yet, in order
         tokens = [list(p) for p in prompts]
-        kv = BatchedKVCache(target.forward_features, len(prompts), device)
-        new_features: list = [None] * len(prompts)
+        kv = BatchedKVCache(target.forward_features, first, device)
+        new_features: list = [None] * first
         prefill_s = 0.0
         if want_features:
             # The drafter needs the context's features before its first proposal: prefill all but the last
-            # prompt token (the first anchor). Otherwise the prompt rides along in the first round's pass.
-            context = DraftProposal.from_lists([p[:-1] for p in prompts], device=device)
+            # prompt token (the first anchor). Otherwise the prompt rides along in the first round's pass, as
+            # the prompts of requests admitted later always do (they draft from their second round on).
+            context = DraftProposal.from_lists([p[:-1] for p in prompts[:first]], device=device)
             if context.tokens.shape[1]:
                 prefill = kv.extend(context.tokens, context.lengths, layer_ids=layer_ids, with_logits=False)
                 new_features = [prefill.select((r, slice(0, int(n)))) for r, n in enumerate(context.lengths)]
@@ -92,7 +118,9 @@ class SpeculativeEngine:
 
         if drafter:
             drafter.begin([list(p) for p in prompts])
-        active = list(range(len(prompts)))
+        active = list(range(first))
+        admitted_at = [started] * len(prompts)
+        finished_at = [started] * len(prompts)
         generated = [0] * len(prompts)
         records: list[list[RoundRecord]] = [[] for _ in prompts]
         finish: list[str | None] = [None] * len(prompts)
@@ -101,19 +129,27 @@ class SpeculativeEngine:
         try:
             while active:
                 batch_rounds += 1
+                cached = kv.lengths.tolist()
+                # Committed tokens not yet in the cache: a whole prompt in a request's first merged round, else the anchor.
+                uncached = [tokens[i][cached[row]:] for row, i in enumerate(active)]
                 limits = [
+                    0 if want_features and len(u) > 1 else  # no target features of this prompt yet
                     max(0, min(config.block_size, config.max_new_tokens - generated[i] - 1,
                                target.max_context - len(tokens[i]) - 1))
-                    for i in active
+                    for i, u in zip(active, uncached)
                 ]
                 t0 = time.perf_counter()
                 proposal = self._propose(drafter, active, tokens, limits, new_features, config, generator, device)
-                t1 = time.perf_counter()
-                # Committed tokens not yet in the cache: the whole prompt in a merged first round, else the anchor.
-                cached = kv.lengths.tolist()
-                uncached = [tokens[i][cached[row]:] for row, i in enumerate(active)]
+                confidences = None if proposal.confidences is None else proposal.confidences.tolist()
                 drafted = proposal.tokens.tolist()
+                if drafter is not None and config.schedule.mode != "fixed" and confidences is not None:
+                    proposal.lengths = torch.tensor(
+                        verified_lengths(config.schedule, confidences, proposal.lengths.tolist(),
+                                         self._round_cost(uncached, draft_s / timed_rounds if timed_rounds else 0.0)),
+                        dtype=torch.long, device=device)
+                    proposal = proposal.trimmed()  # no target logits for drafts nobody verifies
                 proposed = proposal.lengths.tolist()
+                t1 = time.perf_counter()
                 block = DraftProposal.from_lists(
                     [u + d[:n] for u, d, n in zip(uncached, drafted, proposed)], device=device
                 )
@@ -132,8 +168,8 @@ class SpeculativeEngine:
                 # The uncached tokens and the accepted drafts stay cached; rejected drafts become holes.
                 kv.truncate(kv.lengths - proposal.lengths + result.accepted)
                 t2 = time.perf_counter()
-                if max(len(u) for u in uncached) > 1 and not want_features:
-                    prefill_s += t2 - t1  # this pass processed the prompts: count it as prefill, not a round
+                if max(len(u) for u in uncached) > 1:
+                    prefill_s += t2 - t1  # this pass processed a prompt: count it as prefill, not a round
                 else:
                     verify_s += t2 - t1
                     draft_s += t1 - t0
@@ -154,7 +190,9 @@ class SpeculativeEngine:
                         finish[i] = "eos"
                     tokens[i].extend(committed)
                     generated[i] += len(committed)
-                    records[i].append(RoundRecord(proposed=judged, accepted=n, emitted=len(committed)))
+                    records[i].append(RoundRecord(proposed=judged, accepted=n, emitted=len(committed),
+                                                  confidences=() if confidences is None
+                                                  else tuple(confidences[row][:judged])))
                     if finish[i] is None and generated[i] >= config.max_new_tokens:
                         finish[i] = "length"
                     if finish[i] is None and len(tokens[i]) >= target.max_context:
@@ -163,19 +201,31 @@ class SpeculativeEngine:
                         keep_rows.append(row)
                         if want_features:
                             new_features.append(out.select((row, slice(0, len(uncached[row]) + accepted[row]))))
+                    else:
+                        finished_at[i] = time.perf_counter()
                 if len(keep_rows) < len(active):
                     kv.select_rows(torch.tensor(keep_rows, dtype=torch.long, device=device))
                     active = [active[row] for row in keep_rows]
                 if not want_features:
                     new_features = [None] * len(active)
+                admit = waiting[: first - len(active)]
+                if admit:  # freed slots go to the next prompts
+                    del waiting[: len(admit)]
+                    kv.add_rows(len(admit))
+                    active += admit
+                    new_features += [None] * len(admit)
+                    now = time.perf_counter()
+                    for i in admit:
+                        admitted_at[i] = now
         finally:
             if drafter:
                 drafter.end()
 
         wall_s = time.perf_counter() - started
         outputs = [
-            RequestOutput(prompt_tokens=list(p), tokens=t[len(p):], finish_reason=f or "length", rounds=r)
-            for p, t, f, r in zip(prompts, tokens, finish, records)
+            RequestOutput(prompt_tokens=list(p), tokens=t[len(p):], finish_reason=f or "length", rounds=r,
+                          latency_s=done - begun)
+            for p, t, f, r, begun, done in zip(prompts, tokens, finish, records, admitted_at, finished_at)
         ]
         stats = summarize(
             [rec for recs in records for rec in recs],
@@ -188,6 +238,12 @@ class SpeculativeEngine:
             verify_s=verify_s,
         )
         return GenerationResult(outputs=outputs, stats=stats)
+
+    def _round_cost(self, uncached: list[list[int]], draft_seconds: float):
+        """This round's seconds as a function of the verified lengths: the drafting it already spent (the mean of
+        this call's earlier rounds: measured, and independent of what is drafted now) plus the profiled pass."""
+        profile, counts = self.step_costs, [len(u) for u in uncached]
+        return None if profile is None else lambda lengths: draft_seconds + profile.pass_cost(lengths, counts)
 
     @staticmethod
     def _propose(drafter, active, tokens, limits, new_features, config, generator, device) -> DraftProposal:

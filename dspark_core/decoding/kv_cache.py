@@ -65,6 +65,15 @@ class BatchedKVCache:
         self._crop_tail()
         self._maybe_compact()
 
+    def add_rows(self, count: int) -> None:
+        """Append `count` empty rows (new requests): every existing column is a hole for them."""
+        for layer in self.cache.layers:
+            if getattr(layer, "is_initialized", False) and layer.keys is not None:
+                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros(count, *layer.keys.shape[1:])])
+                layer.values = torch.cat([layer.values, layer.values.new_zeros(count, *layer.values.shape[1:])])
+        self.mask = torch.cat([self.mask, self.mask.new_zeros(count, self.mask.shape[1])])
+        self.lengths = torch.cat([self.lengths, self.lengths.new_zeros(count)])
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep only these rows (e.g. drop finished requests)."""
         for layer in self.cache.layers:

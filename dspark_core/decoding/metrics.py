@@ -21,6 +21,8 @@ class RoundRecord:
     proposed: int  # draft tokens proposed (and judged)
     accepted: int  # draft tokens accepted
     emitted: int  # tokens committed this round
+    #: the drafter's confidence c_k for each judged position (empty when it reports none)
+    confidences: tuple[float, ...] = ()
 
 
 def tau(records: list[RoundRecord]) -> float | None:

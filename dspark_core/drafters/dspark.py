@@ -46,10 +46,18 @@ class DSparkConfig:
     #: "full" = one per target token (12.6M parameters for SmolLM2 at r = 256, ~28% of a CPU training step)
     head_vocab: str = "draft"
     confidence: bool = True
+    #: T_1..T_γ of sequential temperature scaling (c_k = σ(logit_k / T_k)); empty until calibrated
+    confidence_temperatures: tuple[float, ...] = ()
+    #: b_1..b_γ of the affine calibration (c_k = σ(logit_k / T_k + b_k)); empty: no shift
+    confidence_shifts: tuple[float, ...] = ()
     mask_token: str = "learned"  # block slots after the anchor use a learned mask embedding
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)
+        self.confidence_temperatures = tuple(float(t) for t in self.confidence_temperatures)
+        self.confidence_shifts = tuple(float(b) for b in self.confidence_shifts)
+        if any(not t > 0 for t in self.confidence_temperatures):
+            raise ValueError(f"confidence temperatures must be > 0, got {self.confidence_temperatures}")
         if self.head != "none" and self.head not in HEADS:
             raise ValueError(f"head must be one of {sorted(HEADS)} or 'none', got {self.head!r}")
         if self.head_vocab not in ("draft", "full"):
@@ -60,6 +68,8 @@ class DSparkConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["target_layer_ids"] = list(self.target_layer_ids)
+        data["confidence_temperatures"] = list(self.confidence_temperatures)
+        data["confidence_shifts"] = list(self.confidence_shifts)
         return data
 
 

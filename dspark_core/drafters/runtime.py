@@ -43,8 +43,16 @@ class DSparkDrafter(Drafter):
         self.name = name or model.config.algorithm
         self.block_size = model.config.block_size
         self.feature_layers = tuple(model.config.target_layer_ids)
+        #: T_k of sequential temperature scaling, applied to the confidence logits (empty: uncalibrated)
+        self.confidence_temperatures = tuple(model.config.confidence_temperatures)
+        self.confidence_shifts = tuple(model.config.confidence_shifts)
         self._contexts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._lengths: dict[int, int] = {}
+
+    def _calibrated(self, logit: torch.Tensor, k: int) -> torch.Tensor:
+        """logit_k / T_k + b_k (identity where no calibration was fitted)."""
+        temperatures, shifts = self.confidence_temperatures, self.confidence_shifts
+        return logit / (temperatures[k] if k < len(temperatures) else 1.0) + (shifts[k] if k < len(shifts) else 0.0)
 
     def begin(self, prompts: list[list[int]]) -> None:
         self._contexts = {}
@@ -78,12 +86,12 @@ class DSparkDrafter(Drafter):
             zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
         ):
             self._extend_context(rid, features)
-            anchor_position = len(history) - 1
-            if self._lengths[rid] != anchor_position:
-                raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {anchor_position}")
             limit = min(limit, gamma)
             if limit == 0:
                 continue
+            anchor_position = len(history) - 1
+            if self._lengths[rid] != anchor_position:
+                raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {anchor_position}")
             anchor = torch.tensor([[history[-1]]], device=device)
             block = model.block_inputs(anchor)  # [1, 1, γ, d] -> [1, γ, d]
             block = block.reshape(1, gamma, -1)
@@ -100,7 +108,7 @@ class DSparkDrafter(Drafter):
                 bias, state = model.head_bias(prev, h[k : k + 1], state)
                 logits = base[k : k + 1] if bias is None else base[k : k + 1] + bias
                 if confidences is not None:
-                    confidences[row, k] = torch.sigmoid(model.confidence_logit(prev, h[k : k + 1]))[0]
+                    confidences[row, k] = torch.sigmoid(self._calibrated(model.confidence_logit(prev, h[k : k + 1]), k))[0]
                 prev = _draw(logits, model.draft_vocab, request, probs, row, k)
                 tokens[row, k] = prev[0]
         lengths = torch.tensor([min(m, gamma) for m in request.max_lengths], dtype=torch.long, device=device)

@@ -55,3 +55,51 @@ def acceptance_curves(curves: dict[str, list[float | None] | dict[int, float]], 
     if curves:
         axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+#: fewest rounds in a bin for the reliability diagram to draw it
+MIN_BIN = 5
+
+
+def reliability_diagrams(curves: dict[str, list[list[dict]]], path: Path, title: str = "confidence reliability") -> Path:
+    """One panel per draft position: observed survival against mean predicted survival per bin, one line per
+    name (e.g. before / after calibration); bins as `calibration.reliability_bins` gives them. Bins of fewer than
+    `MIN_BIN` rounds are left out (one or two rounds make spikes that say nothing)."""
+    positions = max((len(bins) for bins in curves.values()), default=0)
+    figure, axes = plt.subplots(1, max(positions, 1), figsize=(2.6 * max(positions, 1), 2.8), squeeze=False)
+    for k in range(positions):
+        axis = axes[0][k]
+        axis.plot([0, 1], [0, 1], color="tab:gray", linewidth=0.8, linestyle=":")
+        for name, per_position in curves.items():
+            points = ([(b["predicted"], b["observed"]) for b in per_position[k] if b["count"] >= MIN_BIN]
+                      if k < len(per_position) else [])
+            if points:
+                axis.plot(*zip(*points), marker="o", markersize=3, label=name)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_title(f"position {k + 1}", fontsize=9)
+        axis.set_xlabel("predicted ∏c", fontsize=8)
+        if k == 0:
+            axis.set_ylabel("observed survival", fontsize=8)
+            axis.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10, y=1.04)
+    return _save(figure, path)
+
+
+def pareto_plot(series: dict[str, list[tuple[float, float, str]]], path: Path,
+                title: str = "throughput vs interactivity") -> Path:
+    """Aggregate tokens/s against per-user tokens/s, one line per method, each point labelled (e.g. R = 4)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, points in series.items():
+        if not points:
+            continue
+        points = sorted(points, key=lambda p: p[0])
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for x, y, label in points:
+            axis.annotate(label, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    axis.set_xlabel("per-user tokens/s (interactivity)")
+    axis.set_ylabel("aggregate tokens/s (throughput)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)

@@ -16,6 +16,8 @@ from dspark_core.data.prompts import PromptRecord
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.drafter import Drafter
 from dspark_core.decoding.metrics import RoundRecord, tau
+from dspark_core.decoding.scheduler import ScheduleConfig
+from dspark_core.decoding.step_cost import StepCostProfile
 from dspark_core.models.target import TargetModel
 
 #: prompt-length buckets (tokens), the `context_bucket` column of acceptance_metrics
@@ -52,10 +54,12 @@ class EvalSettings:
     temperature: float
     block_size: int
     seed: int = 0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def generation_config(self, speculative: bool = True) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, sampling=SamplingConfig(temperature=self.temperature),
-                                block_size=self.block_size, speculative=speculative, seed=self.seed)
+                                block_size=self.block_size, speculative=speculative, seed=self.seed,
+                                schedule=self.schedule)
 
 
 @dataclass
@@ -69,9 +73,11 @@ class PromptResult:
 
 
 def decode_prompts(target: TargetModel, drafter: Drafter | None, prompts: list[EvalPrompt], settings: EvalSettings,
-                   *, desc: str = "decoding", progress: bool = True) -> list[PromptResult]:
-    """Decode each prompt alone (the per-request latency view). drafter=None: autoregressive."""
-    engine = SpeculativeEngine(target, drafter)
+                   *, desc: str = "decoding", progress: bool = True,
+                   step_costs: StepCostProfile | None = None) -> list[PromptResult]:
+    """Decode each prompt alone (the per-request latency view). drafter=None: autoregressive. `step_costs`: the
+    target's profile, which scheduled verification needs."""
+    engine = SpeculativeEngine(target, drafter, step_costs=step_costs)
     config = settings.generation_config(speculative=drafter is not None)
     results = []
     for prompt in tqdm(prompts, desc=desc, disable=not progress):

@@ -80,6 +80,9 @@ def _speculators_config(config: dict) -> dict:
         "markov_rank": 0 if head == "none" else module["head_rank"],
         "markov_head_type": _HEAD_TYPES.get(head, "vanilla"),
         "enable_confidence_head": bool(module["confidence"]),
+        # sequential temperature scaling of the confidences (no speculators field: our name)
+        "confidence_temperatures": list(module.get("confidence_temperatures") or []) or None,
+        "confidence_shifts": list(module.get("confidence_shifts") or []) or None,
         "confidence_head_with_markov": bool(module["confidence"]),
         "ce_loss_alpha": loss.get("ce"),
         "l1_loss_alpha": loss.get("tv"),

@@ -21,7 +21,9 @@ from dspark_core.evaluation.speculative import (
     mismatched_prompts, summarize,
 )
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, setting
+from dspark_core.decoding.scheduler import ScheduleConfig
+from dspark_core.decoding.step_cost import ensure_profile
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, default_of, help_of, setting
 from dspark_core.store.acceptance import AcceptanceRow, measurement_key
 
 __all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
@@ -38,12 +40,20 @@ class EvalConfig:
                                  "the draft's γ (empty: γ). Where verifying more tokens costs more (a CPU), "
                                  "fewer decode faster")
 
+    schedule: str = setting(default_of(ScheduleConfig, "mode"), help_of(ScheduleConfig, "mode"))
+    threshold: float = setting(default_of(ScheduleConfig, "threshold"), help_of(ScheduleConfig, "threshold"))
+
     def __post_init__(self) -> None:
+        self.schedule_config  # checks mode and threshold
         if self.max_prompts < 1 or self.max_new_tokens < 1 or not self.temperature >= 0:
             raise ConfigError(f"max_prompts and max_new_tokens must be >= 1 and temperature >= 0, got "
                               f"{self.max_prompts}, {self.max_new_tokens}, {self.temperature}")
         if self.block_size is not None and self.block_size < 1:
             raise ConfigError(f"block_size must be >= 1 (or unset for the draft's own γ), got {self.block_size}")
+
+    @property
+    def schedule_config(self) -> ScheduleConfig:
+        return ScheduleConfig(mode=self.schedule, threshold=self.threshold)
 
 
 @dataclass
@@ -82,8 +92,11 @@ class EvalReport:
         """How τ was measured (benchmark, temperature, length, prompts): τ is only ever compared with τ
         measured alike."""
         prompts = hashlib.sha256("".join(p.id for p in self.prompts).encode()).hexdigest()[:12]
-        return json.dumps({"benchmark": self.config.benchmark, "temperature": self.config.temperature,
-                           "max_new_tokens": self.config.max_new_tokens, "prompts": prompts}, sort_keys=True)
+        identity = {"benchmark": self.config.benchmark, "temperature": self.config.temperature,
+                    "max_new_tokens": self.config.max_new_tokens, "prompts": prompts}
+        if self.config.schedule != "fixed":  # fixed-length ids stay what they were before schedules existed
+            identity["schedule"] = self.config.schedule
+        return json.dumps(identity, sort_keys=True)
 
     def metrics(self) -> dict[str, float]:
         """Scalar metrics of the whole benchmark (what a tracking run records)."""
@@ -118,7 +131,7 @@ class EvalReport:
             drafter=self.drafter, draft_checkpoint=None if self.draft_path is None else str(self.draft_path),
             draft_version=draft_version,
             benchmark=self.config.benchmark, temperature=self.config.temperature, block_size=self.block_size,
-            code_version=dspark_core.__version__,
+            code_version=dspark_core.__version__, schedule=self.config.schedule,
         )
         rows = []
         for s in self.summaries:
@@ -165,11 +178,14 @@ def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPro
     if config.block_size is not None:
         block_size = min(block_size, config.block_size)
     settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            block_size=block_size, seed=config.seed)
-    decode_prompts(target, drafter, prompts[:1], replace(settings, max_new_tokens=8), progress=False)  # warm-up
+                            block_size=block_size, seed=config.seed, schedule=config.schedule_config)
+    step_costs = ensure_profile(target, progress=progress)[0] if config.schedule == "scheduled" else None
+    decode_prompts(target, drafter, prompts[:1], replace(settings, max_new_tokens=8), progress=False,
+                   step_costs=step_costs)  # warm-up
     if baseline is None:
         baseline = decode_prompts(target, None, prompts, settings, desc="autoregressive", progress=progress)
-    results = decode_prompts(target, drafter, prompts, settings, desc=drafter.name, progress=progress)
+    results = decode_prompts(target, drafter, prompts, settings, desc=drafter.name, progress=progress,
+                             step_costs=step_costs)
     return EvalReport(
         config=config, target_spec=target.spec, target_revision=target.revision,
         drafter=read_draft_config(draft_path)["algorithm"] if draft_path else drafter.name, draft_path=draft_path,

@@ -46,6 +46,8 @@ class AcceptanceRow:
     position: int | None = None
     value: float | None = None
     n: int | None = None
+    schedule: str = "fixed"  # how many drafts each round verified: fixed, threshold, scheduled
+    concurrency: int = 1  # requests decoded at once
 
 
 COLUMNS = [f.name for f in fields(AcceptanceRow)]

@@ -6,7 +6,7 @@ one measurement: writing the same key again replaces its rows instead of adding 
 
 from __future__ import annotations
 
-ACCEPTANCE_COLUMNS = (
+_V1_COLUMNS = (
     ("recorded_at", "TIMESTAMPTZ NOT NULL"),
     ("measurement_key", "VARCHAR NOT NULL"),
     ("run_id", "VARCHAR"),  # the orchestrator's run id (Dagster), or the CLI's
@@ -27,9 +27,16 @@ ACCEPTANCE_COLUMNS = (
     ("n", "BIGINT"),  # what the value was measured on: rounds for acceptance, generated tokens for speed
     ("code_version", "VARCHAR"),
 )
+#: added by migration 2: how each round chose how many drafts to verify (fixed, threshold, scheduled), and how
+#: many requests were decoded at once (1 = one request at a time, the latency view)
+_V2_COLUMNS = (
+    ("schedule", "VARCHAR DEFAULT 'fixed'"),
+    ("concurrency", "INTEGER DEFAULT 1"),
+)
+ACCEPTANCE_COLUMNS = _V1_COLUMNS + _V2_COLUMNS
 
 _TABLE = "CREATE TABLE IF NOT EXISTS acceptance_metrics (\n  " + ",\n  ".join(
-    f"{name} {kind}" for name, kind in ACCEPTANCE_COLUMNS) + "\n)"
+    f"{name} {kind}" for name, kind in _V1_COLUMNS) + "\n)"
 
 # Views answer the questions users ask most; 'all'/'all' rows are the whole benchmark.
 _VIEWS = [
@@ -67,9 +74,23 @@ _VIEWS = [
     ORDER BY a.base_model, a.drafter, a.metric, a.position""",
 ]
 
+
+def _with_schedule(view: str) -> str:
+    """A version-1 view that also keys measurements by schedule and concurrency (fixed-length and scheduled
+    verification of the same draft are different measurements)."""
+    for old, new in (("benchmark, temperature", "benchmark, temperature, schedule, concurrency"),
+                     ("o.temperature,", "o.temperature, o.schedule, o.concurrency,"),
+                     ("a.temperature,", "a.temperature, a.schedule, a.concurrency,"),
+                     ("benchmark, domain, temperature,", "benchmark, domain, temperature, schedule, concurrency,")):
+        view = view.replace(old, new)
+    return view
+
+
 #: (version, statements); append new migrations, never edit applied ones
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [_TABLE, "CREATE INDEX IF NOT EXISTS acceptance_measurement ON acceptance_metrics (measurement_key)", *_VIEWS]),
+    (2, [*(f"ALTER TABLE acceptance_metrics ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in _V2_COLUMNS),
+         *(_with_schedule(view) for view in _VIEWS)]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
