@@ -43,9 +43,10 @@ def main() -> None:
     except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:
+        # usage errors (a bad option value, a value out of range): typer's own, or click's where typer uses it
         import click
 
-        if isinstance(exc, click.exceptions.ClickException):
+        if isinstance(exc, (typer.TyperException, click.exceptions.ClickException)) and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise

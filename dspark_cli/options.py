@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import typer
 
-from dspark_core.settings import default_of, help_of
+from dspark_core.settings import bounds_of, default_of, help_of
 
 
 def core_option(cls: type, name: str, *flags: str, **kwargs) -> typer.models.OptionInfo:
-    """A typer option for setting `name` of config dataclass `cls`: its declared default and help text."""
+    """A typer option for setting `name` of config dataclass `cls`: its declared default, help text and range (a
+    value outside it is refused before the command runs, naming the option)."""
     help_text = help_of(cls, name)
-    return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **kwargs)
+    bounds = bounds_of(cls, name)
+    limits = {key: bounds[key] for key in ("min", "max") if key in bounds}
+    if "choices" in bounds:
+        help_text += f" ({', '.join(map(str, bounds['choices']))})" if help_text else ""
+    return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **limits, **kwargs)
 
 
 def comma_words(value: str | None) -> tuple[str, ...]:

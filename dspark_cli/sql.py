@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from dspark_core.paths import dspark_home
 from dspark_core.store import MetricsStore
@@ -20,7 +21,7 @@ def sql_command(
     query: str = typer.Argument(..., help="A SELECT (or DESCRIBE/SHOW/...) statement; writes are refused."),
     database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON objects, one per line."),
-    limit: int = typer.Option(200, "--max-rows", help="Print at most this many rows."),
+    limit: int = typer.Option(200, "--max-rows", min=1, help="Print at most this many rows."),
 ) -> None:
     """Query acceptance_metrics and its views (latest_tau, tau_over_time, acceptance_curves) read-only."""
     store = MetricsStore(database or dspark_home() / "metrics.duckdb")
@@ -31,9 +32,10 @@ def sql_command(
         return
     table = Table(show_lines=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(column), overflow="fold")
     for row in rows[:limit]:
-        table.add_row(*("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        # values as plain text: a stored '[/]' must not be read as terminal markup
+        table.add_row(*(Text("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
     console.print(table)
     shown = min(len(rows), limit)
     console.print(f"{len(rows)} row(s)" + (f", first {shown} shown" if shown < len(rows) else ""))

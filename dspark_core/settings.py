@@ -23,13 +23,49 @@ DEFAULT_BLOCK_SIZE = 4
 DEFAULT_DECODE_BLOCK_SIZE = 2
 
 _HELP = "help"
+_BOUNDS = ("min", "max", "above", "choices")
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING) -> Any:
-    """A dataclass field with a default (or a default factory) and a one-line help text."""
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, min: float | None = None,
+            max: float | None = None, above: float | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with a default (or a default factory), a one-line help text and its valid values:
+    `min` / `max` inclusive, `above` exclusive, or one of `choices`. `check_settings` enforces them, the CLI
+    options and the Dagster config fields declare them too."""
+    metadata = {_HELP: help, **{key: value for key, value in
+                                (("min", min), ("max", max), ("above", above), ("choices", choices)) if value is not None}}
     if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata={_HELP: help})
-    return dataclasses.field(default=default, metadata={_HELP: help})
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def bounds_of(cls: type, name: str) -> dict[str, Any]:
+    """The declared valid values of setting `name` of `cls`: any of min, max, above, choices."""
+    return {key: value for key, value in _field(cls, name).metadata.items() if key in _BOUNDS}
+
+
+def check_settings(config: Any) -> None:
+    """Raise one ConfigError naming the first setting of `config` outside its declared values (NaN never is
+    valid). Config dataclasses call this first thing in `__post_init__`, before anything is written."""
+    from dspark_core.errors import ConfigError
+
+    for item in dataclasses.fields(config):
+        value, bounds = getattr(config, item.name), bounds_of(type(config), item.name)
+        if value is None or not bounds:
+            continue
+        if "choices" in bounds:
+            if value not in bounds["choices"]:
+                raise ConfigError(f"{item.name} must be one of {', '.join(map(str, bounds['choices']))}, got {value!r}")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value != value:
+            raise ConfigError(f"{item.name} must be a number, got {value}")
+        if "min" in bounds and value < bounds["min"]:
+            raise ConfigError(f"{item.name} must be >= {bounds['min']}, got {value}")
+        if "above" in bounds and value <= bounds["above"]:
+            raise ConfigError(f"{item.name} must be > {bounds['above']}, got {value}")
+        if "max" in bounds and value > bounds["max"]:
+            raise ConfigError(f"{item.name} must be <= {bounds['max']}, got {value}")
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:

@@ -16,16 +16,20 @@ from dspark_core.recipes.calibration import CalibrationConfig
 from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.export import ExportConfig
-from dspark_core.settings import default_of, help_of
+from dspark_core.settings import bounds_of, default_of, help_of
 from dspark_core.training.trainer import TrainConfig
 
 
 def core_field(cls: type, name: str):
-    """A config field with the default and description of setting `name` of library dataclass `cls`."""
+    """A config field with the default, description and range of setting `name` of library dataclass `cls` (the
+    Launchpad refuses a value outside it before the run starts)."""
     default = default_of(cls, name)
+    bounds = bounds_of(cls, name)
+    limits = {pydantic: bounds[key] for key, pydantic in (("min", "ge"), ("max", "le"), ("above", "gt")) if key in bounds}
+    description = help_of(cls, name) + (f" ({', '.join(map(str, bounds['choices']))})" if "choices" in bounds else "")
     if isinstance(default, (tuple, list)):
-        return Field(default_factory=lambda: list(default), description=help_of(cls, name))
-    return Field(default=default, description=help_of(cls, name))
+        return Field(default_factory=lambda: list(default), description=description)
+    return Field(default=default, description=description, **limits)
 
 
 class CoreConfig(dg.Config):

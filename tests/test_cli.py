@@ -183,7 +183,7 @@ def test_profile_measures_stores_and_prints_the_step_costs(capsys):
     profile = json.loads(out)
     assert profile["rows"] == [1, 2] and len(profile["ms"][0]) == 3 and profile["target_spec"] == TINY
     code, out, err = run_cli(["generate", "--target", TINY, "--prompt", "x", "--schedule", "sometimes"], capsys)
-    assert code == 2 and "schedule mode must be one of fixed, threshold, scheduled" in err
+    assert code == 2 and "mode must be one of fixed, threshold, scheduled, got 'sometimes'" in err
 
 
 def test_unknown_head_or_drafter_is_a_clear_error(capsys):

@@ -29,7 +29,7 @@ from dspark_core.data.chat import tokenize_with_assistant_mask
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -67,15 +67,16 @@ class CacheConfig:
     """Which target features are cached, and how."""
 
     layer_ids: tuple[int, ...] = setting((), "Decoder layers to cache; empty: `num_layers` spread over the depth")
-    num_layers: int = setting(5, "How many layers to spread over the depth when layer_ids is empty")
-    dtype: str = setting("bfloat16", "Storage dtype: bfloat16, float16 or float32")
-    max_length: int = setting(1024, "Truncate conversations to this many tokens")
+    num_layers: int = setting(5, "How many layers to spread over the depth when layer_ids is empty", min=1)
+    dtype: str = setting("bfloat16", "Storage dtype: bfloat16, float16 or float32", choices=("bfloat16", "float16", "float32"))
+    max_length: int = setting(1024, "Truncate conversations to this many tokens", min=2)
     #: tokens per shard (a shard is the unit of atomic writing and resuming)
     shard_tokens: int = 262_144
     #: tokens per target forward batch
     batch_tokens: int = 4096
 
     def __post_init__(self) -> None:
+        check_settings(self)
         object.__setattr__(self, "layer_ids", tuple(self.layer_ids))
         if self.dtype not in _DTYPES:
             raise ConfigError(f"cache dtype {self.dtype!r} is not one of {sorted(_DTYPES)}")

@@ -7,14 +7,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from dspark_core.errors import ConfigError
 from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home
 
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def check_dataset_name(dataset: str) -> str:
+    """A dataset name is its folder's name, so two different names never share a folder: lowercase letters,
+    digits, '.', '_' and '-', starting with a letter or digit."""
+    if not _DATASET_NAME.fullmatch(dataset or ""):
+        hint = slugify(dataset or "")
+        raise ConfigError(f"dataset name {dataset!r} is not usable as a folder name as it is; use lowercase letters, "
+                          f"digits, '.', '_' or '-', starting with a letter or digit (e.g. {hint!r})")
+    return dataset
+
 
 def dataset_dir(dataset: str) -> Path:
-    return dspark_home() / "data" / slugify(dataset)
+    return dspark_home() / "data" / check_dataset_name(dataset)
 
 
 def prompts_path(dataset: str) -> Path:

@@ -5,6 +5,8 @@ Output directory:
     manifest.json     target spec and revision, settings, counts, status
 Resumable: lines are appended and flushed batch by batch; a rerun skips prompts already answered (a line
 cut short by a kill is dropped) and refuses to mix in answers made with other settings or another target.
+Answers to prompts no longer in the dataset (its prompts were replaced) are removed, and one regeneration at a
+time writes a directory (a lock file; a second one is refused with a message).
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from dspark_core.data.chat import render_ids
 from dspark_core.data.prompts import PromptRecord
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.drafter import Drafter
-from dspark_core.errors import ConfigError, DsparkError
+from dspark_core.errors import DsparkError
 from dspark_core.models.packaged import PACKAGED_MODELS
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 RESPONSES_FILE = "responses.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -51,17 +55,16 @@ def recommended_sampling(target: TargetModel) -> SamplingConfig:
 class RegenerationConfig:
     """How the target answers the prompts. Sampling settings left empty are the model's recommended ones."""
 
-    max_new_tokens: int = setting(128, "Longest response the target writes per prompt")
-    batch_size: int = setting(32, "Prompts answered together")
+    max_new_tokens: int = setting(128, "Longest response the target writes per prompt", min=1)
+    batch_size: int = setting(32, "Prompts answered together", min=1)
     seed: int = setting(0, "Sampling seed")
-    temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting")
-    top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting")
-    top_k: int | None = setting(None, "Top-k; empty: the model's recommended setting")
-    limit: int | None = setting(None, "Answer only the first N prompts; empty: all")
+    temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting", min=0)
+    top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting", above=0, max=1)
+    top_k: int | None = setting(None, "Top-k; empty: the model's recommended setting", min=0)
+    limit: int | None = setting(None, "Answer only the first N prompts; empty: all", min=1)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ConfigError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens} and {self.batch_size}")
+        check_settings(self)
 
     def sampling_for(self, target: TargetModel) -> SamplingConfig:
         """The recommended sampling of `target`, with the settings given here in its place."""
@@ -73,23 +76,53 @@ class RegenerationConfig:
         )
 
 
-def _read_done(path: Path) -> set[str]:
-    """Ids already answered; truncates a trailing partial line left by a killed run."""
+def _read_answered(path: Path) -> list[tuple[str, str]]:
+    """(id, line) of every answered prompt, in file order; truncates a trailing partial line left by a killed run."""
     if not path.exists():
-        return set()
+        return []
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
     if cut < len(data):
         with open(path, "r+b") as handle:
             handle.truncate(cut)
-    done = set()
-    for number, line in enumerate(data[:cut].decode("utf-8").splitlines(), start=1):
+    answered = []
+    for number, line in enumerate(data[:cut].decode("utf-8", errors="replace").splitlines(), start=1):
         if line.strip():
             try:
-                done.add(json.loads(line)["id"])
-            except (json.JSONDecodeError, KeyError) as exc:
+                answered.append((json.loads(line)["id"], line))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DsparkError(f"{path}:{number} is not a response line ({exc}); delete the file to start over") from exc
-    return done
+    return answered
+
+
+def _keep_current(path: Path, answered: list[tuple[str, str]], current: set[str]) -> tuple[set[str], int]:
+    """Drop answers to prompts no longer in the dataset and repeated answers (the first one stays), rewriting the
+    file atomically when anything goes; returns (ids kept, lines dropped)."""
+    kept: dict[str, str] = {}
+    for rid, line in answered:
+        if rid in current and rid not in kept:
+            kept[rid] = line
+    dropped = len(answered) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept.values()), encoding="utf-8")
+        os.replace(tmp, path)
+    return set(kept), dropped
+
+
+@contextmanager
+def _only_writer(out_dir: Path):
+    """One regeneration per output directory at a time (another terminal, or the CLI next to a Dagster run)."""
+    lock = FileLock(out_dir / ".regenerate.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise DsparkError(f"another regeneration is writing {out_dir} right now; wait for it to finish (or stop it), "
+                          f"then run again to resume") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def regenerate_responses(
@@ -101,73 +134,84 @@ def regenerate_responses(
     drafter: Drafter | None = None,
     progress: bool = True,
 ) -> dict:
-    """Answer every (record, split) pair with the target; returns the final manifest."""
+    """Answer every (record, split) pair with the target; returns the final manifest.
+
+    Prompts are answered in fixed batches (sorted by length, then id) whose sampling seed follows from the batch's
+    index, so a resumed run writes exactly what an uninterrupted one would, at any temperature."""
     if not prompts:
         raise DsparkError("no prompts to answer: the prompt source is empty")
     sampling = config.sampling_for(target)
     prompts = prompts[: config.limit]
     settings = {"max_new_tokens": config.max_new_tokens, "seed": config.seed, "sampling": asdict(sampling),
                 "chat_template": target.has_chat_template}
+    if not sampling.greedy:  # sampled answers depend on the batches they were drawn in
+        settings["batch_size"] = config.batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, responses_path = out_dir / MANIFEST_FILE, out_dir / RESPONSES_FILE
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("target_revision") != target.revision or previous.get("settings") != settings:
-            raise DsparkError(
-                f"{out_dir} holds responses from {previous.get('target')!r} with settings {previous.get('settings')}; "
-                f"these would be mixed with new ones from {target.spec!r} with {settings}. Use another output "
-                f"directory or delete this one"
-            )
-    done = _read_done(responses_path)
-    manifest = {
-        "target": target.spec,
-        "target_revision": target.revision,
-        "settings": settings,
-        "status": "running",
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    write_json_atomic(manifest_path, manifest)
+    with _only_writer(out_dir):
+        answered = _read_answered(responses_path)
+        if manifest_path.exists() and answered:
+            previous = json.loads(manifest_path.read_text())
+            if previous.get("target_revision") != target.revision or previous.get("settings") != settings:
+                raise DsparkError(
+                    f"{out_dir} holds responses from {previous.get('target')!r} with settings {previous.get('settings')}; "
+                    f"these would be mixed with new ones from {target.spec!r} with {settings}. Use another output "
+                    f"directory or delete this one"
+                )
+        done, dropped = _keep_current(responses_path, answered, {r.id for r, _ in prompts})
+        manifest = {
+            "target": target.spec,
+            "target_revision": target.revision,
+            "settings": settings,
+            "status": "running",
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(manifest_path, manifest)
 
-    todo = [(r, s) for r, s in prompts if r.id not in done]
-    todo.sort(key=lambda pair: sum(len(c) for _, c in pair[0].messages))  # similar lengths batch well
-    engine = SpeculativeEngine(target, drafter)
-    started = time.perf_counter()
-    skipped: list[str] = []
-    bar = tqdm(total=len(todo), desc="regenerating responses", disable=not progress)
-    with open(responses_path, "a", encoding="utf-8") as handle:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            lines = _answer_batch(target, engine, batch, sampling, config, start, skipped)
-            for line in lines:
-                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-            bar.update(len(batch))
-    bar.close()
+        ordered = sorted(prompts, key=lambda pair: (sum(len(c) for _, c in pair[0].messages), pair[0].id))
+        batches = [ordered[i : i + config.batch_size] for i in range(0, len(ordered), config.batch_size)]
+        engine = SpeculativeEngine(target, drafter)
+        started = time.perf_counter()
+        skipped: list[str] = []
+        bar = tqdm(total=sum(r.id not in done for r, _ in prompts), desc="regenerating responses", disable=not progress)
+        with open(responses_path, "a", encoding="utf-8") as handle:
+            for index, batch in enumerate(batches):
+                missing = sum(r.id not in done for r, _ in batch)
+                if not missing:
+                    continue
+                # the whole batch again (its seed and companions fixed), keeping only the answers not written yet
+                for line in _answer_batch(target, engine, batch, sampling, config, index, skipped):
+                    if line["id"] not in done:
+                        handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+                bar.update(missing)
+        bar.close()
 
-    counts = {"train": 0, "validation": 0}
-    tokens = 0
-    with open(responses_path, encoding="utf-8") as handle:
-        for line in handle:
-            obj = json.loads(line)
-            counts[obj["split"]] += 1
-            tokens += sum(obj["response_tokens"])
-    manifest.update(
-        status="complete",
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        conversations=counts["train"] + counts["validation"],
-        splits=counts,
-        response_tokens=tokens,
-        skipped_too_long=skipped,
-        # this run only (a resumed or reused run takes less than the whole)
-        seconds=round(time.perf_counter() - started, 2),
-    )
-    write_json_atomic(manifest_path, manifest)
+        counts = {"train": 0, "validation": 0}
+        tokens = 0
+        with open(responses_path, encoding="utf-8") as handle:
+            for line in handle:
+                obj = json.loads(line)
+                counts[obj["split"]] += 1
+                tokens += sum(obj["response_tokens"])
+        manifest.update(
+            status="complete",
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            conversations=counts["train"] + counts["validation"],
+            splits=counts,
+            response_tokens=tokens,
+            skipped_too_long=sorted(set(skipped)),
+            removed_stale_or_repeated=dropped,
+            # this run only (a resumed or reused run takes less than the whole)
+            seconds=round(time.perf_counter() - started, 2),
+        )
+        write_json_atomic(manifest_path, manifest)
     return manifest
 
 
-def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> list[dict]:
-    """Answer a batch of conversations turn by turn (all first turns together, then all second turns, ...)."""
+def _answer_batch(target, engine, batch, sampling, config, index, skipped) -> list[dict]:
+    """Answer batch number `index` turn by turn (all first turns together, then all second turns, ...)."""
     conversations = [[] for _ in batch]
     response_tokens = [[] for _ in batch]
     response_ids = [[] for _ in batch]
@@ -194,7 +238,8 @@ def _answer_batch(target, engine, batch, sampling, config, offset, skipped) -> l
             break
         result = engine.generate(
             prompt_ids,
-            GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling, seed=config.seed + offset + turn),
+            GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling,
+                             seed=config.seed * 1_000_003 + index * 1_000 + turn),
         )
         for index, output in zip(rows, result.outputs):
             conversations[index].append(("assistant", target.decode(output.tokens)))

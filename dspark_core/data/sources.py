@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from dspark_core.data.layout import check_dataset_name
 from dspark_core.data.prompts import (
     LoadReport, PromptRecord, deduplicate, load_hf_dataset, read_jsonl, read_prompt_file, write_prompts,
 )
@@ -16,7 +17,7 @@ from dspark_core.data.selfgen import SelfGenerationConfig, check_domains, self_g
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 SOURCE_FORMS = "a .jsonl file | hf:NAME_OR_PATH | self"
 
@@ -28,11 +29,11 @@ class PromptsConfig:
     dataset: str = setting("default", "Dataset name: a folder under $DSPARK_HOME/data")
     source: str | None = setting(None, f"Prompt source: {SOURCE_FORMS}; empty: 'self' (the model writes user "
                                        f"requests itself, offline; needs a chat template)")
-    count: int = setting(192, "For source 'self': how many prompts to generate")
+    count: int = setting(192, "For source 'self': how many prompts to generate", min=1)
     domains: tuple[str, ...] = setting((), "For source 'self': steer the requests to these domains in equal shares "
                                            "(math, code, chat, writing); empty: unsteered")
-    limit: int | None = setting(None, "Keep at most this many prompts (any source)")
-    validation_fraction: float = setting(0.12, "Share held out from training, by content hash; evaluation decodes these")
+    limit: int | None = setting(None, "Keep at most this many prompts (any source)", min=1)
+    validation_fraction: float = setting(0.12, "Share held out from training, by content hash; evaluation decodes these", min=0, max=1)
     seed: int = setting(0, "Seed of prompt generation")
     hf_split: str = setting("train", "For hf: sources, the dataset split to read")
     prompt_column: str | None = setting(None, "For hf: sources, a plain-text prompt column")
@@ -40,10 +41,10 @@ class PromptsConfig:
     on_error: str = setting("skip", "Malformed lines: 'skip' (reported) or 'raise'")
 
     def __post_init__(self) -> None:
+        check_settings(self)
         object.__setattr__(self, "domains", tuple(self.domains))
         check_domains(self.domains)
-        if not 0.0 <= self.validation_fraction <= 1.0:
-            raise ConfigError(f"validation_fraction must be in [0, 1], got {self.validation_fraction}")
+        check_dataset_name(self.dataset)
         if self.on_error not in ("skip", "raise"):
             raise ConfigError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
 

@@ -26,16 +26,16 @@ from dspark_core.decoding.step_cost import StepCostProfile
 from dspark_core.decoding.verification import verify_greedy, verify_sampled
 from dspark_core.errors import ConfigError, PromptError
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE, setting
+from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE, check_settings, setting
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = setting(128, "Most tokens generated per request")
+    max_new_tokens: int = setting(128, "Most tokens generated per request", min=1)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     #: γ, the most draft tokens proposed and verified per round
     block_size: int = setting(DEFAULT_DECODE_BLOCK_SIZE, "Most draft tokens proposed and verified per round "
-                                                         "(at most the draft's γ; more pays on a GPU, less on a CPU)")
+                                                         "(at most the draft's γ; more pays on a GPU, less on a CPU)", min=0)
     #: the one switch that turns the draft module on or off
     speculative: bool = True
     stop_at_eos: bool = True
@@ -46,10 +46,7 @@ class GenerationConfig:
     max_batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.block_size < 0:
-            raise ConfigError(f"block_size must be >= 0, got {self.block_size}")
+        check_settings(self)
         if self.max_batch is not None and self.max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1 (or None for all requests at once), got {self.max_batch}")
 

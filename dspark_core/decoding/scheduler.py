@@ -27,7 +27,7 @@ from itertools import accumulate, takewhile
 from typing import Callable, Sequence
 
 from dspark_core.errors import ConfigError
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 SCHEDULE_MODES = ("fixed", "threshold", "scheduled")
 
@@ -39,15 +39,12 @@ PassCost = Callable[[Sequence[int]], float]
 class ScheduleConfig:
     mode: str = setting("fixed", "How many drafted tokens to verify per request and round: fixed (all), threshold "
                                  "(while the predicted survival is at least --threshold) or scheduled (the length "
-                                 "that maximises expected tokens per second of the measured step-cost profile)")
+                                 "that maximises expected tokens per second of the measured step-cost profile)", choices=SCHEDULE_MODES)
     threshold: float = setting(0.3, "Threshold mode: verify a draft position while the product of the confidences "
-                                    "up to it is at least this")
+                                    "up to it is at least this", min=0, max=1)
 
     def __post_init__(self) -> None:
-        if self.mode not in SCHEDULE_MODES:
-            raise ConfigError(f"schedule mode must be one of {', '.join(SCHEDULE_MODES)}, got {self.mode!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"schedule threshold must be within [0, 1], got {self.threshold}")
+        check_settings(self)
 
 
 def survival(confidences: Sequence[Sequence[float]]) -> list[list[float]]:

@@ -33,7 +33,7 @@ from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.spec import slugify
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import dspark_home, write_json_atomic
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 _FORMAT = 1
 
@@ -41,19 +41,17 @@ _FORMAT = 1
 @dataclass(frozen=True)
 class ProfileConfig:
     rows: tuple[int, ...] = setting((1, 2, 4, 8), "Batch sizes (concurrent requests) to measure")
-    max_width: int = setting(9, "Measure passes of 1..this many tokens per request (a block of γ drafts is γ + 1)")
-    context_tokens: int = setting(256, "Tokens already in each request's KV cache during the measured passes")
-    warmup: int = setting(2, "Unmeasured passes before each measurement")
-    repetitions: int = setting(5, "Measured passes per shape (the median is kept)")
+    max_width: int = setting(9, "Measure passes of 1..this many tokens per request (a block of γ drafts is γ + 1)", min=1)
+    context_tokens: int = setting(256, "Tokens already in each request's KV cache during the measured passes", min=1)
+    warmup: int = setting(2, "Unmeasured passes before each measurement", min=0)
+    repetitions: int = setting(5, "Measured passes per shape (the median is kept)", min=1)
     seed: int = setting(0, "Seed of the random context tokens")
 
     def __post_init__(self) -> None:
+        check_settings(self)
         object.__setattr__(self, "rows", tuple(sorted(set(int(r) for r in self.rows))))
         if not self.rows or self.rows[0] < 1:
             raise ConfigError(f"profile rows must be >= 1, got {self.rows}")
-        if self.max_width < 1 or self.context_tokens < 1 or self.warmup < 0 or self.repetitions < 1:
-            raise ConfigError("profile max_width, context_tokens and repetitions must be >= 1 and warmup >= 0, got "
-                              f"{self.max_width}, {self.context_tokens}, {self.repetitions}, {self.warmup}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dspark_core.decoding.drafter import Drafter
 from dspark_core.errors import DsparkError
 from dspark_core.evaluation.speculative import EvalPrompt, EvalSettings, decode_prompts, mismatched_prompts
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 
 
 def non_finite_tensors(directory: Path) -> list[str]:
@@ -66,8 +66,11 @@ def cache_problems(cache_path: Path, target: TargetModel) -> list[str]:
 class GreedyCheckConfig:
     """The losslessness check of a trained draft: greedy speculative output equals autoregressive output."""
 
-    prompts: int = setting(3, "Held-out prompts decoded greedily both ways")
-    max_new_tokens: int = setting(32, "Tokens generated per prompt")
+    prompts: int = setting(3, "Held-out prompts decoded greedily both ways", min=1)
+    max_new_tokens: int = setting(32, "Tokens generated per prompt", min=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def greedy_mismatches(target: TargetModel, drafter: Drafter, prompts: list[EvalPrompt], max_new_tokens: int = 32,

@@ -20,7 +20,7 @@ from dspark_core.evaluation.calibration import (
 from dspark_core.evaluation.plots import reliability_diagrams
 from dspark_core.evaluation.speculative import EvalPrompt, EvalSettings, decode_prompts
 from dspark_core.models.target import TargetModel
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 from dspark_core.store.acceptance import AcceptanceRow, measurement_key
 
 __all__ = ["CalibrationConfig", "CalibrationReport", "calibrate", "calibrated_path"]
@@ -31,27 +31,22 @@ CALIBRATED_DIR = "calibrated"
 @dataclass(frozen=True)
 class CalibrationConfig:
     suite: str = setting("heldout-v1", "Built-in prompt suite decoded for calibration (never used for training)")
-    max_prompts: int = setting(32, "Prompts decoded to collect confidence samples")
-    max_new_tokens: int = setting(64, "Tokens generated per prompt")
+    max_prompts: int = setting(32, "Prompts decoded to collect confidence samples", min=2)
+    max_new_tokens: int = setting(64, "Tokens generated per prompt", min=1)
     test_fraction: float = setting(0.5, "Share of the prompts (chosen by content hash) held out to report the "
-                                        "calibration on; the rest fits the temperatures")
+                                        "calibration on; the rest fits the temperatures", above=0, max=1)
     temperature: float = setting(0.0, "Sampling temperature of the decoding whose acceptance the confidences "
-                                      "should predict (0 = greedy, as the evaluations decode)")
-    bins: int = setting(DEFAULT_BINS, "Equal-width bins of the ECE and the reliability diagrams")
+                                      "should predict (0 = greedy, as the evaluations decode)", min=0)
+    bins: int = setting(DEFAULT_BINS, "Equal-width bins of the ECE and the reliability diagrams", min=2)
     method: str = setting("affine", "affine: a temperature and a shift per draft position, fitted on the Brier score "
                                     "(a temperature cannot move a confidence of 0.5, and trained heads are biased); "
                                     "temperature: one temperature per position, fitted on the ECE (sequential "
-                                    "temperature scaling)")
+                                    "temperature scaling)", choices=METHODS)
 
     def __post_init__(self) -> None:
-        if self.max_prompts < 2 or self.max_new_tokens < 1 or self.bins < 2:
-            raise ConfigError(f"calibration needs max_prompts >= 2, max_new_tokens >= 1 and bins >= 2, got "
-                              f"{self.max_prompts}, {self.max_new_tokens}, {self.bins}")
-        if self.method not in METHODS:
-            raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not 0 < self.test_fraction < 1 or not self.temperature >= 0:
-            raise ConfigError(f"test_fraction must be within (0, 1) and temperature >= 0, got {self.test_fraction}, "
-                              f"{self.temperature}")
+        check_settings(self)
+        if self.test_fraction >= 1:
+            raise ConfigError(f"test_fraction must be below 1 (some prompts fit the calibration), got {self.test_fraction}")
 
 
 @dataclass

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 __all__ = ["Champion", "ChampionDecision", "ChampionPolicy", "Contender", "decide_champion"]
 
 
 @dataclass(frozen=True)
 class ChampionPolicy:
-    tau_margin: float = setting(0.02, "The champion check fails when τ is below the champion's τ by more than this")
+    tau_margin: float = setting(0.02, "The champion check fails when τ is below the champion's τ by more than this", min=0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ from dspark_core.evaluation.speculative import (
 from dspark_core.models.target import TargetModel
 from dspark_core.decoding.scheduler import ScheduleConfig
 from dspark_core.decoding.step_cost import ensure_profile
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, default_of, help_of, setting
+from dspark_core.settings import (
+    DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, bounds_of, check_settings, default_of, help_of, setting,
+)
 from dspark_core.store.acceptance import AcceptanceRow, measurement_key
 
 __all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
@@ -32,24 +34,22 @@ __all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
 @dataclass(frozen=True)
 class EvalConfig:
     benchmark: str = setting("held-out", "Benchmark name recorded with the metrics")
-    max_prompts: int = setting(12, "Held-out (validation-split) prompts to decode")
-    max_new_tokens: int = setting(64, "Tokens generated per prompt")
-    temperature: float = setting(0.0, "0 = greedy; > 0 samples (still exactly the target's distribution)")
+    max_prompts: int = setting(12, "Held-out (validation-split) prompts to decode", min=1)
+    max_new_tokens: int = setting(64, "Tokens generated per prompt", min=1)
+    temperature: float = setting(0.0, "0 = greedy; > 0 samples (still exactly the target's distribution)", min=0)
     seed: int = setting(0, "Sampling seed")
     block_size: int | None = setting(DEFAULT_DECODE_BLOCK_SIZE, "Most draft tokens verified per round, at most "
                                  "the draft's γ (empty: γ). Where verifying more tokens costs more (a CPU), "
-                                 "fewer decode faster")
+                                 "fewer decode faster", min=1)
 
-    schedule: str = setting(default_of(ScheduleConfig, "mode"), help_of(ScheduleConfig, "mode"))
-    threshold: float = setting(default_of(ScheduleConfig, "threshold"), help_of(ScheduleConfig, "threshold"))
+    schedule: str = setting(default_of(ScheduleConfig, "mode"), help_of(ScheduleConfig, "mode"),
+                            **bounds_of(ScheduleConfig, "mode"))
+    threshold: float = setting(default_of(ScheduleConfig, "threshold"), help_of(ScheduleConfig, "threshold"),
+                               **bounds_of(ScheduleConfig, "threshold"))
 
     def __post_init__(self) -> None:
+        check_settings(self)
         self.schedule_config  # checks mode and threshold
-        if self.max_prompts < 1 or self.max_new_tokens < 1 or not self.temperature >= 0:
-            raise ConfigError(f"max_prompts and max_new_tokens must be >= 1 and temperature >= 0, got "
-                              f"{self.max_prompts}, {self.max_new_tokens}, {self.temperature}")
-        if self.block_size is not None and self.block_size < 1:
-            raise ConfigError(f"block_size must be >= 1 (or unset for the draft's own γ), got {self.block_size}")
 
     @property
     def schedule_config(self) -> ScheduleConfig:

@@ -10,7 +10,7 @@ from dspark_core.errors import ConfigError
 from dspark_core.export.formats import FORMATS, export_draft
 from dspark_core.models.spec import slugify
 from dspark_core.paths import directory_mib, dspark_home
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 __all__ = ["ExportConfig", "ExportReport", "export", "export_dir"]
 
@@ -18,11 +18,10 @@ __all__ = ["ExportConfig", "ExportReport", "export", "export_dir"]
 @dataclass(frozen=True)
 class ExportConfig:
     format: str = setting("speculators", "'speculators' (vLLM speculators' field layout) or 'hf' (our own "
-                                         "Hugging Face-style layout)")
+                                         "Hugging Face-style layout)", choices=FORMATS)
 
     def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"unknown export format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        check_settings(self)
 
 
 @dataclass

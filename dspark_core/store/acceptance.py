@@ -80,7 +80,10 @@ class MetricsStore:
         deadline, delay = time.monotonic() + self.lock_timeout_s, 0.05
         while True:
             try:
-                connection = duckdb.connect(str(self.path), read_only=read_only)
+                # Readers get no file system (COPY TO, EXPORT, read_csv('/etc/...'), ATTACH, INSTALL) and cannot
+                # change that setting: a query can only read this database.
+                config = {"enable_external_access": False, "lock_configuration": True} if read_only else {}
+                connection = duckdb.connect(str(self.path), read_only=read_only, config=config)
                 break
             except duckdb.Error as exc:
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
@@ -160,13 +163,17 @@ class MetricsStore:
         return self.replace_measurement(rows[0].measurement_key, rows)
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        """Run a read-only query; returns (column names, rows). Statements that write are refused by DuckDB."""
+        """Run a read-only query; returns (column names, rows). Statements that write, touch files or change the
+        configuration are refused by DuckDB."""
+        if not sql.strip():
+            raise DsparkError("the SQL query is empty; give one, e.g. \"SELECT * FROM latest_tau\"")
         with self.connect(read_only=True) as connection:
             try:
                 cursor = connection.execute(sql, params or [])
             except _duckdb().Error as exc:
-                if "read-only" in str(exc):
-                    raise DsparkError(f"the metrics database is opened read-only here; only queries that read are run ({exc})") from exc
+                if "read-only" in str(exc) or isinstance(exc, _duckdb().PermissionException) or "configuration" in str(exc):
+                    raise DsparkError(f"the metrics database is opened read-only, without file access: only queries "
+                                      f"that read its tables and views are run ({exc})") from exc
                 raise DsparkError(f"query failed: {exc}") from exc
             columns = [d[0] for d in cursor.description] if cursor.description else []
             return columns, cursor.fetchall()

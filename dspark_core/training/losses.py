@@ -13,17 +13,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dspark_core.settings import setting
+from dspark_core.settings import check_settings, setting
 
 
 @dataclass(frozen=True)
 class LossWeights:
-    ce: float = setting(0.1, "α_ce: weight of the cross-entropy to the target's token")
-    tv: float = setting(0.9, "α_tv: weight of the L1 distance to the target's distribution")
-    conf: float = setting(1.0, "α_conf: weight of the confidence head's loss")
-    decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)")
+    ce: float = setting(0.1, "α_ce: weight of the cross-entropy to the target's token", min=0)
+    tv: float = setting(0.9, "α_tv: weight of the L1 distance to the target's distribution", min=0)
+    conf: float = setting(1.0, "α_conf: weight of the confidence head's loss", min=0)
+    decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)", above=0)
     feature: float = setting(1.0, "α_feat: weight of the regression of the draft's final hidden state onto the "
-                                  "target's (smooth L1; a dense signal that EAGLE trains with)")
+                                  "target's (smooth L1; a dense signal that EAGLE trains with)", min=0)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from dspark_core.drafters.vocab import coverage, select_draft_vocab
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import recover_directory
-from dspark_core.settings import DEFAULT_BLOCK_SIZE, setting
+from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
 from dspark_core.training.losses import LossWeights, TargetDistribution, draft_losses
 from dspark_core.training.state import load_training_state, save_training_state
@@ -46,31 +46,31 @@ class TrainingDivergedError(DsparkError):
 class TrainConfig:
     """How a draft is trained, and the shape of the module. Stored in the checkpoint."""
 
-    algorithm: str = setting("dspark", f"Draft algorithm: {', '.join(ALGORITHMS)}")
-    steps: int = setting(1200, "Optimizer steps")
-    batch_size: int = setting(4, "Sequences per step")
-    anchors_per_sequence: int = setting(16, "Anchors (draft blocks) sampled per sequence and step")
-    max_length: int = setting(512, "Tokens per training sequence (longer ones are cut)")
-    learning_rate: float = setting(6e-4, "Peak AdamW learning rate (linear warmup, then cosine decay)")
-    warmup_steps: int = setting(20, "Linear warmup steps")
-    weight_decay: float = setting(0.01, "AdamW weight decay of matrices")
-    grad_clip: float = setting(1.0, "Gradient norm clip")
+    algorithm: str = setting("dspark", f"Draft algorithm: {', '.join(ALGORITHMS)}", choices=ALGORITHMS)
+    steps: int = setting(1200, "Optimizer steps", min=1)
+    batch_size: int = setting(4, "Sequences per step", min=1)
+    anchors_per_sequence: int = setting(16, "Anchors (draft blocks) sampled per sequence and step", min=1)
+    max_length: int = setting(512, "Tokens per training sequence (longer ones are cut)", min=2)
+    learning_rate: float = setting(6e-4, "Peak AdamW learning rate (linear warmup, then cosine decay)", above=0)
+    warmup_steps: int = setting(20, "Linear warmup steps", min=0)
+    weight_decay: float = setting(0.01, "AdamW weight decay of matrices", min=0)
+    grad_clip: float = setting(1.0, "Gradient norm clip", above=0)
     loss: LossWeights = setting(help="Loss weights (CE, TV, confidence) and position decay", factory=LossWeights)
     # module shape
-    num_layers: int = setting(1, "Draft backbone depth (DSpark/DFlash)")
-    block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: draft tokens proposed per round")
+    num_layers: int = setting(1, "Draft backbone depth (DSpark/DFlash)", min=1)
+    block_size: int = setting(DEFAULT_BLOCK_SIZE, "γ: draft tokens proposed per round", min=1, max=64)
     head: str = setting("markov", "DSpark sequential head: markov, gated or rnn (DFlash and Eagle3 have none)")
-    head_rank: int = setting(256, "Rank r of the sequential head")
+    head_rank: int = setting(256, "Rank r of the sequential head", min=1)
     head_vocab: str = setting("draft", "Rows of the head's previous-token embedding: 'draft' (the draft vocabulary "
-                                       "plus one shared row; cheap) or 'full' (every target token)")
-    draft_vocab_size: int = setting(4096, "Draft vocabulary: the most frequent training tokens")
+                                       "plus one shared row; cheap) or 'full' (every target token)", choices=("draft", "full"))
+    draft_vocab_size: int = setting(4096, "Draft vocabulary: the most frequent training tokens", min=2)
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
-                                  "DSpark/DFlash on Llama-style targets)")
+                                  "DSpark/DFlash on Llama-style targets)", choices=("random", "target"))
     seed: int = setting(0, "Seed of initialization and data order")
-    log_every: int = setting(10, "Log metrics every N steps")
-    checkpoint_every: int = setting(50, "Save the resumable training state every N steps")
+    log_every: int = setting(10, "Log metrics every N steps", min=1)
+    checkpoint_every: int = setting(50, "Save the resumable training state every N steps", min=1)
 
     def __post_init__(self) -> None:
         if isinstance(self.loss, dict):
@@ -82,12 +82,10 @@ class TrainConfig:
         self.loss = replace(self.loss, **fixed.pop("loss", {}))
         for name, value in fixed.items():
             setattr(self, name, value)
-        if self.head not in ("markov", "gated", "rnn", "none"):
+        if self.head not in ("markov", "gated", "rnn", "none"):  # "none" is what DFlash and Eagle3 fix
             raise ConfigError(f"unknown sequential head {self.head!r}; choose markov, gated or rnn")
-        if self.head_vocab not in ("draft", "full"):
-            raise ConfigError(f"unknown head vocabulary {self.head_vocab!r}; choose 'draft' or 'full'")
-        if self.init not in ("random", "target"):
-            raise ConfigError(f"unknown initialization {self.init!r}; choose 'random' or 'target'")
+        check_settings(self)
+        check_settings(self.loss)
         if self.init == "target" and kind.init_from_target is None:
             raise ConfigError(f"{self.algorithm} drafts cannot start from the target's layers; use init 'random'")
 

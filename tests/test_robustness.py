@@ -1,0 +1,150 @@
+"""Ways of using the tool that used to give a wrong result without an error (each test failed before its fix):
+a SQL console that could write files, dataset names sharing a folder, two regenerations at once, answers to
+prompts a dataset no longer has, a resumed sampled regeneration that differed from an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+from filelock import FileLock
+
+from conftest import run_cli
+from dspark_core.data.prompts import PromptRecord
+from dspark_core.data.regenerate import RegenerationConfig, regenerate_responses
+from dspark_core.errors import DsparkError
+
+SAMPLED = RegenerationConfig(max_new_tokens=8, batch_size=2, temperature=1.0, top_k=20)
+
+
+@pytest.fixture()
+def metrics_db(tmp_path) -> Path:
+    path = tmp_path / "metrics.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE notes AS SELECT 'a[/]b' AS text, 1 AS n UNION ALL SELECT '[bold]x', 2")
+    return path
+
+
+@pytest.mark.parametrize("query", [
+    "COPY (SELECT 42) TO '{tmp}/written.csv'",
+    "EXPORT DATABASE '{tmp}/exported'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SET enable_external_access = true",
+    "ATTACH '{tmp}/other.duckdb'",
+])
+def test_sql_console_cannot_touch_files_or_its_settings(capsys, metrics_db, tmp_path, query):
+    code, _, err = run_cli(["sql", query.format(tmp=tmp_path), "--db", str(metrics_db)], capsys)
+    assert code == 2 and "read-only, without file access" in err and "Traceback" not in err
+    assert not (tmp_path / "written.csv").exists() and not (tmp_path / "exported").exists()
+    assert not (tmp_path / "other.duckdb").exists()
+
+
+def test_sql_values_are_printed_as_text_and_bad_input_is_one_line(capsys, metrics_db):
+    code, out, err = run_cli(["sql", "SELECT text FROM notes ORDER BY n", "--db", str(metrics_db)], capsys)
+    assert code == 0, err
+    assert "a[/]b" in out and "[bold]x" in out
+    code, _, err = run_cli(["sql", "  ", "--db", str(metrics_db)], capsys)
+    assert code == 2 and "query is empty" in err
+    code, _, err = run_cli(["sql", "SELECT 1", "--db", str(metrics_db), "--max-rows", "-1"], capsys)
+    assert code == 2 and "--max-rows" in err
+
+
+@pytest.mark.parametrize("name", ["My Data", "my/data", "", ".", "..", "-", "Data"])
+def test_dataset_names_that_would_share_a_folder_are_refused(capsys, tmp_path, name):
+    source = tmp_path / "p.jsonl"
+    source.write_text(json.dumps({"prompt": "hello there"}) + "\n")
+    code, _, err = run_cli(["data", "prompts", "--source", str(source), "--dataset", name], capsys)
+    assert code == 2 and "is not usable as a folder name" in err and "Traceback" not in err
+
+
+def test_distinct_dataset_names_keep_distinct_folders(capsys, tmp_path):
+    source = tmp_path / "p.jsonl"
+    source.write_text(json.dumps({"prompt": "hello there"}) + "\n")
+    for name in ("my-data", "my_data", "my.data"):
+        code, _, err = run_cli(["data", "prompts", "--source", str(source), "--dataset", name], capsys)
+        assert code == 0, err
+        assert (Path(os.environ["DSPARK_HOME"]) / "data" / name / "prompts.jsonl").is_file()
+
+
+def _prompts(*topics: str) -> list[tuple[PromptRecord, str]]:
+    return [(PromptRecord.create([("user", f"Tell me about {t}.")], "t"), "train") for t in topics]
+
+
+def _ids(path: Path) -> list[str]:
+    return sorted(json.loads(line)["id"] for line in (path / "responses.jsonl").read_text().splitlines())
+
+
+def test_a_second_regeneration_of_the_same_directory_is_refused(tiny_target, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    with FileLock(out / ".regenerate.lock"):  # another process writing it
+        with pytest.raises(DsparkError, match="another regeneration is writing"):
+            regenerate_responses(tiny_target, _prompts("bees"), out, SAMPLED, progress=False)
+    assert not (out / "responses.jsonl").exists()
+
+
+def test_answers_to_prompts_the_dataset_no_longer_has_are_removed(tiny_target, tmp_path):
+    out = tmp_path / "r"
+    regenerate_responses(tiny_target, _prompts("bees", "owls", "fog", "ink"), out, SAMPLED, progress=False)
+    current = _prompts("owls", "salt", "maps")
+    lines = (out / "responses.jsonl").read_text().splitlines()
+    (out / "responses.jsonl").write_text("\n".join(lines + lines[:1]) + "\n")  # and a repeated answer
+    manifest = regenerate_responses(tiny_target, current, out, SAMPLED, progress=False)
+    assert _ids(out) == sorted(r.id for r, _ in current)
+    assert manifest["conversations"] == 3 and manifest["removed_stale_or_repeated"] == 4
+
+
+def test_a_resumed_sampled_regeneration_writes_what_an_uninterrupted_one_does(tiny_target, tmp_path):
+    prompts = _prompts("bees", "owls", "fog", "ink", "salt")
+    regenerate_responses(tiny_target, prompts, tmp_path / "whole", SAMPLED, progress=False)
+    interrupted = tmp_path / "resumed"
+    regenerate_responses(tiny_target, prompts, interrupted, SAMPLED, progress=False)
+    lines = (interrupted / "responses.jsonl").read_text().splitlines()
+    (interrupted / "responses.jsonl").write_text(lines[0] + "\n" + lines[3][:20])  # killed mid-way
+    regenerate_responses(tiny_target, prompts, interrupted, SAMPLED, progress=False)
+
+    def by_id(path):
+        return {json.loads(line)["id"]: json.loads(line)["response_ids"]
+                for line in (path / "responses.jsonl").read_text().splitlines()}
+
+    assert by_id(interrupted) == by_id(tmp_path / "whole")
+
+
+def test_a_manifest_without_answers_does_not_block_other_settings(tiny_target, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"target": "x", "target_revision": "other", "settings": {}}))
+    manifest = regenerate_responses(tiny_target, _prompts("bees"), out, SAMPLED, progress=False)
+    assert manifest["status"] == "complete"
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["train", "--target", "tiny:smollm2-135m", "--steps", "-1"], "--steps"),
+    (["train", "--target", "tiny:smollm2-135m", "--draft-vocab", "-5"], "--draft-vocab"),
+    (["train", "--target", "tiny:smollm2-135m", "--lr", "0"], "learning_rate"),
+    (["data", "cache", "--target", "tiny:smollm2-135m", "--max-length", "-5"], "--max-length"),
+    (["data", "regenerate", "--target", "tiny:smollm2-135m", "--batch-size", "-1"], "--batch-size"),
+    (["eval", "--target", "tiny:smollm2-135m", "--drafter", ".", "--temperature", "nan"], "temperature"),
+    (["generate", "--target", "tiny:smollm2-135m", "--prompt", "x", "--temperature", "nan"], "temperature"),
+    (["calibrate", "--target", "tiny:smollm2-135m", "--drafter", ".", "--method", "platt"], "method"),
+])
+def test_out_of_range_numbers_are_refused_before_anything_is_written(capsys, args, option):
+    home = Path(os.environ["DSPARK_HOME"])
+    before = sorted(str(p) for p in home.rglob("*") if "profiles" not in p.parts)
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and option in err and "Traceback" not in err, err
+    assert sorted(str(p) for p in home.rglob("*") if "profiles" not in p.parts) == before
+
+
+def test_the_dagster_config_refuses_the_same_values():
+    from pydantic import ValidationError
+
+    from pipelines.config import DraftTrainingConfig, SpeculativeEvalConfig
+
+    for config, values in ((SpeculativeEvalConfig, {"max_prompts": 0}), (SpeculativeEvalConfig, {"threshold": 2.0}),
+                           (DraftTrainingConfig, {"steps": -1}), (DraftTrainingConfig, {"learning_rate": 0.0})):
+        with pytest.raises(ValidationError):
+            config(**values)
