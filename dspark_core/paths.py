@@ -72,6 +72,29 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(old)
 
 
+@contextmanager
+def exclusive_writer(directory: Path, what: str) -> Iterator[None]:
+    """Hold `directory` for one writer at a time (another terminal, the CLI next to a Dagster run): a second
+    writer is refused at once with a message, instead of both writing the same files. The lock is a file
+    beside the directory; the operating system releases it if the holder dies."""
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(directory.parent / f".{directory.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        from dspark_core.errors import DsparkError
+
+        raise DsparkError(f"another process is {what} in {directory} right now; wait for it to finish (or stop it), "
+                          f"then run again to resume") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def recover_directory(final: Path) -> None:
     """Undo a replacement that stopped after moving the old directory aside but before moving the new one in."""
     old = final.with_name(final.name + ".old")

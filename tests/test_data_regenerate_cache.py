@@ -169,9 +169,34 @@ def test_killed_build_resumes_and_reuses_finished_shards(tiny_target, responses,
 
 def test_cache_refuses_when_the_disk_is_too_small(tiny_target, responses, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(DsparkError, match=r"needs about .* GiB but .* free"):
+    with pytest.raises(DsparkError, match=r"needs about .* GiB more but .* free"):
         build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
     assert not list((tmp_path / "c").glob("shard-*"))
+
+
+def test_a_build_that_ran_out_of_disk_resumes_with_room_for_the_rest(tiny_target, responses, tmp_path, monkeypatch):
+    """The free-space check counts what is left to write, not the whole cache (else a full disk wedges it)."""
+    original = cache_module._shard_tensors
+    calls = []
+
+    def disk_full_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_shard_tensors", disk_full_on_third)
+    with pytest.raises(OSError):
+        build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    monkeypatch.setattr(cache_module, "_shard_tensors", original)
+    written = sum(f.stat().st_size for f in (tmp_path / "c").glob("*.safetensors"))
+    reference = build_feature_cache(tiny_target, responses, tmp_path / "ref", _config(), progress=False)
+    whole = sum(f.stat().st_size for f in (tmp_path / "ref").glob("*.safetensors"))
+    free = int((whole - written) * 1.2)  # room for the rest, not for the whole cache
+    assert written > 0 and whole * 1.05 > free
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+    manifest = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert [e["sha256"] for e in manifest["shards"]] == [e["sha256"] for e in reference["shards"]]
 
 
 def test_cache_of_nothing_is_refused(tiny_target, tmp_path):

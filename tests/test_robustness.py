@@ -10,7 +10,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from filelock import FileLock
 
 from conftest import run_cli
 from dspark_core.data.prompts import PromptRecord
@@ -77,13 +76,37 @@ def _ids(path: Path) -> list[str]:
     return sorted(json.loads(line)["id"] for line in (path / "responses.jsonl").read_text().splitlines())
 
 
-def test_a_second_regeneration_of_the_same_directory_is_refused(tiny_target, tmp_path):
+def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, tmp_path):
+    """Regeneration, cache builds and training runs each hold their directory; a second writer (another
+    terminal, the CLI next to a Dagster run) is refused instead of writing everything twice."""
+    import subprocess
+    import sys
+
+    from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache
+    from dspark_core.training.trainer import TrainConfig, train_draft
+
+    conversation = {"id": "c", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    config = CacheConfig(layer_ids=(0, 1), dtype="float32")
+    build_feature_cache(tiny_target, [conversation], tmp_path / "cache", config, progress=False)
     out = tmp_path / "r"
-    out.mkdir()
-    with FileLock(out / ".regenerate.lock"):  # another process writing it
-        with pytest.raises(DsparkError, match="another regeneration is writing"):
+    lock = out.parent / f".{out.name}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time; "
+                               f"l = FileLock({str(lock)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DsparkError, match="another process is regenerating responses in"):
             regenerate_responses(tiny_target, _prompts("bees"), out, SAMPLED, progress=False)
-    assert not (out / "responses.jsonl").exists()
+        assert not (out / "responses.jsonl").exists()
+        with pytest.raises(DsparkError, match="another process is building a feature cache"):
+            build_feature_cache(tiny_target, [conversation], out, config, progress=False)
+        with pytest.raises(DsparkError, match="another process is training a draft"):
+            train_draft(tiny_target, FeatureCache(tmp_path / "cache"), out, TrainConfig(steps=1, draft_vocab_size=16),
+                        progress=False)
+    finally:
+        holder.kill()
+    assert not list(out.glob("*.safetensors")) and not (out / "state").exists()
+
 
 
 def test_answers_to_prompts_the_dataset_no_longer_has_are_removed(tiny_target, tmp_path):
@@ -148,3 +171,56 @@ def test_the_dagster_config_refuses_the_same_values():
                            (DraftTrainingConfig, {"steps": -1}), (DraftTrainingConfig, {"learning_rate": 0.0})):
         with pytest.raises(ValidationError):
             config(**values)
+
+
+def test_prompt_lines_that_are_not_utf8_or_too_long_are_malformed_lines_not_crashes(capsys, tmp_path):
+    source = tmp_path / "p.jsonl"
+    source.write_bytes(json.dumps({"prompt": "fine"}).encode() + b"\n" + b'{"prompt": "caf\xe9"}\n'
+                       + json.dumps({"prompt": "x" * (2**20 + 10)}).encode() + b"\n")
+    code, out, err = run_cli(["data", "prompts", "--source", str(source), "--dataset", "odd-lines"], capsys)
+    assert code == 0, err
+    assert "p.jsonl:2" in out + err and "not UTF-8" in out + err
+    assert "p.jsonl:3" in out + err and "MiB a prompt line may have" in out + err
+    kept = (Path(os.environ["DSPARK_HOME"]) / "data" / "odd-lines" / "prompts.jsonl").read_text().splitlines()
+    assert len(kept) == 1
+
+
+def test_a_damaged_responses_file_or_draft_config_is_one_line(capsys, tiny_target, tmp_path):
+    from dspark_core.data.regenerate import read_responses
+    from dspark_core.drafters.checkpoint import load_draft, save_draft
+    from test_drafters import _model
+
+    out = tmp_path / "r"
+    regenerate_responses(tiny_target, _prompts("bees", "owls"), out, SAMPLED, progress=False)
+    with open(out / "responses.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(DsparkError, match="responses.jsonl:3 is not a response line"):
+        read_responses(out)
+    save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+    config = json.loads((tmp_path / "draft" / "config.json").read_text())
+    config["module"]["attention_sinks"] = 4  # a field this version does not know
+    (tmp_path / "draft" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DsparkError, match="train or export it again"):
+        load_draft(tmp_path / "draft")
+
+
+def test_a_locked_metrics_database_waits_then_fails_cleanly(tmp_path, caplog):
+    import subprocess
+    import sys
+    import time
+
+    from dspark_core.store import MetricsStore
+
+    path = tmp_path / "locked.duckdb"
+    MetricsStore(path).ensure_schema()
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(path)!r}); "
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        with pytest.raises(DsparkError, match="stayed locked by another process"):
+            MetricsStore(path, lock_timeout_s=1.0).query("SELECT 1")
+        assert time.monotonic() - started >= 1.0
+        assert "locked by another process; waiting" in caplog.text
+    finally:
+        holder.kill()

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from dspark_core.data.chat import tokenize_with_assistant_mask
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import write_json_atomic
+from dspark_core.paths import exclusive_writer, write_json_atomic
 from dspark_core.settings import check_settings, setting
 
 FORMAT_VERSION = 1
@@ -118,8 +118,9 @@ def build_feature_cache(
             samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids, "mask": mask})
     if not samples:
         raise DsparkError("no conversation has assistant tokens to learn from: the dataset is empty")
-    return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress,
-                               extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)})
+    with exclusive_writer(Path(out_dir), "building a feature cache"):
+        return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress,
+                                   extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)})
 
 
 def write_feature_cache(
@@ -153,10 +154,12 @@ def write_feature_cache(
     num_tokens = sum(len(s["ids"]) for s in samples)
     needed = estimate_cache_bytes(num_tokens, target.hidden_size, len(config.layer_ids), config.dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # a resumed build only needs room for what is not written yet
+    needed = max(0, needed - sum(f.stat().st_size for f in out_dir.glob("*.safetensors")))
     free = shutil.disk_usage(out_dir).free
     if needed * 1.05 > free:
         raise DsparkError(
-            f"the feature cache needs about {needed / 2**30:.2f} GiB but {out_dir} has {free / 2**30:.2f} GiB free; "
+            f"the feature cache needs about {needed / 2**30:.2f} GiB more but {out_dir} has {free / 2**30:.2f} GiB free; "
             f"free space, choose fewer layers / a shorter max length, or another directory"
         )
 

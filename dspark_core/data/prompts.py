@@ -110,11 +110,17 @@ def parse_prompt_object(obj: object) -> list[tuple[str, str]]:
     return messages
 
 
+#: longest prompt line read (1 MiB is ~250k tokens, beyond any context); longer ones are malformed
+MAX_LINE_BYTES = 2**20
+
+
 def _parse_or_report(obj, where: str, report: LoadReport, on_error: str, fix: str) -> list[tuple[str, str]] | None:
     """Parse one object (or a JSON error), recording a malformed one in `report`; None means skipped."""
     try:
+        if isinstance(obj, UnicodeDecodeError):
+            raise ValueError(f"not UTF-8 text ({obj.reason} at byte {obj.start})")
         if isinstance(obj, Exception):
-            raise ValueError(f"invalid JSON ({obj})")
+            raise ValueError(str(obj) if str(obj).startswith("a line of") else f"invalid JSON ({obj})")
         return parse_prompt_object(obj)
     except ValueError as exc:
         problem = f"{where}: {exc}"
@@ -134,14 +140,17 @@ def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport |
         raise DsparkError(f"prompt file {str(path)!r} does not exist")
     report = report if report is not None else LoadReport()
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             report.read += 1
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                if len(raw) > MAX_LINE_BYTES:  # refused before parsing or tokenizing: memory stays bounded
+                    raise ValueError(f"a line of {len(raw) / 2**20:.1f} MiB, more than the {MAX_LINE_BYTES // 2**20} "
+                                     f"MiB a prompt line may have")
+                obj = json.loads(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
                 obj = exc
             messages = _parse_or_report(obj, f"{path}:{number}", report, on_error, "fix the line")
             if messages is not None:

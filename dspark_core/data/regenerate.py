@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from dspark_core.data.chat import render_ids
@@ -29,7 +27,7 @@ from dspark_core.decoding.drafter import Drafter
 from dspark_core.errors import DsparkError
 from dspark_core.models.packaged import PACKAGED_MODELS
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import write_json_atomic
+from dspark_core.paths import exclusive_writer, write_json_atomic
 from dspark_core.settings import check_settings, setting
 
 RESPONSES_FILE = "responses.jsonl"
@@ -110,21 +108,6 @@ def _keep_current(path: Path, answered: list[tuple[str, str]], current: set[str]
     return set(kept), dropped
 
 
-@contextmanager
-def _only_writer(out_dir: Path):
-    """One regeneration per output directory at a time (another terminal, or the CLI next to a Dagster run)."""
-    lock = FileLock(out_dir / ".regenerate.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise DsparkError(f"another regeneration is writing {out_dir} right now; wait for it to finish (or stop it), "
-                          f"then run again to resume") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def regenerate_responses(
     target: TargetModel,
     prompts: list[tuple[PromptRecord, str]],
@@ -148,7 +131,7 @@ def regenerate_responses(
         settings["batch_size"] = config.batch_size
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest_path, responses_path = out_dir / MANIFEST_FILE, out_dir / RESPONSES_FILE
-    with _only_writer(out_dir):
+    with exclusive_writer(out_dir, "regenerating responses"):
         answered = _read_answered(responses_path)
         if manifest_path.exists() and answered:
             previous = json.loads(manifest_path.read_text())
@@ -273,6 +256,13 @@ def read_responses(out_dir: Path) -> tuple[dict, list[dict]]:
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("status") != "complete":
         raise DsparkError(f"regeneration in {out_dir} did not finish (status {manifest.get('status')!r}); rerun it to resume")
-    with open(out_dir / RESPONSES_FILE, encoding="utf-8") as handle:
-        conversations = [json.loads(line) for line in handle if line.strip()]
+    conversations = []
+    with open(out_dir / RESPONSES_FILE, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    conversations.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DsparkError(f"{out_dir / RESPONSES_FILE}:{number} is not a response line ({exc}); the file was "
+                                      f"damaged: delete that line and run `dspark data regenerate` again to redo it") from None
     return manifest, conversations

@@ -126,7 +126,11 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
             f"not for {target.spec!r} (revision {str(target.revision)[:12]}); train a draft for this target"
         )
     kind = drafter_kind(config["algorithm"])
-    model = kind.build(kind.saved_config(config["module"]))
+    try:
+        model = kind.build(kind.saved_config(config["module"]))
+    except (TypeError, ValueError, KeyError) as exc:  # an unknown or missing field, a value out of range
+        raise DsparkError(f"{directory}: its config does not describe a {config['algorithm']} draft this version of "
+                          f"dspark can build ({exc}); train or export it again") from None
     state = _read_weights(directory)
     if is_export(directory) and _read_json(directory / EXPORT_FILE)["format"] == "speculators":
         state = _from_speculators(state, kind, model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import time
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from typing import Iterator
 
 from dspark_core.errors import DsparkError
 from dspark_core.store.schema import ACCEPTANCE_COLUMNS, migrate
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,15 @@ class MetricsStore:
                 connection = duckdb.connect(str(self.path), read_only=read_only, config=config)
                 break
             except duckdb.Error as exc:
-                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                if not _is_lock_error(exc):
                     raise
+                if time.monotonic() > deadline:
+                    raise DsparkError(f"the metrics database {self.path} stayed locked by another process for "
+                                      f"{self.lock_timeout_s:.0f} s ({exc}); wait for that process (a Dagster run, "
+                                      f"another dspark command) to finish, then retry") from None
+                if delay == 0.05:
+                    logger.warning("the metrics database %s is locked by another process; waiting up to %.0f s",
+                                   self.path, self.lock_timeout_s)
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 1.0)
         try:

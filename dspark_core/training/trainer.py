@@ -26,7 +26,7 @@ from dspark_core.drafters.registry import ALGORITHMS, drafter_kind
 from dspark_core.drafters.vocab import coverage, select_draft_vocab
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import recover_directory
+from dspark_core.paths import exclusive_writer, recover_directory
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
 from dspark_core.training.losses import LossWeights, TargetDistribution, draft_losses
@@ -231,6 +231,12 @@ def train_draft(
         raise DsparkError(f"feature cache {cache.path} was made with another tokenizer than {target.spec!r}'s")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(out_dir, "training a draft"):
+        return _train_draft(target, cache, out_dir, config, validation, on_log, progress)
+
+
+def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, on_log, progress) -> TrainResult:
+    """`train_draft` once the run directory is held by this process."""
     state_dir, log_path = out_dir / "state", out_dir / "metrics.jsonl"
     recover_directory(state_dir)
 
