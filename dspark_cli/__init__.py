@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -39,6 +40,13 @@ def main() -> None:
         app(standalone_mode=False)
     except DsparkError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] the disk is full ({escape(str(exc))}); free some space and run the same command again: "
+            f"what was written completely is kept and the rest resumes", highlight=False)
         sys.exit(2)
     except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
         sys.exit(getattr(exc, "exit_code", 1))

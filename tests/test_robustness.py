@@ -224,3 +224,27 @@ def test_a_locked_metrics_database_waits_then_fails_cleanly(tmp_path, caplog):
         assert "locked by another process; waiting" in caplog.text
     finally:
         holder.kill()
+
+
+def test_exporting_into_an_earlier_export_replaces_its_weights(capsys, tiny_target, tmp_path):
+    from dspark_core.drafters.checkpoint import save_draft, weights_sha256
+    from test_drafters import _model
+
+    save_draft(_model(tiny_target), tmp_path / "a", target=tiny_target)
+    save_draft(_model(tiny_target, head="gated"), tmp_path / "b", target=tiny_target)
+    for draft, out in (("a", "out"), ("b", "out"), ("a", "ref-a"), ("b", "ref-b")):
+        code, _, err = run_cli(["export", str(tmp_path / draft), "--format", "hf", "--out", str(tmp_path / out)], capsys)
+        assert code == 0, err
+    assert weights_sha256(tmp_path / "out") == weights_sha256(tmp_path / "ref-b") != weights_sha256(tmp_path / "ref-a")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary or old copy left
+
+
+def test_a_full_disk_is_one_line(capsys, monkeypatch):
+    import dspark_cli.profile
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/somewhere/profiles/x.json")
+
+    monkeypatch.setattr(dspark_cli.profile, "ensure_profile", full)
+    code, _, err = run_cli(["profile", "--target", "tiny:smollm2-135m"], capsys)
+    assert code == 2 and "the disk is full" in err and "run the same command again" in err and "Traceback" not in err
