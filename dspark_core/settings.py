@@ -23,16 +23,17 @@ DEFAULT_BLOCK_SIZE = 4
 DEFAULT_DECODE_BLOCK_SIZE = 2
 
 _HELP = "help"
-_BOUNDS = ("min", "max", "above", "choices")
+_BOUNDS = ("min", "max", "above", "below", "choices")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, min: float | None = None,
-            max: float | None = None, above: float | None = None, choices: tuple | None = None) -> Any:
+            max: float | None = None, above: float | None = None, below: float | None = None,
+            choices: tuple | None = None) -> Any:
     """A dataclass field with a default (or a default factory), a one-line help text and its valid values:
-    `min` / `max` inclusive, `above` exclusive, or one of `choices`. `check_settings` enforces them, the CLI
+    `min` / `max` inclusive, `above` / `below` exclusive, or one of `choices`. `check_settings` enforces them, the CLI
     options and the Dagster config fields declare them too."""
     metadata = {_HELP: help, **{key: value for key, value in
-                                (("min", min), ("max", max), ("above", above), ("choices", choices)) if value is not None}}
+                                (("min", min), ("max", max), ("above", above), ("below", below), ("choices", choices)) if value is not None}}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -66,6 +67,8 @@ def check_settings(config: Any) -> None:
             raise ConfigError(f"{item.name} must be > {bounds['above']}, got {value}")
         if "max" in bounds and value > bounds["max"]:
             raise ConfigError(f"{item.name} must be <= {bounds['max']}, got {value}")
+        if "below" in bounds and value >= bounds["below"]:
+            raise ConfigError(f"{item.name} must be < {bounds['below']}, got {value}")
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:

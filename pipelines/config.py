@@ -25,7 +25,7 @@ def core_field(cls: type, name: str):
     Launchpad refuses a value outside it before the run starts)."""
     default = default_of(cls, name)
     bounds = bounds_of(cls, name)
-    limits = {pydantic: bounds[key] for key, pydantic in (("min", "ge"), ("max", "le"), ("above", "gt")) if key in bounds}
+    limits = {pydantic: bounds[key] for key, pydantic in (("min", "ge"), ("max", "le"), ("above", "gt"), ("below", "lt")) if key in bounds}
     description = help_of(cls, name) + (f" ({', '.join(map(str, bounds['choices']))})" if "choices" in bounds else "")
     if isinstance(default, (tuple, list)):
         return Field(default_factory=lambda: list(default), description=description)

@@ -144,17 +144,23 @@ def test_corrupt_shard_is_detected(tiny_target, responses, tmp_path):
         FeatureCache(tmp_path / "c")
 
 
-def test_killed_build_resumes_and_reuses_finished_shards(tiny_target, responses, tmp_path, monkeypatch):
+def _fail_on_third_shard(monkeypatch, error: BaseException):
+    """Make the cache build stop with `error` when it computes its third shard; returns the real function."""
     original = cache_module._shard_tensors
     calls = []
 
-    def crash_on_third(*args, **kwargs):
+    def fail_on_third(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
+            raise error
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "_shard_tensors", crash_on_third)
+    monkeypatch.setattr(cache_module, "_shard_tensors", fail_on_third)
+    return original
+
+
+def test_killed_build_resumes_and_reuses_finished_shards(tiny_target, responses, tmp_path, monkeypatch):
+    original = _fail_on_third_shard(monkeypatch, KeyboardInterrupt("killed"))
     with pytest.raises(KeyboardInterrupt):
         build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
     with pytest.raises(DsparkError, match="interrupted; rerun it to resume"):
@@ -176,16 +182,7 @@ def test_cache_refuses_when_the_disk_is_too_small(tiny_target, responses, tmp_pa
 
 def test_a_build_that_ran_out_of_disk_resumes_with_room_for_the_rest(tiny_target, responses, tmp_path, monkeypatch):
     """The free-space check counts what is left to write, not the whole cache (else a full disk wedges it)."""
-    original = cache_module._shard_tensors
-    calls = []
-
-    def disk_full_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise OSError(28, "No space left on device")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(cache_module, "_shard_tensors", disk_full_on_third)
+    original = _fail_on_third_shard(monkeypatch, OSError(28, "No space left on device"))
     with pytest.raises(OSError):
         build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
     monkeypatch.setattr(cache_module, "_shard_tensors", original)

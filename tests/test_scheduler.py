@@ -4,6 +4,7 @@ profile, and lossless decoding in every schedule mode (greedy here; sampled in t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -171,7 +172,12 @@ def test_continuous_batching_refills_slots_and_stays_identical(tiny_target, pert
                "draft-lm": lambda: DraftModelDrafter(perturbed_tiny, tiny_target),
                "dspark": lambda: DSparkDrafter(_model(tiny_target)),
                "eagle3": lambda: Eagle3Drafter(_eagle3(tiny_target))}[drafter_name]()
-    result = SpeculativeEngine(tiny_target, drafter).generate(
-        prompts, GenerationConfig(max_new_tokens=20, stop_at_eos=False, block_size=4, max_batch=2))
+    engine = SpeculativeEngine(tiny_target, drafter)
+    config = GenerationConfig(max_new_tokens=20, stop_at_eos=False, block_size=4, max_batch=2)
+    result = engine.generate(prompts, config)
     assert [o.tokens for o in result.outputs] == reference
     assert all(o.latency_s > 0 for o in result.outputs)
+    # two slots for five requests: about three waves of rounds, where all at once is one
+    at_once = engine.generate(prompts, replace(config, max_batch=None))
+    assert result.stats.batch_rounds >= 2 * at_once.stats.batch_rounds
+    assert result.outputs[-1].latency_s < 0.75 * result.stats.wall_s  # the last one's latency counts from its admission

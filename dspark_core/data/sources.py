@@ -38,15 +38,13 @@ class PromptsConfig:
     hf_split: str = setting("train", "For hf: sources, the dataset split to read")
     prompt_column: str | None = setting(None, "For hf: sources, a plain-text prompt column")
     messages_column: str | None = setting(None, "For hf: sources, a chat-messages column")
-    on_error: str = setting("skip", "Malformed lines: 'skip' (reported) or 'raise'")
+    on_error: str = setting("skip", "Malformed lines: 'skip' (reported) or 'raise'", choices=("skip", "raise"))
 
     def __post_init__(self) -> None:
         check_settings(self)
         object.__setattr__(self, "domains", tuple(self.domains))
         check_domains(self.domains)
         check_dataset_name(self.dataset)
-        if self.on_error not in ("skip", "raise"):
-            raise ConfigError(f"on_error must be 'skip' or 'raise', got {self.on_error!r}")
 
     @property
     def source_or_default(self) -> str:

@@ -42,13 +42,11 @@ class GenerationConfig:
     seed: int = setting(0, "Sampling seed")
     #: how many of the drafted tokens each request verifies per round
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    #: most requests decoded at once; the others wait and take the slot of the next one that finishes
-    max_batch: int | None = None
+    max_batch: int | None = setting(None, "Most requests decoded at once; the others wait and take the slot of the "
+                                          "next one that finishes (empty: all at once)", min=1)
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.max_batch is not None and self.max_batch < 1:
-            raise ConfigError(f"max_batch must be >= 1 (or None for all requests at once), got {self.max_batch}")
 
 
 @dataclass

@@ -20,7 +20,6 @@ position j depend on c_{j+1}, which reads x_j, and bias sampled output.
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from itertools import accumulate, takewhile
@@ -103,8 +102,3 @@ def verified_lengths(config: ScheduleConfig, confidences: Sequence[Sequence[floa
                           "(`dspark profile`, or dspark_core.decoding.step_cost.ensure_profile)")
     return schedule_lengths(survivals, cost)
 
-
-def logit(probability: float, eps: float = 1e-7) -> float:
-    """The log-odds of a probability, clamped away from 0 and 1."""
-    p = min(max(probability, eps), 1.0 - eps)
-    return math.log(p / (1.0 - p))

@@ -34,7 +34,7 @@ class CalibrationConfig:
     max_prompts: int = setting(32, "Prompts decoded to collect confidence samples", min=2)
     max_new_tokens: int = setting(64, "Tokens generated per prompt", min=1)
     test_fraction: float = setting(0.5, "Share of the prompts (chosen by content hash) held out to report the "
-                                        "calibration on; the rest fits the temperatures", above=0, max=1)
+                                        "calibration on; the rest fits the temperatures", above=0, below=1)
     temperature: float = setting(0.0, "Sampling temperature of the decoding whose acceptance the confidences "
                                       "should predict (0 = greedy, as the evaluations decode)", min=0)
     bins: int = setting(DEFAULT_BINS, "Equal-width bins of the ECE and the reliability diagrams", min=2)
@@ -45,8 +45,6 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.test_fraction >= 1:
-            raise ConfigError(f"test_fraction must be below 1 (some prompts fit the calibration), got {self.test_fraction}")
 
 
 @dataclass
