@@ -58,6 +58,10 @@ VARIANTS: dict[str, dict] = {
     "tv-only": {"loss": {"ce": 0.0, "tv": 1.0, "conf": 1.0}},
     "gamma4": {"block_size": 4},
     "layers2": {"num_layers": 2},
+    # the architecture vLLM's speculators format expresses exactly, and each of its two parts alone
+    "qk-norm": {"qk_norm": True},
+    "mask-vocab": {"mask_token": "vocab"},
+    "speculators-exact": {"qk_norm": True, "mask_token": "vocab"},
 }
 
 

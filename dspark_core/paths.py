@@ -54,6 +54,8 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
     `recover_directory` finishes a swap interrupted between the two renames.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    if replace:
+        recover_directory(final)  # an earlier replacement killed between its two renames
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -93,6 +95,21 @@ def exclusive_writer(directory: Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def settled_directory(final: Path) -> Path:
+    """`final`, or the complete previous copy beside it when a replacement was killed between its two renames
+    (readers use this; the next writer puts the copy back with `recover_directory`)."""
+    final = Path(final)
+    old = final.with_name(final.name + ".old")
+    return old if not final.exists() and old.is_dir() else final
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Remove the temp directories of writers of `final` that were killed before moving theirs into place. Only
+    call it while holding `exclusive_writer(final)`: a live writer's temp directory looks the same."""
+    for stale in Path(final).parent.glob(f".{Path(final).name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def recover_directory(final: Path) -> None:

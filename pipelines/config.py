@@ -86,6 +86,8 @@ class DraftTrainingConfig(CoreConfig):
     block_size: int = core_field(TrainConfig, "block_size")
     head: str = core_field(TrainConfig, "head")
     draft_vocab_size: int = core_field(TrainConfig, "draft_vocab_size")
+    mask_token: str = core_field(TrainConfig, "mask_token")
+    qk_norm: bool = core_field(TrainConfig, "qk_norm")
     seed: int = core_field(TrainConfig, "seed")
 
 

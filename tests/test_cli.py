@@ -55,6 +55,7 @@ def test_generate_prints_a_table(capsys):
     [
         (["--prompt", "   "], "the prompt is empty"),
         (["--prompt", "word " * 1100], "has a context of 1024 tokens"),
+        (["--prompt", "hi", "--max-new-tokens", "5000"], "lower --max-new-tokens to at most"),
         (["--prompt", "hi", "--drafter", "medusa"], "unknown drafter 'medusa'"),
         (["--prompt", "hi", "--chat", "--drafter", "none", "--temperature", "-1"], "temperature must be >= 0"),
     ],

@@ -15,10 +15,16 @@ from dspark_core.drafters.runtime import DSparkDrafter
 from dspark_core.training.losses import LossWeights, draft_losses
 
 
+#: the layer and mask slots the speculators format expresses, which training uses by default
+EXACT = {"qk_norm": True, "mask_token": "vocab", "mask_token_id": 1}
+#: what drafts had before (and `--no-qk-norm --mask-token learned` still trains)
+LEARNED_MASK = {"qk_norm": False, "mask_token": "learned", "mask_token_id": None}
+
+
 def _model(target, algorithm="dspark", head="markov", vocab=None, **overrides) -> DSparkModel:
     config = drafter_kind(algorithm).module_config(
         target, num_layers=2, block_size=4, target_layer_ids=(0, 1), head_rank=16,
-        draft_vocab_size=len(vocab) if vocab is not None else 64, head=head, **overrides)
+        draft_vocab_size=len(vocab) if vocab is not None else 64, head=head, **{**EXACT, **overrides})
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = DSparkModel(config).to(target.dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from conftest import run_cli
 from dspark_core.drafters.checkpoint import load_draft, save_draft
 from dspark_core.errors import DsparkError
 from dspark_core.export import export_draft
-from test_drafters import _eagle3, _features, _model
+from test_drafters import LEARNED_MASK, _eagle3, _features, _model
 
 
 def _logits(model, target):
@@ -20,13 +21,17 @@ def _logits(model, target):
     return model.forward_train(_features(target, ids), ids, torch.tensor([10]), torch.tensor([[2, 5]]))
 
 
-@pytest.mark.parametrize("kind", ["dspark-markov", "dspark-rnn", "dflash", "eagle3"])
-@pytest.mark.parametrize("fmt", ["hf", "speculators"])
+KINDS = ["dspark-markov", "dspark-rnn", "dspark-gated", "dflash", "eagle3"]
+
+
+@pytest.mark.parametrize("kind, fmt", [(k, f) for k in KINDS for f in ("hf", "speculators")] + [("dspark-learned", "hf")])
 def test_export_round_trip_is_bit_identical(tiny_target, tmp_path, kind, fmt):
     if kind == "eagle3":
         model = _eagle3(tiny_target)
     elif kind == "dflash":
         model = _model(tiny_target, algorithm="dflash")
+    elif kind == "dspark-learned":  # the mask vector and layer of drafts trained before (hf format only)
+        model = _model(tiny_target, **LEARNED_MASK)
     else:
         model = _model(tiny_target, head=kind.split("-")[1])
     save_draft(model, tmp_path / "draft", target=tiny_target)
@@ -52,10 +57,30 @@ def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
     proposal = config["speculators_config"]["proposal_methods"][0]
     assert proposal == {"proposal_type": "greedy", "speculative_tokens": 4}
     assert config["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]
-    names = set(load_file(str(tmp_path / "spec" / "model.safetensors")))
+    assert config["mask_token_id"] == 1 and config["sample_from_anchor"] is True
+    assert config["transformer_layer_config"]["model_type"] == "qwen3"
+    # the verifier is the snapshot directory the draft was trained against, which a loader can open
+    verifier = config["speculators_config"]["verifier"]["name_or_path"]
+    assert (Path(verifier) / "config.json").is_file() and Path(verifier) == tiny_target.snapshot.path.resolve()
+    assert config["dspark_verifier"]["content_sha256"] == tiny_target.revision
+    tensors = load_file(str(tmp_path / "spec" / "model.safetensors"))
     assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.weight",
+            "layers.0.self_attn.q_norm.weight", "layers.1.self_attn.k_norm.weight",
             "layers.1.mlp.down_proj.weight", "markov_head.markov_w1.weight", "markov_head.markov_w2.weight",
-            "confidence_head.proj.weight", "d2t", "t2d", "mask_embedding"} <= names
+            "confidence_head.proj.weight", "d2t", "t2d", "lm_head.weight"} <= set(tensors)
+    assert "mask_embedding" not in tensors
+    # the reduced-vocabulary LM head: the target's rows of the draft tokens, in d2t order
+    vocab = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    assert torch.equal(tensors["lm_head.weight"], tiny_target.model.get_output_embeddings().weight[vocab])
+
+
+def test_speculators_export_refuses_what_it_cannot_express(tiny_target, tmp_path):
+    save_draft(_model(tiny_target, **LEARNED_MASK), tmp_path / "draft", target=tiny_target)
+    with pytest.raises(DsparkError, match="cannot be exported to the speculators format exactly.*--qk-norm.*"
+                                          "--mask-token vocab.*--format hf"):
+        export_draft(tmp_path / "draft", tmp_path / "spec", "speculators")
+    assert not (tmp_path / "spec").exists()
+    export_draft(tmp_path / "draft", tmp_path / "hf", "hf")  # our own layout takes any variant
 
 
 def test_export_cli_and_bad_input(capsys, tiny_target, tmp_path):

@@ -77,10 +77,14 @@ def _ids(path: Path) -> list[str]:
 
 
 def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, tmp_path):
-    """Regeneration, cache builds and training runs each hold their directory; a second writer (another
+    """Regeneration, cache builds, training runs and exports each hold their directory; a second writer (another
     terminal, the CLI next to a Dagster run) is refused instead of writing everything twice."""
     import subprocess
     import sys
+
+    from dspark_core.drafters.checkpoint import save_draft
+    from dspark_core.export import export_draft
+    from test_drafters import _model
 
     from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache
     from dspark_core.training.trainer import TrainConfig, train_draft
@@ -89,10 +93,11 @@ def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, t
     config = CacheConfig(layer_ids=(0, 1), dtype="float32")
     build_feature_cache(tiny_target, [conversation], tmp_path / "cache", config, progress=False)
     out = tmp_path / "r"
-    lock = out.parent / f".{out.name}.lock"
+    exported = tmp_path / "export"
+    locks = [str(d.parent / f".{d.name}.lock") for d in (out, exported)]
     holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time; "
-                               f"l = FileLock({str(lock)!r}); l.acquire(); print('held', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+                               f"held = [FileLock(p) for p in {locks!r}]; [l.acquire() for l in held]; "
+                               f"print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(DsparkError, match="another process is regenerating responses in"):
@@ -103,9 +108,12 @@ def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, t
         with pytest.raises(DsparkError, match="another process is training a draft"):
             train_draft(tiny_target, FeatureCache(tmp_path / "cache"), out, TrainConfig(steps=1, draft_vocab_size=16),
                         progress=False)
+        save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+        with pytest.raises(DsparkError, match="another process is writing an export"):
+            export_draft(tmp_path / "draft", exported, "hf")
     finally:
         holder.kill()
-    assert not list(out.glob("*.safetensors")) and not (out / "state").exists()
+    assert not list(out.glob("*.safetensors")) and not (out / "state").exists() and not exported.exists()
 
 
 
@@ -236,7 +244,8 @@ def test_exporting_into_an_earlier_export_replaces_its_weights(capsys, tiny_targ
         code, _, err = run_cli(["export", str(tmp_path / draft), "--format", "hf", "--out", str(tmp_path / out)], capsys)
         assert code == 0, err
     assert weights_sha256(tmp_path / "out") == weights_sha256(tmp_path / "ref-b") != weights_sha256(tmp_path / "ref-a")
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no temporary or old copy left
+    # no temporary or old copy left (the lock file of the one-writer rule stays, empty)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == [".out.lock"]
 
 
 def test_a_full_disk_is_one_line(capsys, monkeypatch):
@@ -248,3 +257,31 @@ def test_a_full_disk_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(dspark_cli.profile, "ensure_profile", full)
     code, _, err = run_cli(["profile", "--target", "tiny:smollm2-135m"], capsys)
     assert code == 2 and "the disk is full" in err and "run the same command again" in err and "Traceback" not in err
+
+
+BAD_INPUTS = [  # (arguments, what the one line must say); each once ended, or could end, in a traceback
+    (["generate", "--target", "nosuchmodel", "--prompt", "hi"], "unknown model spec 'nosuchmodel'"),
+    (["generate", "--target", "hf:no/such-model-xyz", "--prompt", "hi"], "unknown model spec"),
+    (["generate", "--target", "TINY", "--drafter", "/nonexistent", "--prompt", "hi"], "unknown drafter '/nonexistent'"),
+    (["generate", "--target", "TINY", "--drafter", "draft-lm:nosuch", "--prompt", "hi"], "unknown model spec 'nosuch'"),
+    (["generate", "--target", "TINY", "--drafter", "prompt-lookup", "--prompt", "hi", "--max-new-tokens", "100000000"],
+     "lower --max-new-tokens"),
+    (["export", "/nonexistent"], "is not a draft checkpoint or export"),
+    (["calibrate", "--target", "TINY", "--drafter", "/nonexistent"], "is not a draft checkpoint or export"),
+    (["eval", "--target", "TINY", "--drafter", "/nonexistent", "--dataset", "nosuch"], "dataset 'nosuch' has no prompts"),
+    (["data", "prompts", "--target", "TINY", "--source", "/nonexistent.jsonl", "--dataset", "x"], "does not exist"),
+    (["data", "regenerate", "--target", "TINY", "--dataset", "nosuch"], "run `dspark data prompts` first"),
+    (["data", "cache", "--target", "TINY", "--dataset", "nosuch"], "run `dspark data regenerate` first"),
+    (["train", "--target", "TINY", "--dataset", "nosuch"], "has no finished feature cache"),
+    (["profile", "--target", "nosuch"], "unknown model spec 'nosuch'"),
+    (["models", "import", "/nonexistent/dir"], "does not exist"),
+    (["drafts", "promote", "nosuchmodel", "3"], "has no registered draft version '3'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[" ".join(a[:2]) + f" {i}" for i, (a, _) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_one_line_never_a_traceback(capsys, args, message):
+    from conftest import TINY
+
+    code, out, err = run_cli([TINY if a == "TINY" else a for a in args], capsys)
+    assert code == 2 and message in err + out and "Traceback" not in err + out

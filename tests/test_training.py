@@ -49,7 +49,12 @@ def _overfit_config(algorithm: str, **overrides) -> TrainConfig:
 
 @pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
 def test_overfit_reproduces_the_target(tiny_target, greedy_cache, tmp_path, algorithm):
-    result = train_draft(tiny_target, greedy_cache, tmp_path / "run", _overfit_config(algorithm), progress=False)
+    # DFlash's mask slots start as the target's embedding of a special token, which dominates their residual
+    # stream at first, and it has no sequential head to lean on: memorizing takes it twice the steps
+    # (measured: τ 2.8 after 120 steps, 8.0 after 240; with a learned mask vector 8.0 after 120)
+    steps = 240 if algorithm == "dflash" else 120
+    result = train_draft(tiny_target, greedy_cache, tmp_path / "run", _overfit_config(algorithm, steps=steps),
+                         progress=False)
     history = result.history
     assert history[-1]["loss"] < history[0]["loss"]
     assert {"loss_ce", "loss_tv", "loss_conf", "expected_tau", "accept_1", "positions_per_s"} <= set(history[-1])
@@ -57,7 +62,7 @@ def test_overfit_reproduces_the_target(tiny_target, greedy_cache, tmp_path, algo
     assert config["algorithm"] == algorithm and config["target_revision"] == tiny_target.revision
     expected_layers = [0, 1, 2]  # eagle3 picks low/mid/high of the cache: here all three
     assert config["target_layer_ids"] == expected_layers and config["block_size"] == 7
-    assert config["training"]["steps"] == 120
+    assert config["training"]["steps"] == steps
 
     drafter = load_drafter(result.checkpoint, tiny_target)
     prompts = [render_ids(tiny_target, [("user", p)], add_generation_prompt=True) for p in PROMPTS]
@@ -190,3 +195,43 @@ def test_wall_clock_budget_times_real_steps_and_scales_the_step_count(tiny_targe
     assert 0 < per_step < 30
     assert steps_for_budget(tiny_target, greedy_cache, config, 0.0, minimum=7) == 7  # never below the minimum
     assert steps_for_budget(tiny_target, greedy_cache, config, per_step * 1000) > 100
+
+
+@pytest.mark.parametrize("failing", ["training state", "final checkpoint"])
+def test_a_full_disk_while_saving_stops_cleanly_and_the_rerun_resumes(tiny_target, greedy_cache, tmp_path,
+                                                                      monkeypatch, failing):
+    """ENOSPC in the middle of writing a safetensors file (the periodic training state, or the final draft):
+    the error reaches the caller, the half-written copy is discarded, the last complete state stays, and
+    running again once there is room gives the weights of an uninterrupted run."""
+    import errno
+
+    import dspark_core.drafters.checkpoint as checkpoint
+    import dspark_core.training.state as state
+    from dspark_core.training.trainer import TrainConfig, train_draft
+
+    config = TrainConfig(steps=8, checkpoint_every=2, log_every=2, draft_vocab_size=256, head_rank=16,
+                         anchors_per_sequence=8)
+    straight = train_draft(tiny_target, greedy_cache, tmp_path / "straight", config, progress=False)
+    module, calls = (state, {"n": 0}) if failing == "training state" else (checkpoint, {"n": 0})
+    real = module.save_file
+
+    def disk_fills_up(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == (3 if module is state else 1):
+            Path(path).write_bytes(b"\0" * 100)  # part of the file made it to disk
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(module, "save_file", disk_fills_up)
+    run = tmp_path / "run"
+    with pytest.raises(OSError) as raised:
+        train_draft(tiny_target, greedy_cache, run, config, progress=False)
+    assert raised.value.errno == errno.ENOSPC
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # no half-written copy left behind
+    saved_step = json.loads((run / "state" / "state.json").read_text())["step"]
+    assert saved_step == (4 if module is state else 8) and not (run / "draft").exists()
+    monkeypatch.setattr(module, "save_file", real)
+    resumed = train_draft(tiny_target, greedy_cache, run, config, progress=False)
+    a = load_file(str(resumed.checkpoint / "model.safetensors"))
+    b = load_file(str(straight.checkpoint / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -23,7 +23,7 @@ import dspark_core
 from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.registry import DrafterKind, drafter_kind
 from dspark_core.errors import DsparkError
-from dspark_core.paths import atomic_directory
+from dspark_core.paths import atomic_directory, settled_directory
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -64,7 +64,7 @@ def is_export(directory: Path) -> bool:
 
 def read_draft_config(directory: Path) -> dict:
     """The checkpoint config of a checkpoint, or of the checkpoint an export was made from."""
-    directory = Path(directory)
+    directory = settled_directory(directory)
     if is_export(directory):
         return _read_json(directory / EXPORT_FILE)["source"]
     path = directory / CONFIG_FILE
@@ -80,7 +80,7 @@ def read_draft_config(directory: Path) -> dict:
 def weights_sha256(directory: Path) -> str:
     """sha256 of a draft's weights file: the identity of its weights."""
     digest = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_FILE, "rb") as handle:
+    with open(settled_directory(directory) / WEIGHTS_FILE, "rb") as handle:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
@@ -104,7 +104,10 @@ def _from_speculators(tensors: dict[str, torch.Tensor], kind: DrafterKind, model
     """Speculators-layout tensors back under our names; the draft vocabulary from its `d2t` offsets."""
     ours = {kind.speculators_name(name): name for name in model.state_dict()}
     state = {ours[name]: value for name, value in tensors.items() if name in ours}
-    vocab = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    if "d2t" in tensors:
+        vocab = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
+    else:  # the draft vocabulary is the whole target vocabulary
+        vocab = torch.arange(model.config.vocab_size)
     state["draft_vocab"] = vocab
     if getattr(model.config, "head_vocab", None) == "draft" and "head.embed.weight" in state:
         full = state["head.embed.weight"]  # a row per target token; ours: the draft tokens', then the shared row
@@ -118,7 +121,7 @@ def _from_speculators(tensors: dict[str, torch.Tensor], kind: DrafterKind, model
 def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tuple[DraftModule, dict]:
     """Rebuild the module from a checkpoint or an export (either format); returns (module, checkpoint config).
     With `target`, refuses a draft trained for another revision and attaches the target's embedding and LM head."""
-    directory = Path(directory)
+    directory = settled_directory(directory)
     config = read_draft_config(directory)
     if target is not None and check_target and config["target_revision"] != target.revision:
         raise DsparkError(

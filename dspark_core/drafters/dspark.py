@@ -50,7 +50,12 @@ class DSparkConfig:
     confidence_temperatures: tuple[float, ...] = ()
     #: b_1..b_γ of the affine calibration (c_k = σ(logit_k / T_k + b_k)); empty: no shift
     confidence_shifts: tuple[float, ...] = ()
-    mask_token: str = "learned"  # block slots after the anchor use a learned mask embedding
+    #: what fills the block slots after the anchor: "learned" = a trained mask vector, "vocab" = the target's
+    #: (frozen) embedding of `mask_token_id`, as vLLM's speculators DFlash/DSpark drafts do
+    mask_token: str = "learned"
+    mask_token_id: int | None = None
+    #: RMSNorm over each head's queries and keys before RoPE (a Qwen3-style layer, as speculators' drafts have)
+    qk_norm: bool = False
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)
@@ -62,6 +67,10 @@ class DSparkConfig:
             raise ValueError(f"head must be one of {sorted(HEADS)} or 'none', got {self.head!r}")
         if self.head_vocab not in ("draft", "full"):
             raise ValueError(f"head_vocab must be 'draft' or 'full', got {self.head_vocab!r}")
+        if self.mask_token not in ("learned", "vocab"):
+            raise ValueError(f"mask_token must be 'learned' or 'vocab', got {self.mask_token!r}")
+        if self.mask_token == "vocab" and not (self.mask_token_id is not None and 0 <= self.mask_token_id < self.vocab_size):
+            raise ValueError(f"mask_token 'vocab' needs a mask_token_id in [0, {self.vocab_size}), got {self.mask_token_id!r}")
         if self.confidence and self.head == "none":
             raise ValueError("the confidence head reads the sequential head's token embedding: it needs a head")
 
@@ -80,7 +89,7 @@ class DraftLayer(nn.Module):
         super().__init__()
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.attention = Attention(config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim,
-                                   config.rope_theta)
+                                   config.rope_theta, qk_norm=config.qk_norm, eps=config.rms_norm_eps)
         self.post_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
@@ -102,7 +111,7 @@ class DSparkModel(DraftModule):
         d, m = config.hidden_size, len(config.target_layer_ids)
         self.fuse = nn.Linear(m * d, d, bias=False)  # W_c
         self.fuse_norm = RMSNorm(d, config.rms_norm_eps)
-        self.mask_embedding = nn.Parameter(torch.zeros(d))
+        self.mask_embedding = nn.Parameter(torch.zeros(d)) if config.mask_token == "learned" else None
         self.layers = nn.ModuleList(DraftLayer(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(d, config.rms_norm_eps)
         head_rows = config.draft_vocab_size + 1 if config.head_vocab == "draft" else config.vocab_size
@@ -117,7 +126,12 @@ class DSparkModel(DraftModule):
                 nn.init.normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-        nn.init.normal_(self.mask_embedding, std=0.02)
+        if self.mask_embedding is not None:
+            nn.init.normal_(self.mask_embedding, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.fuse.weight.device
 
     # ---- pieces -------------------------------------------------------------------------------
     def fuse_context(self, layer_features: torch.Tensor) -> torch.Tensor:
@@ -130,8 +144,13 @@ class DSparkModel(DraftModule):
 
     def block_inputs(self, anchors: torch.Tensor) -> torch.Tensor:
         """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings."""
-        anchor = self.embed(anchors, self.mask_embedding.dtype)
-        masks = self.mask_embedding.expand(*anchors.shape, self.config.block_size - 1, -1)
+        dtype = self.fuse.weight.dtype
+        anchor = self.embed(anchors, dtype)
+        if self.mask_embedding is not None:
+            mask = self.mask_embedding
+        else:
+            mask = self.embed(torch.tensor(self.config.mask_token_id, device=anchors.device), dtype)
+        masks = mask.expand(*anchors.shape, self.config.block_size - 1, -1)
         return torch.cat([anchor[..., None, :], masks], dim=-2)
 
     def backbone(self, block: torch.Tensor, positions: torch.Tensor, context_kv, mask) -> torch.Tensor:
@@ -242,10 +261,12 @@ SPECULATORS_NAMES = (
     (r"^layers\.(\d+)\.input_norm\.weight$", r"layers.\1.input_layernorm.weight"),
     (r"^layers\.(\d+)\.post_norm\.weight$", r"layers.\1.post_attention_layernorm.weight"),
     (r"^layers\.(\d+)\.attention\.(q|k|v|o)_proj\.weight$", r"layers.\1.self_attn.\2_proj.weight"),
+    (r"^layers\.(\d+)\.attention\.(q|k)_norm\.weight$", r"layers.\1.self_attn.\2_norm.weight"),
     (r"^layers\.(\d+)\.mlp\.(gate|up|down)\.weight$", r"layers.\1.mlp.\2_proj.weight"),
     (r"^head\.embed\.weight$", "markov_head.markov_w1.weight"),
     (r"^head\.out\.weight$", "markov_head.markov_w2.weight"),
-    (r"^head\.(gate|cell)\.(weight|bias)$", r"markov_head.\1.\2"),
+    (r"^head\.gate\.(weight|bias)$", r"markov_head.gate_proj.\1"),
+    (r"^head\.cell\.(weight|bias)$", r"markov_head.joint_proj.\1"),
     (r"^confidence\.(weight|bias)$", r"confidence_head.proj.\1"),
 )
 

@@ -47,10 +47,13 @@ class SwiGLU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention with grouped KV heads. `keys_from` lets queries come from one sequence and
-    keys/values from another (DFlash's context injection); keys get RoPE at their own positions."""
+    """Multi-head attention with grouped KV heads. Queries and keys/values are projected separately, so that
+    queries can come from one sequence and keys/values from another (DFlash's context injection); keys get
+    RoPE at their own positions. With `qk_norm`, each head's query and key are RMS-normalized before RoPE
+    (a Qwen3-style layer, the one vLLM's speculators DFlash/DSpark drafts use)."""
 
-    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, theta: float, in_features: int | None = None):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, theta: float, in_features: int | None = None,
+                 *, qk_norm: bool = False, eps: float = 1e-6):
         super().__init__()
         in_features = in_features or hidden
         self.heads, self.kv_heads, self.head_dim, self.theta = heads, kv_heads, head_dim, theta
@@ -58,20 +61,26 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(in_features, kv_heads * head_dim, bias=False)
         self.v_proj = nn.Linear(in_features, kv_heads * head_dim, bias=False)
         self.o_proj = nn.Linear(heads * head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps) if qk_norm else None
 
     def project_kv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys (with RoPE) and values [B, kvH, L, D] of inputs x [B, L, in]."""
         batch, length, _ = x.shape
-        k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.kv_heads, self.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         v = self.v_proj(x).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = rotary(positions, self.head_dim, self.theta, k.dtype)
-        return apply_rotary(k, cos, sin), v
+        return apply_rotary(k.transpose(1, 2), cos, sin), v
 
     def project_q(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(batch, length, self.heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
         cos, sin = rotary(positions, self.head_dim, self.theta, q.dtype)
-        return apply_rotary(q, cos, sin)
+        return apply_rotary(q.transpose(1, 2), cos, sin)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """q [B, H, Lq, D], k/v [B, kvH, Lk, D], mask bool [B, Lq, Lk] (True = may attend) -> [B, Lq, hidden]."""

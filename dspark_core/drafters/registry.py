@@ -81,7 +81,7 @@ DSPARK = DrafterKind(
     config_class=dspark.DSparkConfig, module_class=dspark.DSparkModel, runtime_class=DSparkDrafter,
     module_settings={"confidence": True},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DSparkSpeculator",
-    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full"},
+    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full", "qk_norm": False},
 )
 DFLASH = DrafterKind(
     name="dflash",
@@ -90,7 +90,7 @@ DFLASH = DrafterKind(
     module_settings={"head": "none", "confidence": False},
     training_settings={"head": "none", "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DFlashSpeculator",
-    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full"},
+    init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full", "qk_norm": False},
 )
 EAGLE3 = DrafterKind(
     name="eagle3",

@@ -78,7 +78,7 @@ class DSparkDrafter(Drafter):
     @torch.inference_mode()
     def propose(self, request: DraftRequest) -> DraftProposal:
         model = self.model
-        device = model.mask_embedding.device
+        device = model.device
         gamma = model.config.block_size
         width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
         confidences = torch.zeros(len(request.tokens), width, device=device) if model.confidence is not None else None

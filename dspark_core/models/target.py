@@ -115,6 +115,12 @@ class TargetModel:
 
     def check_prompt_length(self, n_tokens: int, max_new_tokens: int = 1) -> None:
         if n_tokens + max(1, max_new_tokens) > self.max_context:
+            if n_tokens < self.max_context and max_new_tokens > 1:
+                raise PromptError(
+                    f"the prompt ({n_tokens} tokens) plus {max_new_tokens} new tokens exceed the context of "
+                    f"{self.spec!r} ({self.max_context} tokens); lower --max-new-tokens to at most "
+                    f"{self.max_context - n_tokens} or shorten the prompt"
+                )
             raise PromptError(
                 f"the prompt is {n_tokens} tokens but {self.spec!r} has a context of {self.max_context} tokens "
                 f"(prompt + at least one new token must fit); shorten the prompt"

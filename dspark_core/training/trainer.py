@@ -64,6 +64,12 @@ class TrainConfig:
     head_vocab: str = setting("draft", "Rows of the head's previous-token embedding: 'draft' (the draft vocabulary "
                                        "plus one shared row; cheap) or 'full' (every target token)", choices=("draft", "full"))
     draft_vocab_size: int = setting(4096, "Draft vocabulary: the most frequent training tokens", min=2)
+    #: both speculators-format requirements cost no acceptance (benchmarks/results/ablation-speculators-arch.json)
+    mask_token: str = setting("vocab", "DSpark/DFlash block slots after the anchor: the target's embedding of a special "
+                                       "token ('vocab', as the speculators format needs) or a 'learned' vector",
+                              choices=("learned", "vocab"))
+    qk_norm: bool = setting(True, "DSpark/DFlash: RMSNorm on each head's queries and keys (a Qwen3-style layer, as "
+                                  "the speculators format needs)")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
@@ -109,6 +115,18 @@ def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]
     return tuple(wanted)
 
 
+def mask_token_id(target: TargetModel) -> int:
+    """The special token whose embedding fills the block's mask slots: the tokenizer's mask token, else its
+    unknown-token, padding or end-of-sequence token (speculators convention: a vocabulary token, not a vector)."""
+    tokenizer = target.tokenizer
+    for name in ("mask_token_id", "unk_token_id", "pad_token_id", "eos_token_id"):
+        token = getattr(tokenizer, name, None)
+        if isinstance(token, int) and 0 <= token < target.vocab_size:
+            return token
+    raise DsparkError(f"{target.spec!r} has no mask, unknown, padding or end-of-sequence token to use as the mask "
+                      f"token; train with mask_token 'learned'")
+
+
 def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DraftModule:
     streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
     vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
@@ -116,6 +134,8 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
     module_config = kind.module_config(
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
         head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
+        mask_token=config.mask_token, qk_norm=config.qk_norm,
+        mask_token_id=mask_token_id(target) if config.mask_token == "vocab" else None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
