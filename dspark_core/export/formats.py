@@ -69,7 +69,7 @@ def check_speculators_exact(config: dict) -> None:
 
 
 def target_snapshot(config: dict) -> Snapshot:
-    """The imported snapshot of the target the draft was trained for (same spec and revision)."""
+    """The imported snapshot of the weights the draft was trained for (the same revision, whatever spec led there)."""
     for snapshot in list_snapshots():
         if snapshot.revision == config["target_revision"]:
             return snapshot
