@@ -108,8 +108,10 @@ def settled_directory(final: Path) -> Path:
 def remove_stale_temporaries(final: Path) -> None:
     """Remove the temp directories of writers of `final` that were killed before moving theirs into place. Only
     call it while holding `exclusive_writer(final)`: a live writer's temp directory looks the same."""
-    for stale in Path(final).parent.glob(f".{Path(final).name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+    prefix = f".{Path(final).name}."
+    for stale in Path(final).parent.glob(f"{prefix}*.tmp"):
+        if "." not in stale.name[len(prefix):-len(".tmp")]:  # not the temporary of a sibling named `<name>.<x>`
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def recover_directory(final: Path) -> None:

@@ -285,3 +285,14 @@ def test_bad_input_is_one_line_never_a_traceback(capsys, args, message):
 
     code, out, err = run_cli([TINY if a == "TINY" else a for a in args], capsys)
     assert code == 2 and message in err + out and "Traceback" not in err + out
+
+
+def test_only_the_dead_writers_temporaries_of_that_directory_are_removed(tmp_path):
+    import tempfile
+
+    from dspark_core.paths import remove_stale_temporaries
+
+    dead = Path(tempfile.mkdtemp(dir=tmp_path, prefix=".export.", suffix=".tmp"))
+    sibling = Path(tempfile.mkdtemp(dir=tmp_path, prefix=".export.v2.", suffix=".tmp"))  # another export's
+    remove_stale_temporaries(tmp_path / "export")
+    assert not dead.exists() and sibling.exists()
