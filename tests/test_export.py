@@ -74,6 +74,25 @@ def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
     assert torch.equal(tensors["lm_head.weight"], tiny_target.model.get_output_embeddings().weight[vocab])
 
 
+@pytest.mark.parametrize("head, names", [("gated", {"markov_head.gate_proj.weight", "markov_head.gate_proj.bias"}),
+                                          ("rnn", {"markov_head.joint_proj.weight", "markov_head.joint_proj.bias"})])
+def test_gated_and_rnn_heads_carry_speculators_names(tiny_target, tmp_path, head, names):
+    """The round trip maps names both ways, so it cannot see a wrong name; these are speculators 0.9's."""
+    save_draft(_model(tiny_target, head=head), tmp_path / "draft", target=tiny_target)
+    export_draft(tmp_path / "draft", tmp_path / "spec", "speculators")
+    stored = set(load_file(str(tmp_path / "spec" / "model.safetensors")))
+    assert names <= stored and not {n for n in stored if n.startswith("head.")}
+
+
+def test_a_vocabulary_mask_token_is_the_targets_own_and_eagle3_needs_none(tiny_target):
+    from dspark_core.drafters.registry import drafter_kind
+
+    config = drafter_kind("dflash").module_config(tiny_target, mask_token="vocab", draft_vocab_size=64)
+    assert config.mask_token_id == tiny_target.tokenizer.unk_token_id  # <|endoftext|>: the tokenizer has no mask token
+    eagle3 = drafter_kind("eagle3").module_config(tiny_target, mask_token="vocab", draft_vocab_size=64)
+    assert not hasattr(eagle3, "mask_token_id")
+
+
 def test_speculators_export_refuses_what_it_cannot_express(tiny_target, tmp_path):
     save_draft(_model(tiny_target, **LEARNED_MASK), tmp_path / "draft", target=tiny_target)
     with pytest.raises(DsparkError, match="cannot be exported to the speculators format exactly.*--qk-norm.*"

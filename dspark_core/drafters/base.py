@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dspark_core.errors import DsparkError
+
 
 class DraftModule(nn.Module):
     def __init__(self, draft_vocab_size: int):
@@ -40,6 +42,18 @@ class DraftModule(nn.Module):
     def base_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Logits over the draft vocabulary through the target's frozen LM head rows."""
         return h @ self.lm_head_weight.to(h.dtype).T
+
+
+def mask_token_id(target) -> int:
+    """The special token whose embedding fills a block's mask slots: the tokenizer's mask token, else its
+    unknown-token, padding or end-of-sequence token (speculators convention: a vocabulary token, not a vector)."""
+    tokenizer = target.tokenizer
+    for name in ("mask_token_id", "unk_token_id", "pad_token_id", "eos_token_id"):
+        token = getattr(tokenizer, name, None)
+        if isinstance(token, int) and 0 <= token < target.vocab_size:
+            return token
+    raise DsparkError(f"{target.spec!r} has no mask, unknown, padding or end-of-sequence token to use as the mask "
+                      f"token; train with mask_token 'learned'")
 
 
 def target_dimensions(target) -> dict:

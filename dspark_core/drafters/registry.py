@@ -18,7 +18,7 @@ from torch import nn
 
 from dspark_core.decoding.drafter import Drafter
 from dspark_core.drafters import dspark, eagle3
-from dspark_core.drafters.base import target_dimensions
+from dspark_core.drafters.base import mask_token_id, target_dimensions
 from dspark_core.drafters.runtime import DSparkDrafter, Eagle3Drafter
 from dspark_core.errors import ConfigError
 
@@ -50,10 +50,12 @@ class DrafterKind:
 
     def module_config(self, target, **settings):
         """The module config for `target`: its attention geometry, the given settings this config class has,
-        then the settings the algorithm fixes."""
+        then the settings the algorithm fixes; a vocabulary mask token is the target's own special token."""
         known = {item.name for item in dataclasses.fields(self.config_class)}
         values = {**target_dimensions(target), **{k: v for k, v in settings.items() if k in known}}
         values.update(self.module_settings, algorithm=self.name)
+        if values.get("mask_token") == "vocab" and values.get("mask_token_id") is None:
+            values["mask_token_id"] = mask_token_id(target)  # the target's own special token
         return self.config_class(**values)
 
     def saved_config(self, module: dict):

@@ -115,18 +115,6 @@ def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]
     return tuple(wanted)
 
 
-def mask_token_id(target: TargetModel) -> int:
-    """The special token whose embedding fills the block's mask slots: the tokenizer's mask token, else its
-    unknown-token, padding or end-of-sequence token (speculators convention: a vocabulary token, not a vector)."""
-    tokenizer = target.tokenizer
-    for name in ("mask_token_id", "unk_token_id", "pad_token_id", "eos_token_id"):
-        token = getattr(tokenizer, name, None)
-        if isinstance(token, int) and 0 <= token < target.vocab_size:
-            return token
-    raise DsparkError(f"{target.spec!r} has no mask, unknown, padding or end-of-sequence token to use as the mask "
-                      f"token; train with mask_token 'learned'")
-
-
 def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DraftModule:
     streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
     vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
@@ -135,7 +123,6 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
         head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
         mask_token=config.mask_token, qk_norm=config.qk_norm,
-        mask_token_id=mask_token_id(target) if config.mask_token == "vocab" else None,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
