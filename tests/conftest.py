@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +22,15 @@ from dspark_core.decoding.sampling import sample  # noqa: E402
 from dspark_core.models import TargetModel, load_target  # noqa: E402
 
 TINY = "tiny:smollm2-135m"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's $DSPARK_HOME (about 2 GB of converted model snapshots); a test machine that runs the
+    suite many times must not fill its disk. DSPARK_KEEP_TEST_HOME=1 keeps it for a post-mortem."""
+    if os.environ.get("DSPARK_KEEP_TEST_HOME") == "1":
+        print(f"\nkept the test home {_SESSION_HOME}")
+        return
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
