@@ -18,7 +18,9 @@ from dspark_cli.generate import generate_command
 from dspark_cli.models import models_app
 from dspark_cli.profile import profile_command
 from dspark_cli.sql import sql_command
+from dspark_cli.sweep import sweep_command
 from dspark_cli.train import train_command
+from dspark_cli.transfer import transfer_command
 from dspark_core.errors import DsparkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
@@ -30,6 +32,8 @@ app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("calibrate")(calibrate_command)
 app.command("eval")(eval_command)
+app.command("transfer")(transfer_command)
+app.command("context-sweep")(sweep_command)
 app.command("profile")(profile_command)
 app.command("sql")(sql_command)
 

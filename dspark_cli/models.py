@@ -1,4 +1,4 @@
-"""`dspark models list|import|show`."""
+"""`dspark models list|import|show|register|derive`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dspark_core.models import PACKAGED_MODELS, find_imported, list_snapshots, resolve_snapshot
+from dspark_cli.options import core_option
+from dspark_core.models import PACKAGED_MODELS, find_imported, list_snapshots, load_target, resolve_snapshot
+from dspark_core.models.derive import DeriveConfig, derive_model
 from dspark_core.models.registry import register_model, registered_models
 from dspark_core.paths import dspark_home
 
@@ -67,3 +69,36 @@ def register(
     """Add SPEC to the registered base models (the pipelines' partitions); idempotent."""
     slug = register_model(spec, prompts)
     console.print(f"registered {spec} as [bold]{slug}[/]; {len(registered_models())} base model(s) registered")
+
+
+@models_app.command("derive")
+def derive(
+    parent: str = typer.Argument(..., help="The model X to derive from (any model spec)."),
+    name: str = typer.Option(..., "--name", help="Name of the variant X′; its spec becomes derived:NAME."),
+    method: str = core_option(DeriveConfig, "method", "--method"),
+    bits: int = core_option(DeriveConfig, "bits", "--bits"),
+    group_size: int = core_option(DeriveConfig, "group_size", "--group-size"),
+    text: str = core_option(DeriveConfig, "text", "--text"),
+    steps: int = core_option(DeriveConfig, "steps", "--steps"),
+    learning_rate: float = core_option(DeriveConfig, "learning_rate", "--learning-rate"),
+    sequence_length: int = core_option(DeriveConfig, "sequence_length", "--sequence-length"),
+    batch_size: int = core_option(DeriveConfig, "batch_size", "--batch-size"),
+    seed: int = core_option(DeriveConfig, "seed", "--seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing derived model of that name."),
+    register: bool = typer.Option(False, "--register", help="Also register X′ as a base model (the pipelines then "
+                                                            "prepare its data; the transfer report evaluates X's "
+                                                            "drafts on it)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
+) -> None:
+    """Make a variant X′ of PARENT with the same tokenizer (re-quantized, or briefly fine-tuned on other text),
+    to test whether drafts trained on PARENT survive an update of their base model."""
+    config = DeriveConfig(method=method, bits=bits, group_size=group_size, text=text, steps=steps,
+                          learning_rate=learning_rate, sequence_length=sequence_length, batch_size=batch_size, seed=seed)
+    report = derive_model(load_target(parent, device=device, dtype="float32"), name, config, overwrite=overwrite,
+                          progress=True)
+    stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.stats.items())
+    console.print(f"[green]derived[/] {report.spec} from {parent} by {method} in {report.seconds:.0f} s ({stats}) "
+                  f"-> {report.path}")
+    if register:
+        slug = register_model(report.spec)
+        console.print(f"registered {report.spec} as [bold]{slug}[/]")

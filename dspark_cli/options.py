@@ -46,3 +46,9 @@ def report_table(title: str, columns: list[str], rows: list[list], digits: int =
     for row in rows:
         table.add_row(*("–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v)) for v in row))
     return table
+
+
+def transposed(columns: list[str], rows: list[list]) -> tuple[list[str], list[list]]:
+    """A (columns, rows) table with rows and columns swapped: the first column's values become the header."""
+    return [columns[0], *(str(row[0]) for row in rows)], [[name, *(row[i] for row in rows)]
+                                                           for i, name in enumerate(columns[1:], start=1)]

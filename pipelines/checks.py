@@ -66,3 +66,14 @@ def tau_within_margin_of_champion(context: dg.AssetCheckExecutionContext, config
         "tau": contender.tau, "version": contender.version, "margin": config.tau_margin, "reason": decision.reason,
         "champion": "none" if champion is None else champion.version,
         "champion_tau": None if champion is None else champion.tau})
+
+
+@dg.asset_check(asset="transfer_report", blocking=False)
+def derived_models_keep_their_drafts_tau(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Every derived base model keeps at least the configured share of τ with its parent's best draft; the
+    ones that do not are listed (their retraining was requested)."""
+    report = upstream(context, "transfer_report", None)
+    requested = report.get("retraining_requested") or {}
+    return dg.AssetCheckResult(passed=not requested, severity=dg.AssetCheckSeverity.WARN, metadata={
+        "retention_threshold": report.get("retention_threshold"),
+        "retraining_requested": dg.MetadataValue.json(requested)})

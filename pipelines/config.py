@@ -16,6 +16,7 @@ from dspark_core.recipes.calibration import CalibrationConfig
 from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.export import ExportConfig
+from dspark_core.recipes.transfer import TransferConfig
 from dspark_core.settings import bounds_of, default_of, help_of
 from dspark_core.training.trainer import TrainConfig
 
@@ -98,7 +99,7 @@ class ExportDraftConfig(CoreConfig):
 
 class SpeculativeEvalConfig(CoreConfig):
     core: ClassVar[type] = EvalConfig
-    benchmark: str = core_field(EvalConfig, "benchmark")
+    suites: list[str] = core_field(EvalConfig, "suites")
     max_prompts: int = core_field(EvalConfig, "max_prompts")
     max_new_tokens: int = core_field(EvalConfig, "max_new_tokens")
     temperature: float = core_field(EvalConfig, "temperature")
@@ -106,6 +107,17 @@ class SpeculativeEvalConfig(CoreConfig):
     block_size: int | None = core_field(EvalConfig, "block_size")
     schedule: str = core_field(EvalConfig, "schedule")
     threshold: float = core_field(EvalConfig, "threshold")
+
+
+class TransferReportConfig(CoreConfig):
+    core: ClassVar[type] = TransferConfig
+    suites: list[str] = core_field(TransferConfig, "suites")
+    max_prompts: int = core_field(TransferConfig, "max_prompts")
+    max_new_tokens: int = core_field(TransferConfig, "max_new_tokens")
+    temperature: float = core_field(TransferConfig, "temperature")
+    block_size: int | None = core_field(TransferConfig, "block_size")
+    seed: int = core_field(TransferConfig, "seed")
+    retention_threshold: float = core_field(TransferConfig, "retention_threshold")
 
 
 class CalibratedDraftConfig(CoreConfig):

@@ -19,3 +19,9 @@ refresh_metrics_history_job = dg.define_asset_job(
     "refresh_metrics_history", selection=dg.AssetSelection.assets("metrics_history"),
     description="Re-read the DuckDB views into the metrics_history asset.",
 )
+
+transfer_tests_job = dg.define_asset_job(
+    "transfer_tests", selection=dg.AssetSelection.assets("transfer_report"),
+    description="Evaluate every base model's latest drafts on every registered base model they fit (the transfer "
+                "matrix); request retraining for derived models that keep too little τ.",
+)

@@ -10,14 +10,17 @@ from typing import Any
 import dagster as dg
 
 from dspark_core.recipes.calibration import CalibrationReport
-from dspark_core.recipes.evaluation import EvalReport
+from dspark_core.recipes.suite_evaluation import SuiteReport
+from dspark_core.recipes.transfer import TransferReport
 from dspark_core.recipes.training import TrainReport
 
 
-def upstream(context, asset: str, partition_key: str) -> dict[str, Any]:
-    """The latest materialization metadata of `asset` for `partition_key`, as plain values."""
+def upstream(context, asset: str, partition_key: str | None) -> dict[str, Any]:
+    """The latest materialization metadata of `asset` for `partition_key` (None: an unpartitioned asset), as
+    plain values."""
     found = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition_key]), limit=1)
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                              asset_partitions=[partition_key] if partition_key is not None else None), limit=1)
     if not found.records:
         raise dg.Failure(f"{asset} has no materialization for partition {partition_key!r}; materialize it first")
     metadata = found.records[0].asset_materialization.metadata
@@ -84,21 +87,41 @@ def training_metadata(report: TrainReport) -> dict[str, Any]:
     }
 
 
-def evaluation_metadata(report: EvalReport, plot: Path) -> dict[str, Any]:
-    overall = report.overall
-    columns, rows = report.table()
-    identical = report.greedy_identical
+def suite_evaluation_metadata(report: SuiteReport, drafter: str, plot: Path) -> dict[str, Any]:
+    """What the UI shows of one drafter's suite evaluation; `tau` is the macro mean the champion rule compares."""
+    overall = report.overall(drafter)
+    identical = report.greedy_identical(drafter)
+    by_domain = [[s.domain, s.context_bucket, benchmark, s.prompts, s.tau, s.speedup, s.draft_ms_per_round,
+                  s.verify_ms_per_round, " ".join("–" if r is None else f"{r:.2f}" for r, _ in s.cond_accept)]
+                 for benchmark, one in report.reports[drafter].items() for s in one.summaries[1:]]
     return {
-        "tau": round(overall.tau, 4),
+        "tau": round(report.mean_tau(drafter), 4),
+        "tau_all_prompts": round(overall.tau, 4),
         "speedup": round(overall.speedup, 3),
         "tokens_per_s": round(overall.tokens_per_s, 2),
         "draft_ms_per_round": round(overall.draft_ms_per_round, 2),
         "verify_ms_per_round": round(overall.verify_ms_per_round, 2),
         "greedy_identical": "n/a (sampled)" if identical is None else identical,
-        "prompts": len(report.prompts),
+        "prompts": sum(len(b.records) for b in report.benchmarks),
+        "suites": ", ".join(b.name for b in report.benchmarks),
         "eval_id": report.eval_id,
-        "results": markdown_table(columns, rows),
+        "results": markdown_table(*report.table()),
+        "by_domain_and_context": markdown_table(
+            ["domain", "context", "benchmark", "prompts", "τ", "speed-up", "draft ms", "verify ms", "cond. accept @k"],
+            by_domain),
         "acceptance_curve": image(plot, "acceptance by position"),
+    }
+
+
+def transfer_metadata(report: TransferReport, plot: Path, requested: dict[str, str]) -> dict[str, Any]:
+    return {
+        "transfer_matrix": markdown_table(*report.matrix()),
+        "heat_map": image(plot, "transfer matrix"),
+        "retention": markdown_table(*report.retention_table()),
+        "families": markdown_table(*report.family_table()),
+        "retraining_requested": dg.MetadataValue.json(requested),
+        "retention_threshold": report.config.retention_threshold,
+        "drafts": len(report.drafts),
     }
 
 

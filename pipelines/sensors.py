@@ -1,9 +1,12 @@
-"""Sensors: a newly registered base model gets a partition and its data run; a new feature cache starts
-training of every drafter; a new evaluation refreshes metrics_history."""
+"""Sensors: a newly registered base model (or one whose retraining the transfer report requested) gets a
+partition and its data run; a new feature cache starts training of every drafter; a new evaluation refreshes
+metrics_history."""
+
+import json
 
 import dagster as dg
 
-from dspark_core.models.registry import registered_models
+from dspark_core.models.registry import registered_models, retraining_requests
 from pipelines.jobs import prepare_base_model_job, refresh_metrics_history_job, train_and_evaluate_job
 from pipelines.partitions import base_model_partitions, drafter_partitions, model_drafter_key
 
@@ -11,15 +14,22 @@ from pipelines.partitions import base_model_partitions, drafter_partitions, mode
 @dg.sensor(job=prepare_base_model_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_base_model_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     """Watch $DSPARK_HOME/models/registered.json (`dspark models register SPEC`): add a base_model partition
-    for each new entry and request its data-preparation run (training follows when its cache is ready)."""
+    for each new entry and request its data-preparation run (training follows when its cache is ready). A
+    retraining request (the transfer report's, when a derived model keeps too little of its parent's τ)
+    requests that run again, once per request."""
     known = set(context.instance.get_dynamic_partitions(base_model_partitions.name))
     new = sorted(set(registered_models()) - known)
-    if not new:
-        return dg.SkipReason(f"no newly registered base models ({len(known)} known)")
+    requests = [dg.RunRequest(run_key=f"new-base-model:{slug}", partition_key=slug) for slug in new]
+    handled = json.loads(context.cursor) if context.cursor else {}  # slug -> time of the last request acted on
+    retrain = {slug: request for slug, request in sorted(retraining_requests().items()) if handled.get(slug) != request["at"]}
+    requests += [dg.RunRequest(run_key=f"retrain:{slug}:{request['at']}", partition_key=slug,
+                               tags={"dspark/retrain_reason": request["reason"][:200]})
+                 for slug, request in retrain.items() if slug not in new]  # a new model's first run covers it
+    if not requests:
+        return dg.SkipReason(f"no newly registered base models or retraining requests ({len(known)} known)")
     return dg.SensorResult(
-        dynamic_partitions_requests=[base_model_partitions.build_add_request(new)],
-        run_requests=[dg.RunRequest(run_key=f"new-base-model:{slug}", partition_key=slug) for slug in new],
-    )
+        dynamic_partitions_requests=[base_model_partitions.build_add_request(new)] if new else [],
+        run_requests=requests, cursor=json.dumps({**handled, **{slug: r["at"] for slug, r in retrain.items()}}))
 
 
 def _new_materializations(context: dg.SensorEvaluationContext, asset: str) -> list[dg.EventLogRecord]:

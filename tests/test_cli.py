@@ -140,17 +140,31 @@ def test_train_export_eval_on_the_command_line(capsys, tiny_target):
     assert code == 0, err
     export = next(Path(os.environ["DSPARK_HOME"], "exports", "tiny-smollm2-135m", "dspark").glob("*-speculators"))
     code, out, err = run_cli(["eval", "--target", TINY, "--drafter", str(export), "--dataset", "cli-eval",
-                              "--max-prompts", "2", "--max-new-tokens", "8"], capsys)
+                              "--max-prompts", "2", "--max-new-tokens", "8", "--suite", "validation",
+                              "--suite", "heldout-v1"], capsys)
     assert code == 0, err
-    assert "greedy output identical to autoregressive: True" in out and "recorded" in out
+    assert "greedy output identical to autoregressive (dspark): True" in out and "recorded" in out
+    assert "math · heldout-v1" in out and "code · heldout-v1" in out  # two prompts: one from each of two domains
+    code, out, err = run_cli(["sql", "SELECT DISTINCT benchmark FROM acceptance_metrics ORDER BY 1", "--json"], capsys)
+    assert [json.loads(line)["benchmark"] for line in out.splitlines()] == ["held-out", "heldout-v1"]
+    # the same draft by context length, the context filled with the dataset's regenerated conversations
+    code, out, err = run_cli(["context-sweep", "--target", TINY, "--drafter", str(export), "--dataset", "cli-eval",
+                              "--lengths", "48,160", "--prompts-per-length", "1", "--max-new-tokens", "4"], capsys)
+    assert code == 0, err
+    assert "draft trained on ≤" in out and "recorded" in out
+    code, out, err = run_cli(["sql", "SELECT DISTINCT context_bucket FROM acceptance_metrics WHERE benchmark = "
+                                     "'context-sweep:turns' ORDER BY 1", "--json"], capsys)
+    assert [json.loads(line)["context_bucket"] for line in out.splitlines()] == ["ctx-160", "ctx-48"]
     # by default fewer draft tokens are verified per round than the draft's γ (4); asking for more than γ gets γ:
     # a separate measurement, recorded as such
     code, out, err = run_cli(["eval", "--target", TINY, "--drafter", str(export), "--dataset", "cli-eval",
-                              "--max-prompts", "2", "--max-new-tokens", "8", "--block-size", "9"], capsys)
+                              "--max-prompts", "2", "--max-new-tokens", "8", "--block-size", "9", "--suite", "validation"],
+                             capsys)
     assert code == 0, err
-    assert "greedy output identical to autoregressive: True" in out
+    assert "greedy output identical to autoregressive (dspark): True" in out
     code, out, err = run_cli(["sql", "SELECT drafter, block_size FROM acceptance_metrics WHERE metric = 'tau' "
-                                     "AND domain = 'all' ORDER BY block_size DESC", "--json"], capsys)
+                                     "AND domain = 'all' AND benchmark = 'held-out' ORDER BY block_size DESC", "--json"],
+                             capsys)
     assert code == 0 and [json.loads(line) for line in out.splitlines()] == [
         {"drafter": "dspark", "block_size": 4}, {"drafter": "dspark", "block_size": 2}]
     code, out, err = run_cli(["sql", "SELECT max(position) AS p FROM acceptance_metrics WHERE block_size = 2 "
@@ -163,9 +177,9 @@ def test_train_export_eval_on_the_command_line(capsys, tiny_target):
     assert "calibrated draft:" in out and (checkpoint.parent / "calibrated" / "config.json").is_file()
     code, out, err = run_cli(["eval", "--target", TINY, "--drafter", str(checkpoint.parent / "calibrated"),
                               "--dataset", "cli-eval", "--max-prompts", "2", "--max-new-tokens", "8",
-                              "--schedule", "scheduled", "--block-size", "4"], capsys)
+                              "--schedule", "scheduled", "--block-size", "4", "--suite", "validation"], capsys)
     assert code == 0, err
-    assert "greedy output identical to autoregressive: True" in out
+    assert "greedy output identical to autoregressive (dspark): True" in out
     code, out, err = run_cli(["sql", "SELECT DISTINCT schedule FROM acceptance_metrics WHERE metric = 'tau' "
                                      "ORDER BY schedule", "--json"], capsys)
     assert [json.loads(line)["schedule"] for line in out.splitlines()] == ["fixed", "scheduled"]

@@ -31,6 +31,7 @@ SMALL = {
     "calibrated_draft": {"max_prompts": 4, "max_new_tokens": 8},
     "speculative_eval": {"max_prompts": 3, "max_new_tokens": 12},
     "draft_checkpoint_draft_greedy_lossless": {"prompts": 2, "max_new_tokens": 8},
+    "transfer_report": {"max_prompts": 2, "max_new_tokens": 6},
 }
 
 
@@ -100,12 +101,13 @@ def test_definitions_hold_the_whole_platform():
     from pipelines.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    assert {k.path[0] for k in graph.get_all_asset_keys()} == {*DATA, *DRAFT, "metrics_history"}
+    assert {k.path[0] for k in graph.get_all_asset_keys()} == {*DATA, *DRAFT, "metrics_history", "transfer_report"}
     assert {c.name for c in graph.asset_check_keys} == {
-        "feature_cache_matches_base_model", "draft_weights_finite", "draft_greedy_lossless", "tau_within_margin_of_champion"}
+        "feature_cache_matches_base_model", "draft_weights_finite", "draft_greedy_lossless", "tau_within_margin_of_champion",
+        "derived_models_keep_their_drafts_tau"}
     assert {s.name for s in defs.sensors} == {"new_base_model_sensor", "train_drafters_on_new_cache", "refresh_metrics_on_new_eval"}
     assert [s.name for s in defs.schedules] == ["weekly_retraining_schedule"]
-    for job in ("prepare_base_model", "train_and_evaluate_draft", "refresh_metrics_history"):
+    for job in ("prepare_base_model", "train_and_evaluate_draft", "refresh_metrics_history", "transfer_tests"):
         defs.resolve_job_def(job)
 
 
@@ -467,3 +469,25 @@ def test_a_rollback_sticks_until_promoted_by_hand(platform, materialized):
         tracking.promote(platform.slug, version)  # by hand: re-arms it
         tracking.client.delete_model_version(f"dspark-draft-{platform.slug}", earlier)
     assert not tracking.is_rolled_back(platform.slug, version)
+
+
+def test_transfer_report_evaluates_drafts_on_a_derived_base_model(platform, materialized, tiny_target):
+    """The exported draft of the tiny model, evaluated on itself and on a re-quantized variant registered as a
+    base model: the matrix, the retention row, the warning check and the retraining request agree."""
+    from dspark_core.models.derive import DeriveConfig, derive_model
+    from dspark_core.models.registry import registered_models
+
+    derive_model(tiny_target, "tiny-platform-q2", DeriveConfig(bits=2), overwrite=True)
+    derived = register_model("derived:tiny-platform-q2")
+    result = platform.materialize(dg.AssetSelection.assets("transfer_report"), None, ["transfer_report"])
+    # (other tests register models that cannot load, e.g. an empty .gguf file: their columns say so)
+    assert result.success or not _check_passed(result, "derived_models_keep_their_drafts_tau")
+    meta = platform.metadata("transfer_report", None)
+    matrix = meta["transfer_matrix"]
+    assert platform.slug in matrix and derived in matrix and f"{platform.slug} · dspark" in matrix
+    assert f"| {platform.slug} · dspark | {platform.slug} | {derived} |" in meta["retention"]
+    under = "| True |" in meta["retention"]
+    assert (derived in meta["retraining_requested"]) == under
+    assert ("retrain_requested" in registered_models()[derived]) == under
+    assert _check_passed(result, "derived_models_keep_their_drafts_tau") == (not under)
+    assert meta["duckdb_rows"] > 0 and meta["heat_map"]

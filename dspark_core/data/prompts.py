@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from dspark_core.errors import DsparkError
 
@@ -114,7 +114,7 @@ def parse_prompt_object(obj: object) -> list[tuple[str, str]]:
 MAX_LINE_BYTES = 2**20
 
 
-def _parse_or_report(obj, where: str, report: LoadReport, on_error: str, fix: str) -> list[tuple[str, str]] | None:
+def parse_or_report(obj, where: str, report: LoadReport, on_error: str, fix: str) -> list[tuple[str, str]] | None:
     """Parse one object (or a JSON error), recording a malformed one in `report`; None means skipped."""
     try:
         if isinstance(obj, UnicodeDecodeError):
@@ -130,9 +130,11 @@ def _parse_or_report(obj, where: str, report: LoadReport, on_error: str, fix: st
         return None
 
 
-def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport | None = None) -> list[PromptRecord]:
+def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport | None = None,
+               adapt: Callable[[dict], dict] | None = None) -> list[PromptRecord]:
     """Read prompts from a JSONL file. Malformed lines are recorded in `report` with file:line and reason,
-    and either skipped (`on_error="skip"`) or raised as MalformedDataError (`on_error="raise"`)."""
+    and either skipped (`on_error="skip"`) or raised as MalformedDataError (`on_error="raise"`). `adapt` maps
+    each JSON object to a prompt shape first (a benchmark's own columns, say)."""
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     path = Path(path)
@@ -150,9 +152,10 @@ def read_jsonl(path: str | Path, *, on_error: str = "skip", report: LoadReport |
                     raise ValueError(f"a line of {len(raw) / 2**20:.1f} MiB, more than the {MAX_LINE_BYTES // 2**20} "
                                      f"MiB a prompt line may have")
                 obj = json.loads(raw.decode("utf-8"))
+                obj = adapt(obj) if adapt is not None and isinstance(obj, dict) else obj
             except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
                 obj = exc
-            messages = _parse_or_report(obj, f"{path}:{number}", report, on_error, "fix the line")
+            messages = parse_or_report(obj, f"{path}:{number}", report, on_error, "fix the line")
             if messages is not None:
                 # A category (Spec-Bench) or domain field names the record's domain; else its file and line.
                 domain = obj.get("category") or obj.get("domain") if isinstance(obj, dict) else None
@@ -200,7 +203,7 @@ def load_hf_dataset(
             obj = {"conversations" if is_sharegpt else "messages": value}
         else:
             obj = row
-        messages = _parse_or_report(obj, f"{name_or_path}[{split}] row {index}", report, on_error, "set a column mapping")
+        messages = parse_or_report(obj, f"{name_or_path}[{split}] row {index}", report, on_error, "set a column mapping")
         if messages is not None:
             records.append(PromptRecord.create(messages, f"{name_or_path}[{split}]#{index}"))
     return records

@@ -14,7 +14,7 @@ from dspark_core.data.prompts import (
     LoadReport, PromptRecord, deduplicate, load_hf_dataset, read_jsonl, read_prompt_file, write_prompts,
 )
 from dspark_core.data.selfgen import SelfGenerationConfig, check_domains, self_generated_prompts
-from dspark_core.errors import ConfigError, DsparkError
+from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
 from dspark_core.settings import check_settings, setting

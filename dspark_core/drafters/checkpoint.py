@@ -118,9 +118,23 @@ def _from_speculators(tensors: dict[str, torch.Tensor], kind: DrafterKind, model
     return state
 
 
+def shape_mismatch(config: dict, target) -> str | None:
+    """Why a draft (its checkpoint config) cannot read `target` at all, or None when the shapes fit: the hidden
+    size, the vocabulary and the tapped layers must exist in the target."""
+    module = config["module"]
+    if module["hidden_size"] != target.hidden_size:
+        return f"hidden size {module['hidden_size']} vs the target's {target.hidden_size}"
+    if module["vocab_size"] != target.vocab_size:
+        return f"vocabulary of {module['vocab_size']} tokens vs the target's {target.vocab_size}"
+    if max(config["target_layer_ids"]) >= target.num_layers:
+        return f"taps layer {max(config['target_layer_ids'])} of a target with {target.num_layers} layers"
+    return None
+
+
 def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tuple[DraftModule, dict]:
     """Rebuild the module from a checkpoint or an export (either format); returns (module, checkpoint config).
-    With `target`, refuses a draft trained for another revision and attaches the target's embedding and LM head."""
+    With `target`, refuses a draft trained for another revision (unless `check_target` is False: a transfer
+    test, where only the shapes must fit) and attaches the target's embedding and LM head."""
     directory = settled_directory(directory)
     config = read_draft_config(directory)
     if target is not None and check_target and config["target_revision"] != target.revision:
@@ -128,6 +142,9 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
             f"draft {directory} was trained for {config['target']!r} (revision {str(config['target_revision'])[:12]}), "
             f"not for {target.spec!r} (revision {str(target.revision)[:12]}); train a draft for this target"
         )
+    if target is not None and (mismatch := shape_mismatch(config, target)):
+        raise DsparkError(f"draft {directory} (trained for {config['target']!r}) cannot run on {target.spec!r}: "
+                          f"{mismatch}")
     kind = drafter_kind(config["algorithm"])
     try:
         model = kind.build(kind.saved_config(config["module"]))
@@ -146,9 +163,9 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
     return model.eval(), config
 
 
-def load_drafter(directory: Path, target):
-    """The engine drafter of a trained checkpoint or an export, for `target`."""
-    model, config = load_draft(directory, target)
+def load_drafter(directory: Path, target, *, check_target: bool = True):
+    """The engine drafter of a trained checkpoint or an export, for `target` (see `load_draft`)."""
+    model, config = load_draft(directory, target, check_target=check_target)
     return drafter_kind(config["algorithm"]).runtime(model, name=f"{config['algorithm']}:{Path(directory).name}")
 
 

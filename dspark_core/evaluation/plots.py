@@ -1,4 +1,4 @@
-"""PNG plots for the UI and MLflow: the training loss curve and per-position acceptance curves."""
+"""PNG plots for the UI and MLflow: the training loss curve, per-position acceptance curves and heat maps."""
 
 from __future__ import annotations
 
@@ -101,5 +101,41 @@ def pareto_plot(series: dict[str, list[tuple[float, float, str]]], path: Path,
     axis.set_ylabel("aggregate tokens/s (throughput)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def heat_map(values: list[list[float | None]], rows: list[str], columns: list[str], path: Path,
+             title: str = "") -> Path:
+    """A matrix of values (None: not measured) as a labelled heat map, each cell annotated."""
+    import numpy as np
+
+    data = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    figure, axis = plt.subplots(figsize=(1.6 + 1.5 * len(columns), 0.9 + 0.55 * len(rows)))
+    image = axis.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=20, ha="right", fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, row in enumerate(data):
+        for j, value in enumerate(row):
+            axis.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                      color="white" if np.isnan(value) or value < np.nanmean(data) else "black")
+    figure.colorbar(image, ax=axis, fraction=0.046)
+    axis.set_title(title, fontsize=9)
+    return _save(figure, path)
+
+
+def sweep_curves(lengths: list[float], series: dict[str, list[float | None]], path: Path, *,
+                 trained_length: int | None = None, title: str = "") -> Path:
+    """Metrics against prompt length (log scale), with the draft's training sequence length marked."""
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    for name, values in series.items():
+        points = [(x, y) for x, y in zip(lengths, values) if y is not None]
+        axis.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    if trained_length:
+        axis.axvline(trained_length, color="tab:gray", linestyle="--", label=f"trained on ≤ {trained_length} tokens")
+    axis.axhline(1.0, color="black", linewidth=0.6)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("prompt tokens")
+    axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     return _save(figure, path)

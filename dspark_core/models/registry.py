@@ -71,3 +71,20 @@ def spec_for(slug: str) -> str:
     if slug not in models:
         raise ModelSpecError(f"no registered base model has the key {slug!r}; register it with `dspark models register SPEC`")
     return models[slug]["spec"]
+
+
+def request_retraining(spec: str, reason: str) -> str:
+    """Ask the platform to train drafts for `spec` (registered first if needed): stamps its entry, and the
+    sensor that handles new base models requests its data-preparation run (training follows). Returns the slug."""
+    slug = register_model(spec)
+    models = registered_models()
+    models[slug]["retrain_requested"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                         "reason": reason}
+    write_json_atomic(_path(), models)
+    return slug
+
+
+def retraining_requests() -> dict[str, dict]:
+    """{slug: {"at", "reason"}} of every registered model whose retraining was requested (the latest request)."""
+    return {slug: entry["retrain_requested"] for slug, entry in registered_models().items()
+            if "retrain_requested" in entry}

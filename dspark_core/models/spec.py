@@ -8,8 +8,10 @@ from pathlib import Path
 
 from dspark_core.errors import ModelSpecError
 from dspark_core.models.packaged import PACKAGED_MODELS
+from dspark_core.paths import models_dir
 
 TINY_PREFIX = "tiny:"
+DERIVED_PREFIX = "derived:"  # a variant made by `dspark models derive`, under $DSPARK_HOME/models/derived
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -35,6 +37,13 @@ def parse_spec(spec: str) -> ModelSource:
         raise ModelSpecError("empty model spec; give a packaged alias, a Hugging Face id, a local directory or a .gguf file")
     if spec in PACKAGED_MODELS:
         return ModelSource(spec, "packaged", spec)
+    if spec.startswith(DERIVED_PREFIX):
+        name = spec[len(DERIVED_PREFIX):]
+        directory = models_dir() / "derived" / name
+        if not name or not (directory / "config.json").is_file():
+            raise ModelSpecError(f"no derived model {name!r} in {directory.parent}; make it with "
+                                 f"`dspark models derive PARENT --name {name or 'NAME'}`")
+        return ModelSource(spec, "local_dir", str(directory))
     if spec.startswith(TINY_PREFIX):
         base = spec[len(TINY_PREFIX):]
         if base not in PACKAGED_MODELS:

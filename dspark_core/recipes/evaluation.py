@@ -14,7 +14,7 @@ import dspark_core
 from dspark_core.data.prompts import read_prompt_file
 from dspark_core.decoding.drafter import Drafter
 from dspark_core.drafters.checkpoint import load_drafter, read_draft_config, weights_sha256
-from dspark_core.errors import ConfigError, DsparkError
+from dspark_core.errors import DsparkError
 from dspark_core.evaluation.plots import acceptance_curves
 from dspark_core.evaluation.speculative import (
     EvalPrompt, EvalSettings, GroupSummary, PromptResult, decode_prompts, domain_summaries, eval_prompts,
@@ -33,8 +33,11 @@ __all__ = ["EvalConfig", "EvalReport", "evaluate", "held_out_prompts"]
 
 @dataclass(frozen=True)
 class EvalConfig:
-    benchmark: str = setting("held-out", "Benchmark name recorded with the metrics")
-    max_prompts: int = setting(12, "Held-out (validation-split) prompts to decode", min=1)
+    suites: tuple[str, ...] = setting(("heldout-v1",), "Evaluation suites: built-in (heldout-v1), a standard "
+                                      "benchmark's name or NAME=PATH of a local copy, a Spec-Bench .jsonl file, or "
+                                      "'validation' (the dataset's held-out prompts)")
+    benchmark: str = setting("held-out", "Benchmark name recorded with the metrics (the suite's, when evaluating one)")
+    max_prompts: int = setting(12, "Prompts decoded per benchmark (spread evenly over its domains)", min=1)
     max_new_tokens: int = setting(64, "Tokens generated per prompt", min=1)
     temperature: float = setting(0.0, "0 = greedy; > 0 samples (still exactly the target's distribution)", min=0)
     seed: int = setting(0, "Sampling seed")
@@ -49,6 +52,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        object.__setattr__(self, "suites", tuple(self.suites))
         self.schedule_config  # checks mode and threshold
 
     @property
@@ -167,13 +171,15 @@ def held_out_prompts(target: TargetModel, prompts_file: Path, limit: int | None 
 
 
 def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPrompt], config: EvalConfig, *,
-             baseline: list[PromptResult] | None = None, progress: bool = False) -> EvalReport:
+             baseline: list[PromptResult] | None = None, progress: bool = False,
+             other_target: bool = False) -> EvalReport:
     """Decode `prompts` one request at a time autoregressively (unless `baseline` already holds that, from this
     process), then with `drafter` (a trained checkpoint or export directory, or any engine drafter), after a
-    short warm-up; the speed-up is the ratio of the two."""
+    short warm-up; the speed-up is the ratio of the two. `other_target`: the draft was trained for another
+    model with the same shapes (a transfer test) and runs on `target` unchanged."""
     draft_path = None if isinstance(drafter, Drafter) else Path(drafter)
     if draft_path is not None:
-        drafter = load_drafter(draft_path, target)
+        drafter = load_drafter(draft_path, target, check_target=not other_target)
     block_size = drafter.block_size or DEFAULT_BLOCK_SIZE
     if config.block_size is not None:
         block_size = min(block_size, config.block_size)

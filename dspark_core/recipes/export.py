@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dspark_core.drafters.checkpoint import read_draft_config, weights_sha256
-from dspark_core.errors import ConfigError
 from dspark_core.export.formats import FORMATS, export_draft
 from dspark_core.models.spec import slugify
 from dspark_core.paths import directory_mib, dspark_home

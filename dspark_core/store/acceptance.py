@@ -115,6 +115,10 @@ class MetricsStore:
         """Replace every row of measurement `key` by `rows`, atomically; returns how many were written."""
         if any(row.measurement_key != key for row in rows):
             raise DsparkError("every row of a measurement must carry its measurement_key")
+        return self._replace([key], rows)
+
+    def _replace(self, keys: list[str], rows: list[AcceptanceRow]) -> int:
+        """Delete the measurements `keys` and insert `rows`, in one transaction."""
         insert = f"INSERT INTO acceptance_metrics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
@@ -122,7 +126,8 @@ class MetricsStore:
                 with self.connect() as connection:
                     connection.execute("BEGIN TRANSACTION")
                     try:
-                        connection.execute("DELETE FROM acceptance_metrics WHERE measurement_key = ?", [key])
+                        for key in keys:
+                            connection.execute("DELETE FROM acceptance_metrics WHERE measurement_key = ?", [key])
                         if rows:
                             connection.executemany(insert, [astuple(row) for row in rows])
                         connection.execute("COMMIT")
@@ -167,10 +172,11 @@ class MetricsStore:
         return int(rows[0][0]), int(rows[0][1])
 
     def record(self, rows: list[AcceptanceRow]) -> int:
-        """Write one measurement (rows sharing a measurement_key), replacing an earlier write of it."""
+        """Write the measurements of `rows` (grouped by measurement_key) in one transaction, each replacing an
+        earlier write of itself."""
         if not rows:
             return 0
-        return self.replace_measurement(rows[0].measurement_key, rows)
+        return self._replace(list(dict.fromkeys(row.measurement_key for row in rows)), rows)
 
     def query(self, sql: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
         """Run a read-only query; returns (column names, rows). Statements that write, touch files or change the
