@@ -1,124 +1,460 @@
-"""Decoding speed on the real packaged SmolLM2 (CPU by default), all measured in one process run:
+"""Decoding speed: our engine against transformers' own decoding, in one process, on the same prompts.
 
-1. the engine's own autoregressive decoding vs transformers' `generate` (greedy, same prompts, both stop at EOS);
-2. prompt-lookup speculative decoding vs the engine's autoregressive decoding (the speed-up definition).
+Every method decodes the same prompts of a built-in evaluation suite (rendered with the chat template), greedy,
+the same number of new tokens at most, all stopping at EOS, interleaved prompt by prompt (and in a rotating
+order) so that machine noise hits all of them alike:
 
-Reports ratios, not absolute seconds (shared machines are noisy). Usage:
-    python benchmarks/bench_decoding.py [--max-new-tokens 128] [--repeats 3] [--target smollm2-135m]
+  ours-ar             our engine, autoregressive (SpeculativeEngine(target, None)): the baseline of every speed-up
+  hf-generate         transformers' `generate(do_sample=False)`
+  hf-prompt-lookup    transformers' assisted generation with `prompt_lookup_num_tokens`
+  hf-assisted         transformers' assisted generation with `assistant_model=` the target's first K decoder
+                      layers under its own embedding, final norm and LM head (an untrained early-exit draft)
+  ours-prompt-lookup  our PromptLookupDrafter through our engine
+  <name>              each trained draft (`--drafter NAME=PATH`; by default the current exports of `make run`)
+
+Per method: tokens/s (all generated tokens over all seconds), speed-up against ours-ar and against hf-generate,
+τ (tokens per target forward pass, i.e. per verification round; transformers' passes are counted with a hook on
+the target), draft/verify ms per round (our engine), efficiency = speed-up / τ, and on how many prompts the
+output equals ours-ar's token for token (and hf-generate's). Writes a JSON result file, a Markdown report beside
+it, and long-form rows into the metrics database's `decoding_benchmarks` table.
+
+Usage: python benchmarks/bench_decoding.py [--prompts 6] [--max-new-tokens 96] [--device cuda]
+       [--drafter NAME=PATH ...] [--assistant-layers K] [--out FILE] [--db FILE | --no-record]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import os
+import platform
+import shlex
+import sys
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dspark_core.decoding import GenerationConfig, PromptLookupDrafter, SpeculativeEngine
+from dspark_core.drafters.checkpoint import load_drafter, read_draft_config
+from dspark_core.drafters.registry import ALGORITHMS
+from dspark_core.errors import DsparkError
+from dspark_core.evaluation.speculative import EvalPrompt, eval_prompts
+from dspark_core.evaluation.suites import load_suite
 from dspark_core.models import load_target
+from dspark_core.models.spec import slugify
+from dspark_core.models.truncated import truncated_copy
+from dspark_core.paths import dspark_home, settled_directory, write_json_atomic
+from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
+from dspark_core.store import DecodingBenchmarkRow, MetricsStore, measurement_key, record_decoding_benchmark
+from dspark_core.store.acceptance import now_utc
+from provenance import provenance
 
-PROMPTS = {
-    # Tasks that quote their input give prompt lookup something to copy; the open-ended one barely does.
-    "rewrite": "Rewrite this sentence in the past tense, keeping every other word the same: "
-    "The engineer opens the laptop, reads the failing test, fixes the bug and pushes the change.",
-    "code-edit": "Add a docstring to this Python function and return it unchanged otherwise:\n\n"
-    "def moving_average(values, window):\n    out = []\n    for i in range(len(values) - window + 1):\n"
-    "        out.append(sum(values[i:i + window]) / window)\n    return out\n",
-    "list-repeat": "Repeat this list twice, numbered: apples, pears, plums, cherries, grapes, lemons.",
-    "open-ended": "Give three tips for a first marathon.",
-}
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
+console = Console(width=170)
+RESULTS = Path(__file__).parent / "results"
+AR, HF = "ours-ar", "hf-generate"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--block-size", type=int, default=7)
-    parser.add_argument("--out", default="benchmarks/results/decoding.json")
-    args = parser.parse_args()
+# ---- one decode of one prompt ----------------------------------------------------------------------------
+@dataclass
+class Run:
+    tokens: list[int]
+    seconds: float
+    #: target forward passes (= verification rounds); None when not known
+    forwards: int | None
+    #: our engine only: timed rounds and the ms they spent drafting / verifying
+    timed_rounds: int = 0
+    draft_ms: float = 0.0
+    verify_ms: float = 0.0
 
-    console = Console(width=160)
-    torch.manual_seed(0)
-    target = load_target(args.target)
-    console.print(f"target {target.spec} on {target.device} ({target.dtype}), torch threads {torch.get_num_threads()}")
-    n = args.max_new_tokens
-    # Both sides stop at EOS (as in real use); identical outputs mean identical token counts.
-    config = GenerationConfig(max_new_tokens=n, block_size=args.block_size)
-    autoregressive = SpeculativeEngine(target, None)
-    lookup = SpeculativeEngine(target, PromptLookupDrafter())
 
-    def hf_generate(ids):
-        out = target.model.generate(torch.tensor([ids], device=target.device), max_new_tokens=n, do_sample=False,
-                                    pad_token_id=target.tokenizer.pad_token_id)
-        return out[0, len(ids):].tolist()
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    encoded = {name: target.encode_prompt(text, chat=True) for name, text in PROMPTS.items()}
-    hf_generate(encoded["open-ended"][:16])  # warm-up of both code paths
-    autoregressive.generate([encoded["open-ended"][:16]], GenerationConfig(max_new_tokens=8))
 
-    rows, report = [], {"target": target.spec, "revision": target.revision, "max_new_tokens": n, "prompts": {}}
-    for name, ids in encoded.items():
-        times = {"hf": [], "ar": [], "pl": []}
-        for _ in range(args.repeats):  # interleaved so that machine noise hits all three alike
-            hf_tokens, seconds = timed(lambda: hf_generate(ids))
-            times["hf"].append(seconds)
-            ar, seconds = timed(lambda: autoregressive.generate([ids], config))
-            times["ar"].append(seconds)
-            pl, seconds = timed(lambda: lookup.generate([ids], config))
-            times["pl"].append(seconds)
-        med = {key: statistics.median(values) for key, values in times.items()}
-        produced = {"hf": len(hf_tokens), "ar": ar.stats.new_tokens, "pl": pl.stats.new_tokens}
-        entry = {
-            "new_tokens": produced,
-            "hf_tokens_per_s": produced["hf"] / med["hf"],
-            "engine_ar_tokens_per_s": produced["ar"] / med["ar"],
-            "prompt_lookup_tokens_per_s": produced["pl"] / med["pl"],
-            "engine_vs_hf": (produced["ar"] / med["ar"]) / (produced["hf"] / med["hf"]),
-            "prompt_lookup_speedup": (produced["pl"] / med["pl"]) / (produced["ar"] / med["ar"]),
-            "tau": pl.stats.tau,
-            "draft_ms_per_round": pl.stats.draft_ms_per_round,
-            "verify_ms_per_round": pl.stats.verify_ms_per_round,
-            "ar_verify_ms_per_round": ar.stats.verify_ms_per_round,
-            "identical_engine_ar_vs_hf": ar.outputs[0].tokens == hf_tokens,
-            "identical_prompt_lookup_vs_ar": pl.outputs[0].tokens == ar.outputs[0].tokens,
+@dataclass
+class EngineMethod:
+    """A method decoded by our SpeculativeEngine (drafter None: autoregressive)."""
+
+    name: str
+    engine: SpeculativeEngine
+    block_size: int
+    description: str
+    source: str | None = None  # the draft's directory, for trained drafts
+
+    @property
+    def speculative(self) -> bool:
+        return self.engine.drafter is not None
+
+    def decode(self, ids: list[int], max_new_tokens: int) -> Run:
+        config = GenerationConfig(max_new_tokens=max_new_tokens, block_size=self.block_size,
+                                  speculative=self.speculative)
+        device = self.engine.target.device
+        _synchronize(device)
+        started = time.perf_counter()
+        result = self.engine.generate([ids], config)
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+        stats = result.stats
+        return Run(result.outputs[0].tokens, seconds, stats.rounds, stats.batch_rounds,
+                   stats.draft_ms_per_round * stats.batch_rounds, stats.verify_ms_per_round * stats.batch_rounds)
+
+
+@dataclass
+class TransformersMethod:
+    """A method decoded by transformers' `generate` on the target's own HF model."""
+
+    name: str
+    target: object
+    options: dict  # extra `generate` arguments (assistant_model, prompt_lookup_num_tokens)
+    description: str
+    speculative: bool
+    source: str | None = None
+
+    def decode(self, ids: list[int], max_new_tokens: int) -> Run:
+        target = self.target
+        input_ids = torch.tensor([ids], device=target.device)
+        device = target.device
+        with _counting_forwards(target.model) as forwards:
+            _synchronize(device)
+            started = time.perf_counter()
+            out = target.model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=sorted(target.eos_token_ids), pad_token_id=_pad_token_id(target), **self.options)
+            _synchronize(device)
+            seconds = time.perf_counter() - started
+        tokens = out[0, len(ids):].tolist()
+        eos = target.eos_token_ids
+        for index, token in enumerate(tokens):  # generate pads nothing for batch 1, but be exact about EOS
+            if token in eos:
+                tokens = tokens[: index + 1]
+                break
+        return Run(tokens, seconds, forwards[0])
+
+
+@contextmanager
+def _counting_forwards(model: torch.nn.Module):
+    """Counts calls of `model`'s forward (the target's passes; an assistant model is another module)."""
+    count = [0]
+    handle = model.register_forward_pre_hook(lambda _module, _args: count.__setitem__(0, count[0] + 1))
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+def _pad_token_id(target) -> int | None:
+    pad = target.tokenizer.pad_token_id
+    return pad if pad is not None else min(target.eos_token_ids, default=None)
+
+
+# ---- what to compare -------------------------------------------------------------------------------------
+def current_exports(spec: str) -> dict[str, Path]:
+    """The most recently written export of each drafter of base model `spec` under $DSPARK_HOME (what the last
+    `make run` exported; no Dagster needed, so this also runs on a machine with the library only)."""
+    slug, found = slugify(spec), {}
+    for algorithm in ALGORITHMS:
+        # An export whose replacement was killed half-way is `<name>.old` until the next writer puts it back.
+        exports = {path.with_name(path.name.removesuffix(".old"))
+                   for path in (dspark_home() / "exports" / slug / algorithm).glob("*")
+                   if path.is_dir() and not path.name.startswith(".") and (path / "dspark_export.json").is_file()}
+        if exports:
+            found[algorithm] = max(exports, key=lambda path: settled_directory(path).stat().st_mtime)
+    return found
+
+
+def _drafter_options(values: list[str]) -> dict[str, Path]:
+    drafts = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--drafter {value!r}: expected NAME=PATH (a checkpoint or export directory)")
+        if name in drafts or name in (AR, HF, "hf-prompt-lookup", "hf-assisted", "ours-prompt-lookup"):
+            raise SystemExit(f"--drafter {value!r}: the name {name!r} is taken; choose another")
+        drafts[name] = Path(path).expanduser()
+    return drafts
+
+
+def build_methods(target, args, drafts: dict[str, Path], explicit: set[str]) -> tuple[list, int]:
+    """The methods in the order they are reported, and the assistant's layer count."""
+    layers = target.num_layers
+    assistant_layers = args.assistant_layers or max(1, layers // 4)
+    assistant = truncated_copy(target.model, assistant_layers)
+    if args.assistant_tokens is not None:
+        assistant.generation_config.num_assistant_tokens = args.assistant_tokens
+    block = args.block_size
+    methods = [
+        EngineMethod(AR, SpeculativeEngine(target, None), 0, "our engine, autoregressive"),
+        TransformersMethod(HF, target, {}, "transformers generate, greedy", speculative=False),
+        TransformersMethod("hf-prompt-lookup", target, {"prompt_lookup_num_tokens": args.prompt_lookup_tokens},
+                           f"transformers assisted generation, prompt_lookup_num_tokens={args.prompt_lookup_tokens}",
+                           speculative=True),
+        TransformersMethod("hf-assisted", target, {"assistant_model": assistant},
+                           f"transformers assisted generation, assistant = the target's first {assistant_layers} of "
+                           f"{layers} layers (num_assistant_tokens "
+                           f"{args.assistant_tokens or 'at transformers default'})",
+                           speculative=True),
+        EngineMethod("ours-prompt-lookup", SpeculativeEngine(target, PromptLookupDrafter()), block,
+                     f"our engine, PromptLookupDrafter, ≤{block} drafts per round"),
+    ]
+    for name, path in drafts.items():
+        try:
+            drafter = load_drafter(path, target)
+            algorithm = read_draft_config(path)["algorithm"]
+        except DsparkError as exc:
+            if name in explicit:
+                raise SystemExit(f"--drafter {name}={path}: {exc}") from None
+            console.print(f"[yellow]skipping {name} ({escape(str(path))}): {escape(str(exc))}[/]")
+            continue
+        methods.append(EngineMethod(name, SpeculativeEngine(target, drafter), block,
+                                    f"our engine, trained {algorithm} draft, ≤{block} drafts per round", str(path)))
+    return methods, assistant_layers
+
+
+# ---- measuring -------------------------------------------------------------------------------------------
+def measure(methods: list, prompts: list[EvalPrompt], max_new_tokens: int, repeats: int) -> dict[str, list[list[Run]]]:
+    """runs[method][prompt] = that method's runs of that prompt (one per repeat)."""
+    warm = prompts[0].ids
+    for method in methods:  # first calls pay for lazy initialisation (kernels, imports, allocator)
+        method.decode(warm, min(8, max_new_tokens))
+    runs: dict[str, list[list[Run]]] = {method.name: [] for method in methods}
+    for index, prompt in enumerate(prompts):
+        order = methods[index % len(methods):] + methods[: index % len(methods)]  # rotate who goes first
+        for method in methods:
+            runs[method.name].append([])
+        for _ in range(repeats):
+            for method in order:
+                runs[method.name][-1].append(method.decode(prompt.ids, max_new_tokens))
+        rates = "  ".join(f"{m.name} {_rate(runs[m.name][-1]):.1f}" for m in methods)
+        console.print(f"prompt {index + 1}/{len(prompts)} ({prompt.domain}, {len(prompt.ids)} tokens, "
+                      f"{len(runs[AR][-1][0].tokens)} generated): tok/s {rates}", highlight=False, markup=False,
+                      soft_wrap=True)
+    return runs
+
+
+def _rate(runs: list[Run]) -> float:
+    seconds = sum(r.seconds for r in runs)
+    return sum(len(r.tokens) for r in runs) / seconds if seconds else 0.0
+
+
+def summarize(methods: list, runs: dict[str, list[list[Run]]], prompts: list[EvalPrompt]) -> dict[str, dict]:
+    """Per method: totals, tokens/s, speed-ups, τ, draft/verify ms per round, efficiency, equality counts."""
+    results: dict[str, dict] = {}
+    for method in methods:
+        flat = [run for per_prompt in runs[method.name] for run in per_prompt]
+        tokens, seconds = sum(len(r.tokens) for r in flat), sum(r.seconds for r in flat)
+        forwards = None if any(r.forwards is None for r in flat) else sum(r.forwards for r in flat)
+        timed = sum(r.timed_rounds for r in flat)
+        reference = [per_prompt[0].tokens for per_prompt in runs[AR]]
+        hf_reference = [per_prompt[0].tokens for per_prompt in runs[HF]]
+        same = [all(r.tokens == ref for r in rs) for rs, ref in zip(runs[method.name], reference)]
+        same_hf = [all(r.tokens == ref for r in rs) for rs, ref in zip(runs[method.name], hf_reference)]
+        results[method.name] = {
+            "description": method.description,
+            "speculative": method.speculative,
+            "source": method.source,
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds if seconds else None,
+            "target_forwards": forwards,
+            "tau": tokens / forwards if method.speculative and forwards else None,
+            "draft_ms_per_round": sum(r.draft_ms for r in flat) / timed if timed and method.speculative else None,
+            "verify_ms_per_round": sum(r.verify_ms for r in flat) / timed if timed else None,
+            "identical_to_ours_ar": sum(same),
+            "identical_to_hf_generate": sum(same_hf),
+            "differs_from_ours_ar": [p.id for p, ok in zip(prompts, same) if not ok],
         }
-        report["prompts"][name] = entry
-        rows.append((name, entry))
+    for result in results.values():
+        for base, key in ((AR, "speedup_vs_ours_ar"), (HF, "speedup_vs_hf_generate")):
+            rate, base_rate = result["tokens_per_s"], results[base]["tokens_per_s"]
+            result[key] = rate / base_rate if rate and base_rate else None
+        result["efficiency"] = (result["speedup_vs_ours_ar"] / result["tau"]
+                                if result["tau"] and result["speedup_vs_ours_ar"] else None)
+    return results
 
-    table = Table(title=f"{target.spec}: up to {n} new tokens, greedy, median of {args.repeats}")
-    for column in ("prompt", "tokens", "HF tok/s", "engine AR tok/s", "engine/HF", "PL tok/s", "PL speed-up", "τ",
-                   "draft ms", "verify ms", "AR step ms", "identical"):
-        table.add_column(column, justify="right")
-    for name, e in rows:
-        table.add_row(
-            name, str(e["new_tokens"]["ar"]), f"{e['hf_tokens_per_s']:.1f}", f"{e['engine_ar_tokens_per_s']:.1f}", f"{e['engine_vs_hf']:.2f}x",
-            f"{e['prompt_lookup_tokens_per_s']:.1f}", f"{e['prompt_lookup_speedup']:.2f}x", f"{e['tau']:.2f}",
-            f"{e['draft_ms_per_round']:.2f}", f"{e['verify_ms_per_round']:.1f}", f"{e['ar_verify_ms_per_round']:.1f}",
-            "yes" if e["identical_engine_ar_vs_hf"] and e["identical_prompt_lookup_vs_ar"] else "NO",
-        )
+
+# ---- reporting -------------------------------------------------------------------------------------------
+COLUMNS = ("method", "tokens", "tok/s", "vs ours-ar", "vs hf-generate", "τ", "efficiency", "draft ms/round",
+           "verify ms/round", "= ours-ar", "= hf-generate")
+
+
+def _cells(name: str, r: dict, prompts: int) -> list[str]:
+    def fmt(value, pattern="{:.2f}"):
+        return "–" if value is None else pattern.format(value)
+
+    return [name, str(r["tokens"]), fmt(r["tokens_per_s"], "{:.1f}"), fmt(r["speedup_vs_ours_ar"], "{:.2f}x"),
+            fmt(r["speedup_vs_hf_generate"], "{:.2f}x"), fmt(r["tau"]), fmt(r["efficiency"]),
+            fmt(r["draft_ms_per_round"], "{:.1f}"), fmt(r["verify_ms_per_round"], "{:.1f}"),
+            f"{r['identical_to_ours_ar']}/{prompts}", f"{r['identical_to_hf_generate']}/{prompts}"]
+
+
+def markdown(payload: dict) -> str:
+    s, machine = payload["settings"], payload["machine"]
+    lines = [f"# Decoding benchmark: {payload['target']} on {payload['device']}", "",
+             f"`{payload['command']}`", "",
+             f"{s['prompts']} prompts of `{s['suite']}` ({', '.join(f'{d}: {n}' for d, n in payload['domains'].items())}), "
+             f"chat template, greedy, at most {s['max_new_tokens']} new tokens, all stopping at EOS, "
+             f"{s['repeats']} run(s) per prompt and method, interleaved prompt by prompt. Recorded "
+             f"{payload['recorded_at']}; code {payload['code_version']} at {payload['git_commit'] or 'unknown commit'}"
+             f"{' (dirty)' if payload.get('dirty') else ''}; {machine['description']}.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name in payload["methods"]:
+        lines.append("| " + " | ".join(_cells(name, payload["results"][name], s["prompts"])) + " |")
+    lines += ["", "Speed-ups are ratios of tokens/s (all generated tokens over all seconds) measured in the same "
+              "process. τ = generated tokens per target forward pass (verification round); efficiency = speed-up "
+              "over ours-ar / τ. `= ours-ar`: prompts whose output equals ours-ar's token for token.", "",
+              "| method | what |", "|---|---|"]
+    for name in payload["methods"]:
+        result = payload["results"][name]
+        source = f" ({result['source']})" if result["source"] else ""
+        lines.append(f"| {name} | {result['description']}{source} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: torch.device) -> dict:
+    cpus = os.cpu_count()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    description = (f"{name}, {cpus} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+                   f"{platform.system()} {platform.release()}")
+    return {"device_name": name, "cpu_count": cpus, "description": description}
+
+
+def rows(payload: dict, recorded_at: datetime) -> list[DecodingBenchmarkRow]:
+    """The result's numbers as long-form rows of the decoding_benchmarks table."""
+    s = payload["settings"]
+    shared = DecodingBenchmarkRow(
+        recorded_at=recorded_at, run_id=payload["run_id"], machine=payload["machine"]["description"],
+        code_version=payload["code_version"], git_commit=payload["git_commit"], target=payload["target"],
+        revision=payload["revision"], device=payload["device"], dtype=payload["dtype"], suite=s["suite"], method="",
+        prompts=s["prompts"], max_new_tokens=s["max_new_tokens"], metric="")
+    metrics = ("tokens_per_s", "speedup_vs_ours_ar", "speedup_vs_hf_generate", "tau", "efficiency",
+               "draft_ms_per_round", "verify_ms_per_round", "identical_to_ours_ar", "identical_to_hf_generate",
+               "seconds", "target_forwards")
+    return [replace(shared, method=name, metric=metric, value=float(result[metric]), n=result["tokens"])
+            for name, result in payload["results"].items() for metric in metrics if result[metric] is not None]
+
+
+# ---- main ------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="smollm2-135m", help="target model spec (default: the packaged SmolLM2)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--suite", default="heldout-v1", help="built-in evaluation suite the prompts come from")
+    parser.add_argument("--prompts", type=int, default=6, help="prompts, spread evenly over the suite's domains")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per prompt and method")
+    parser.add_argument("--block-size", type=int, default=DEFAULT_DECODE_BLOCK_SIZE,
+                        help="most drafts our engine verifies per round (pass the draft's γ on a GPU)")
+    parser.add_argument("--prompt-lookup-tokens", type=int, default=10,
+                        help="transformers' prompt_lookup_num_tokens (10: the value its documentation uses)")
+    parser.add_argument("--assistant-layers", type=int, default=None,
+                        help="decoder layers of the truncated assistant (default: a quarter of the target's)")
+    parser.add_argument("--assistant-tokens", type=int, default=None,
+                        help="the assistant's num_assistant_tokens (default: transformers' own, 20, with its "
+                             "confidence stop)")
+    parser.add_argument("--drafter", action="append", default=[], metavar="NAME=PATH",
+                        help="a trained draft (checkpoint or export directory); repeatable")
+    parser.add_argument("--no-default-drafters", action="store_true",
+                        help="do not add the current exports of `make run` under $DSPARK_HOME")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result JSON (default: benchmarks/results/decoding-<device>.json); a .md report beside it")
+    parser.add_argument("--db", type=Path, default=None, help="metrics database (default: $DSPARK_HOME/metrics.duckdb)")
+    parser.add_argument("--no-record", action="store_true", help="write no database rows")
+    args = parser.parse_args(argv)
+    if args.prompts < 1 or args.max_new_tokens < 1 or args.repeats < 1 or args.block_size < 1:
+        parser.error("--prompts, --max-new-tokens, --repeats and --block-size must be at least 1")
+
+    recorded_at = now_utc()
+    command = shlex.join(["python", "benchmarks/bench_decoding.py", *(sys.argv[1:] if argv is None else argv)])
+    torch.manual_seed(0)
+    target = load_target(args.target, device=args.device, dtype=args.dtype)
+    if args.assistant_layers is not None and not 1 <= args.assistant_layers <= target.num_layers:
+        parser.error(f"--assistant-layers must be between 1 and {target.num_layers} for {target.spec}")
+    explicit = _drafter_options(args.drafter)
+    drafts = dict(explicit)
+    if not args.no_default_drafters:
+        for algorithm, path in current_exports(target.spec).items():
+            if algorithm not in drafts and path not in drafts.values():
+                drafts[algorithm] = path
+    out = args.out or RESULTS / f"decoding-{target.device.type}.json"
+    console.print(f"target {target.spec} ({target.num_layers} layers) on {target.device} ({target.dtype}), "
+                  f"torch threads {torch.get_num_threads()}, home {dspark_home()}", highlight=False, markup=False)
+
+    methods, assistant_layers = build_methods(target, args, drafts, set(explicit))
+    for method in methods:
+        console.print(f"  {method.name:<20} {method.description}{f'  ({method.source})' if method.source else ''}",
+                      highlight=False, markup=False)
+    records = load_suite(args.suite).selected(args.prompts).records
+    prompts = eval_prompts(target, records)
+    for prompt in prompts:
+        target.check_prompt_length(len(prompt.ids), args.max_new_tokens)
+
+    started = time.perf_counter()
+    runs = measure(methods, prompts, args.max_new_tokens, args.repeats)
+    results = summarize(methods, runs, prompts)
+
+    table = Table(title=f"{target.spec} on {target.device} ({target.dtype}): {len(prompts)} prompts of {args.suite}, "
+                        f"greedy, ≤{args.max_new_tokens} new tokens, {args.repeats} run(s) each")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name, result in results.items():
+        table.add_row(*_cells(name, result, len(prompts)))
     console.print(table)
-    geo = lambda key: statistics.geometric_mean(e[key] for _, e in rows)  # noqa: E731
-    report["geomean_engine_vs_hf"] = geo("engine_vs_hf")
-    report["geomean_prompt_lookup_speedup"] = geo("prompt_lookup_speedup")
-    console.print(f"geometric mean: engine AR vs HF generate {report['geomean_engine_vs_hf']:.2f}x, "
-                  f"prompt-lookup speed-up {report['geomean_prompt_lookup_speedup']:.2f}x")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    console.print(f"wrote {out}")
+    differing = {name: r["differs_from_ours_ar"] for name, r in results.items() if r["differs_from_ours_ar"]}
+    if differing:
+        console.print(f"[yellow]outputs that differ from ours-ar:[/] {escape(str(differing))}", highlight=False)
+
+    prov = provenance()
+    domains: dict[str, int] = {}
+    for prompt in prompts:
+        domains[prompt.domain] = domains.get(prompt.domain, 0) + 1
+    payload = {
+        "benchmark": "bench_decoding", "command": command, "recorded_at": recorded_at.isoformat(),
+        **prov, "machine": {**prov["machine"], **machine(target.device)},
+        "target": target.spec, "revision": target.revision, "device": str(target.device), "dtype": str(target.dtype),
+        "settings": {"suite": args.suite, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+                     "repeats": args.repeats, "block_size": args.block_size,
+                     "prompt_lookup_tokens": args.prompt_lookup_tokens, "assistant_layers": assistant_layers,
+                     "assistant_tokens": args.assistant_tokens},
+        "domains": domains,
+        "prompts": [{"id": p.id, "domain": p.domain, "prompt_tokens": len(p.ids),
+                     "generated": {name: [len(r.tokens) for r in runs[name][i]] for name in runs},
+                     "seconds": {name: [r.seconds for r in runs[name][i]] for name in runs}}
+                    for i, p in enumerate(prompts)],
+        "methods": list(results),  # in the order measured and shown (the file's keys are sorted)
+        "results": results,
+        "measured_s": time.perf_counter() - started,
+    }
+    run_id = measurement_key(benchmark="bench_decoding", recorded_at=payload["recorded_at"], command=command,
+                             machine=payload["machine"]["description"], git_commit=payload["git_commit"])
+    payload["run_id"] = run_id
+    write_json_atomic(out, payload)
+    report = out.with_suffix(".md")
+    report.write_text(markdown(payload))
+    console.print(f"wrote {out} and {report}", markup=False)
+    if not args.no_record:
+        store = MetricsStore(args.db or dspark_home() / "metrics.duckdb")
+        written = record_decoding_benchmark(store, run_id, rows(payload, recorded_at))
+        console.print(f"recorded {written} rows (run {run_id}) in table decoding_benchmarks of {store.path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -119,7 +119,12 @@ class MetricsStore:
 
     def _replace(self, keys: list[str], rows: list[AcceptanceRow]) -> int:
         """Delete the measurements `keys` and insert `rows`, in one transaction."""
-        insert = f"INSERT INTO acceptance_metrics ({', '.join(COLUMNS)}) VALUES ({', '.join('?' for _ in COLUMNS)})"
+        return self.replace_rows("acceptance_metrics", "measurement_key", keys, COLUMNS, [astuple(r) for r in rows])
+
+    def replace_rows(self, table: str, key_column: str, keys: list[str], columns: list[str], rows: list[tuple]) -> int:
+        """In one transaction: delete the rows of `table` whose `key_column` is in `keys`, insert `rows` (tuples
+        in `columns` order). Retries on a write-write conflict; returns how many rows were written."""
+        insert = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
         deadline = time.monotonic() + self.lock_timeout_s
         while True:
             try:
@@ -127,9 +132,9 @@ class MetricsStore:
                     connection.execute("BEGIN TRANSACTION")
                     try:
                         for key in keys:
-                            connection.execute("DELETE FROM acceptance_metrics WHERE measurement_key = ?", [key])
+                            connection.execute(f"DELETE FROM {table} WHERE {key_column} = ?", [key])
                         if rows:
-                            connection.executemany(insert, [astuple(row) for row in rows])
+                            connection.executemany(insert, rows)
                         connection.execute("COMMIT")
                     except BaseException:
                         connection.execute("ROLLBACK")

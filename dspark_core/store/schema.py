@@ -86,11 +86,35 @@ def _with_schedule(view: str) -> str:
     return view
 
 
+#: migration 3: what `benchmarks/bench_decoding.py` measured, long form, one row per (method, metric); a
+#: benchmark run's rows (one process, one `run_id`) are written and replaced together
+DECODING_BENCHMARK_COLUMNS = (
+    ("recorded_at", "TIMESTAMPTZ NOT NULL"),
+    ("run_id", "VARCHAR NOT NULL"),
+    ("machine", "VARCHAR"),  # CPU/GPU model, core count, torch version and threads
+    ("code_version", "VARCHAR"),
+    ("git_commit", "VARCHAR"),
+    ("target", "VARCHAR NOT NULL"),  # the target model's spec
+    ("revision", "VARCHAR"),  # its snapshot revision
+    ("device", "VARCHAR NOT NULL"),
+    ("dtype", "VARCHAR"),
+    ("suite", "VARCHAR"),  # where the prompts came from
+    ("method", "VARCHAR NOT NULL"),  # ours-ar, hf-generate, hf-assisted, ours-prompt-lookup, a trained draft ...
+    ("prompts", "INTEGER NOT NULL"),
+    ("max_new_tokens", "INTEGER NOT NULL"),
+    ("metric", "VARCHAR NOT NULL"),  # tokens_per_s, speedup_vs_ours_ar, tau, draft_ms_per_round, ...
+    ("value", "DOUBLE"),
+    ("n", "BIGINT"),  # generated tokens the value was measured on
+)
+_DECODING_BENCHMARKS = "CREATE TABLE IF NOT EXISTS decoding_benchmarks (\n  " + ",\n  ".join(
+    f"{name} {kind}" for name, kind in DECODING_BENCHMARK_COLUMNS) + "\n)"
+
 #: (version, statements); append new migrations, never edit applied ones
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [_TABLE, "CREATE INDEX IF NOT EXISTS acceptance_measurement ON acceptance_metrics (measurement_key)", *_VIEWS]),
     (2, [*(f"ALTER TABLE acceptance_metrics ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in _V2_COLUMNS),
          *(_with_schedule(view) for view in _VIEWS)]),
+    (3, [_DECODING_BENCHMARKS]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
