@@ -39,7 +39,7 @@ from dspark_core.recipes.evaluation import EvalConfig, evaluate
 from dspark_core.training.losses import LossWeights
 from dspark_core.training.budget import seconds_per_step
 from dspark_core.training.trainer import TrainConfig, train_draft
-from provenance import provenance
+from dspark_core.provenance import provenance
 
 console = Console(width=160)
 

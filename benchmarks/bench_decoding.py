@@ -53,7 +53,7 @@ from dspark_core.paths import dspark_home, settled_directory, write_json_atomic
 from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
 from dspark_core.store import DecodingBenchmarkRow, MetricsStore, measurement_key, record_decoding_benchmark
 from dspark_core.store.acceptance import now_utc
-from provenance import provenance
+from dspark_core.provenance import provenance
 
 console = Console(width=170)
 RESULTS = Path(__file__).parent / "results"

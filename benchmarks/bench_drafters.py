@@ -46,7 +46,7 @@ from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 from dspark_core.recipes.training import train
 from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
-from provenance import provenance
+from dspark_core.provenance import provenance
 from dspark_core.training.budget import steps_for_budget
 from dspark_core.training.trainer import TrainConfig
 

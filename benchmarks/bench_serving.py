@@ -46,7 +46,7 @@ from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home, write_json_atomic
 from dspark_core.store import AcceptanceRow, MetricsStore
 from dspark_core.store.acceptance import measurement_key, now_utc
-from provenance import provenance
+from dspark_core.provenance import provenance
 
 console = Console(width=160)
 

@@ -34,7 +34,7 @@ from dspark_core.models import load_target
 from dspark_core.paths import write_json_atomic
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import provenance  # noqa: E402
+from dspark_core.provenance import provenance  # noqa: E402
 
 console = Console(width=160)
 SIDE = Path(__file__).with_name("speculators_side.py")

@@ -20,6 +20,7 @@ from dspark_core.errors import DsparkError
 from dspark_core.models import load_target
 from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.suite_evaluation import SuiteReport, evaluate_suite, resolve_suites
 from dspark_core.settings import default_of, help_of
@@ -114,7 +115,7 @@ def eval_command(
                           f"[bold]{report.greedy_identical(label)}[/]")
     result_file = out or dspark_home() / "reports" / f"eval-{slugify(model.spec)}-{now_utc():%Y%m%dT%H%M%S}.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(result_file, report.to_json())
+    write_json_atomic(result_file, {"command": command_line(), **provenance(), **report.to_json()})
     console.print(f"tables written to {escape(str(result_file))}")
     if record:
         run_ids = _log_mlflow(report, tracking_uri, result_file)

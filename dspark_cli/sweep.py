@@ -18,6 +18,7 @@ from dspark_core.errors import DsparkError
 from dspark_core.models import load_target
 from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.context_sweep import SweepConfig, context_sweep
 from dspark_core.recipes.suite_evaluation import resolve_suites
 from dspark_core.settings import default_of, help_of
@@ -70,7 +71,7 @@ def sweep_command(
                                *report.table()))
     result = out or dspark_home() / "reports" / f"context-sweep-{slugify(model.spec)}-{now_utc():%Y%m%dT%H%M%S}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(result, report.to_json())
+    write_json_atomic(result, {"command": command_line(), **provenance(), **report.to_json()})
     plot = report.plot(result.with_suffix(".png"))
     console.print(f"results {escape(str(result))}, plot {escape(str(plot))}")
     if record:

@@ -17,6 +17,7 @@ from dspark_core.models.derive import parent_slugs
 from dspark_core.models.registry import request_retraining
 from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.suite_evaluation import resolve_suites
 from dspark_core.recipes.transfer import TrainedDraft, TransferConfig, transfer_report
 from dspark_core.settings import default_of, help_of
@@ -62,7 +63,7 @@ def transfer_command(
         console.print(report_table("each base model's own drafts: DSpark's relative gain", *report.family_table()))
     result = out or dspark_home() / "reports" / f"transfer-{now_utc():%Y%m%dT%H%M%S}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(result, report.to_json())
+    write_json_atomic(result, {"command": command_line(), **provenance(), **report.to_json()})
     plot = report.heat_map(result.with_suffix(".png"))
     console.print(f"results {escape(str(result))}, heat map {escape(str(plot))}")
     for slug, reason in report.retraining_needed().items():

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from dspark_core.drafters.registry import ALGORITHMS
 from dspark_core.models.registry import register_model
+from dspark_core.recipes.evaluation import EvalConfig
+from dspark_core.settings import default_of
 from pipelines.instance import use_dagster_home
 from pipelines.partitions import BASE_MODEL, model_drafter_key
 
@@ -105,11 +107,15 @@ def print_report(slug: str, drafters: list[str]) -> None:
     if not store.path.exists():
         console.print("[red]no evaluation was recorded[/]")
         return
+    suites = default_of(EvalConfig, "suites")  # what speculative_eval decodes by default
     columns, rows = store.latest_tau(base_model=slug, temperature=0.0)
-    latest = [dict(zip(columns, row)) for row in rows]
+    latest = [row for row in (dict(zip(columns, r)) for r in rows)
+              if row["benchmark"] in suites and not str(row["draft_version"]).startswith("trained-on:")]
     accept = {drafter: " ".join(f"{rate:.2f}" for _, rate in sorted(rates.items()))
-              for (_, drafter, _), rates in store.acceptance_curves(base_model=slug, temperature=0.0).items()}
-    table = Table(title=f"speculative decoding on {slug}: held-out prompts, greedy, CPU (latest evaluation per drafter)")
+              for (_, drafter, benchmark), rates in store.acceptance_curves(base_model=slug, temperature=0.0).items()
+              if benchmark in suites}
+    table = Table(title=f"speculative decoding on {slug}: {', '.join(suites)} suite, greedy, CPU (latest evaluation per "
+                        f"drafter)")
     for column in ("drafter", "version", "τ", "speed-up vs AR", "tok/s", "draft ms/round", "verify ms/round",
                    "cond. accept @1..k", "champion"):
         table.add_column(column, justify="right")

@@ -166,10 +166,10 @@ class TransferReport:
     def acceptance_rows(self, *, recorded_at: datetime, run_id: str | None = None,
                         mlflow_run_id: str | None = None) -> list[AcceptanceRow]:
         """The long-form rows of every cell, under the evaluated base model; a draft from another base model
-        carries `trained-on:<slug>` as its draft_version."""
+        carries `trained-on:<slug>` as its draft_version (so it never reads as that model's own draft)."""
         rows = []
         for target, report in self.evaluations.items():
-            versions = {d.label: f"trained-on:{d.trained_on}" for d in self.drafts}
+            versions = {d.label: f"trained-on:{d.trained_on}" for d in self.drafts if d.trained_on != target}
             rows += report.acceptance_rows(base_model=target, recorded_at=recorded_at, run_id=run_id,
                                            mlflow_run_ids={label: mlflow_run_id for label in report.labels}
                                            if mlflow_run_id else None, draft_versions=versions)

@@ -1,9 +1,11 @@
-"""What every benchmark result file records about where it came from: code version and commit, machine."""
+"""What every result file records about where it came from: the command, code version and commit, machine."""
 
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -17,6 +19,12 @@ def _git(*args: str) -> str | None:
                               check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None  # not a git checkout (an installed copy, a machine without git)
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """This process's command line (`dspark eval --target ...`), quoted for a shell."""
+    argv = sys.argv if argv is None else argv
+    return " ".join(shlex.quote(a) for a in [Path(argv[0]).name, *argv[1:]])
 
 
 def provenance() -> dict:
