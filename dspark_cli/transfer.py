@@ -24,7 +24,7 @@ from dspark_core.settings import default_of, help_of
 from dspark_core.store import MetricsStore
 from dspark_core.store.acceptance import now_utc
 
-console = Console()
+console = Console(width=max(Console().width, 140))  # the tables need the room, even when piped
 
 
 def transfer_command(

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-# Set before dspark_core is imported anywhere, so nothing touches the user's real home.
-_SESSION_HOME = Path(tempfile.mkdtemp(prefix="dspark-test-home-"))
-os.environ["DSPARK_HOME"] = str(_SESSION_HOME)
+# Set before dspark_core is imported anywhere, so nothing touches the user's real home. Worker processes that
+# import this module again (multiprocessing's spawn) reuse the session's home instead of making their own.
+_SESSION_HOME = Path(os.environ.get("DSPARK_TEST_SESSION_HOME") or tempfile.mkdtemp(prefix="dspark-test-home-"))
+os.environ["DSPARK_TEST_SESSION_HOME"] = os.environ["DSPARK_HOME"] = str(_SESSION_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter  # noqa: E402

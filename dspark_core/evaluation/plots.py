@@ -118,7 +118,7 @@ def heat_map(values: list[list[float | None]], rows: list[str], columns: list[st
     for i, row in enumerate(data):
         for j, value in enumerate(row):
             axis.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
-                      color="white" if np.isnan(value) or value < np.nanmean(data) else "black")
+                      color="gray" if np.isnan(value) else "white" if value < np.nanmean(data) else "black")
     figure.colorbar(image, ax=axis, fraction=0.046)
     axis.set_title(title, fontsize=9)
     return _save(figure, path)
