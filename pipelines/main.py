@@ -108,12 +108,8 @@ def print_report(slug: str, drafters: list[str]) -> None:
         console.print("[red]no evaluation was recorded[/]")
         return
     suites = default_of(EvalConfig, "suites")  # what speculative_eval decodes by default
-    columns, rows = store.latest_tau(base_model=slug, temperature=0.0)
-    latest = [row for row in (dict(zip(columns, r)) for r in rows)
-              if row["benchmark"] in suites and not str(row["draft_version"]).startswith("trained-on:")]
-    accept = {drafter: " ".join(f"{rate:.2f}" for _, rate in sorted(rates.items()))
-              for (_, drafter, benchmark), rates in store.acceptance_curves(base_model=slug, temperature=0.0).items()
-              if benchmark in suites}
+    columns, rows = store.latest_registered_tau(slug, suites, temperature=0.0)
+    latest = [dict(zip(columns, row)) for row in rows]
     table = Table(title=f"speculative decoding on {slug}: {', '.join(suites)} suite, greedy, CPU (latest evaluation per "
                         f"drafter)")
     for column in ("drafter", "version", "τ", "speed-up vs AR", "tok/s", "draft ms/round", "verify ms/round",
@@ -122,7 +118,7 @@ def print_report(slug: str, drafters: list[str]) -> None:
     for row in sorted(latest, key=lambda r: -r["tau"]):
         table.add_row(row["drafter"], str(row["draft_version"]), f"{row['tau']:.2f}", f"{row['speedup']:.2f}x",
                       f"{row['tokens_per_s']:.1f}", f"{row['draft_ms_per_round']:.1f}", f"{row['verify_ms_per_round']:.1f}",
-                      accept.get(row["drafter"], ""),
+                      row["cond_accept"] or "",
                       "★" if champion is not None and str(champion.version) == str(row["draft_version"]) else "")
     console.print(table)
     missing = sorted(set(drafters) - {row["drafter"] for row in latest})

@@ -149,3 +149,27 @@ def test_suite_evaluation_of_two_drafters_on_two_benchmarks(tiny_target, tmp_pat
     _, counted = store.query("SELECT benchmark, count(DISTINCT measurement_key) FROM acceptance_metrics GROUP BY 1 ORDER BY 1")
     assert counted == [("heldout-v1", 2), ("own", 2)]
     assert json.loads(json.dumps(report.to_json()))["benchmarks"] == {"heldout-v1": 2, "own": 1}
+
+
+def test_make_runs_table_reads_only_the_platforms_own_evaluations(tmp_path):
+    """`make run` prints the latest evaluation of each registered draft version on the default suite; a later
+    command-line evaluation (no version) or a transfer test of another model's draft does not replace it."""
+    from dataclasses import replace as with_
+    from datetime import timedelta
+
+    from dspark_core.store import AcceptanceRow, MetricsStore
+
+    store, now = MetricsStore(tmp_path / "m.duckdb"), datetime.now(timezone.utc)
+
+    def measurement(key, version, tau, when, benchmark="heldout-v1"):
+        row = AcceptanceRow(when, key, None, None, "m", None, "dspark", None, version, benchmark, 0.0, 2, "t")
+        return [with_(row, value=tau, n=100), with_(row, metric="cond_accept", position=1, value=0.3, n=90),
+                with_(row, metric="cond_accept", position=2, value=0.2, n=20)]
+
+    for rows in (measurement("a", "1", 1.40, now), measurement("b", None, 1.10, now + timedelta(hours=1)),
+                 measurement("c", "trained-on:x", 1.05, now + timedelta(hours=2)),
+                 measurement("d", "2", 1.90, now + timedelta(hours=3), benchmark="other")):
+        store.record(rows)
+    columns, rows = store.latest_registered_tau("m", ("heldout-v1",))
+    (row,) = [dict(zip(columns, r)) for r in rows]
+    assert (row["drafter"], row["draft_version"], row["tau"], row["cond_accept"]) == ("dspark", "1", 1.40, "0.30 0.20")

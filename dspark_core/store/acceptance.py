@@ -154,6 +154,32 @@ class MetricsStore:
             "draft_ms_per_round, verify_ms_per_round, rounds, recorded_at FROM latest_tau" + where
             + " ORDER BY base_model, tau DESC", params)
 
+    def latest_registered_tau(self, base_model: str, benchmarks: tuple[str, ...], temperature: float = 0.0
+                              ) -> tuple[list[str], list[tuple]]:
+        """The platform's own latest evaluation of each drafter of `base_model` on `benchmarks`: rows of registered
+        draft versions only (not command-line evaluations, nor transfer tests of other models' drafts), best τ
+        first, with the conditional acceptance by position of the same measurement."""
+        marks = ", ".join("?" for _ in benchmarks)
+        return self.query(
+            f"""WITH overall AS (
+                SELECT * FROM acceptance_metrics WHERE base_model = ? AND temperature = ? AND benchmark IN ({marks})
+                AND domain = 'all' AND context_bucket = 'all'
+                AND draft_version IS NOT NULL AND draft_version NOT LIKE 'trained-on:%'
+            ), latest AS (
+                SELECT drafter, max(recorded_at) AS recorded_at FROM overall WHERE metric = 'tau' GROUP BY drafter
+            )
+            SELECT o.drafter, any_value(o.draft_version) AS draft_version,
+                   max(o.value) FILTER (WHERE o.metric = 'tau') AS tau,
+                   max(o.value) FILTER (WHERE o.metric = 'speedup') AS speedup,
+                   max(o.value) FILTER (WHERE o.metric = 'tokens_per_s') AS tokens_per_s,
+                   max(o.value) FILTER (WHERE o.metric = 'draft_ms_per_round') AS draft_ms_per_round,
+                   max(o.value) FILTER (WHERE o.metric = 'verify_ms_per_round') AS verify_ms_per_round,
+                   string_agg(printf('%.2f', o.value), ' ' ORDER BY o.position)
+                       FILTER (WHERE o.metric = 'cond_accept') AS cond_accept,
+                   o.recorded_at
+            FROM overall o JOIN latest l USING (drafter, recorded_at) GROUP BY o.drafter, o.recorded_at
+            ORDER BY tau DESC""", [base_model, temperature, *benchmarks])
+
     def tau_over_time(self, limit: int = 50) -> tuple[list[str], list[tuple]]:
         """τ per day, base model, drafter and domain, newest first."""
         return self.query(
