@@ -35,7 +35,7 @@ def _drafters(values: list[str], target) -> dict:
     weights are recorded with the metrics)."""
     drafters = {}
     for value in values:
-        label, _, spec = value.rpartition("=") if "=" in value else ("", "", value)
+        label, _, spec = value.partition("=") if "=" in value and not Path(value).expanduser().exists() else ("", "", value)
         spec = spec.strip()
         path = Path(spec).expanduser()
         drafter = path if path.is_dir() else build_drafter(spec, target)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from dspark_cli.options import core_option
 from dspark_core.models import PACKAGED_MODELS, find_imported, list_snapshots, load_target, resolve_snapshot
-from dspark_core.models.derive import DeriveConfig, derive_model
+from dspark_core.models.derive import DeriveConfig, check_derived_name, derive_model
 from dspark_core.models.registry import register_model, registered_models
 from dspark_core.paths import dspark_home
 
@@ -94,6 +94,7 @@ def derive(
     to test whether drafts trained on PARENT survive an update of their base model."""
     config = DeriveConfig(method=method, bits=bits, group_size=group_size, text=text, steps=steps,
                           learning_rate=learning_rate, sequence_length=sequence_length, batch_size=batch_size, seed=seed)
+    check_derived_name(name)  # before the (slow) load of the parent
     report = derive_model(load_target(parent, device=device, dtype="float32"), name, config, overwrite=overwrite,
                           progress=True)
     stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.stats.items())

@@ -11,11 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from dspark_cli.options import core_option, report_table
-from dspark_core.drafters.checkpoint import read_draft_config
 from dspark_core.models import load_target
 from dspark_core.models.derive import parent_slugs
 from dspark_core.models.registry import request_retraining
-from dspark_core.models.spec import slugify
+from dspark_core.models.spec import parse_spec, slugify
 from dspark_core.paths import dspark_home, write_json_atomic
 from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.suite_evaluation import resolve_suites
@@ -49,8 +48,10 @@ def transfer_command(
     """Evaluate every DRAFTER on its own base model and on every TARGET its shapes fit; print the matrix."""
     config = TransferConfig(suites=tuple(suite), max_prompts=max_prompts, max_new_tokens=max_new_tokens,
                             temperature=temperature, block_size=block_size, seed=seed, retention_threshold=threshold)
+    for spec in target:
+        parse_spec(spec)  # a mistyped --target is an error now, not an empty column after the decoding
     drafts = [TrainedDraft.from_path(Path(path).expanduser()) for path in drafter]
-    specs = {d.trained_on: read_draft_config(d.path)["target"] for d in drafts}
+    specs = {d.trained_on: d.target_spec for d in drafts}
     specs.update({slugify(spec): spec for spec in target})
     lineage = parent_slugs(specs)
     loaders = {slug: (lambda spec=spec: load_target(spec, device=device)) for slug, spec in specs.items()}

@@ -276,6 +276,15 @@ BAD_INPUTS = [  # (arguments, what the one line must say); each once ended, or c
     (["profile", "--target", "nosuch"], "unknown model spec 'nosuch'"),
     (["models", "import", "/nonexistent/dir"], "does not exist"),
     (["drafts", "promote", "nosuchmodel", "3"], "has no registered draft version '3'"),
+    (["eval", "--target", "TINY", "--drafter", "prompt-lookup", "--suite", "nosuch"], "unknown evaluation suite 'nosuch'"),
+    (["eval", "--target", "TINY", "--drafter", "prompt-lookup", "--suite", "gsm8k=/nonexistent.jsonl"],
+     "does not exist"),
+    (["transfer", "--drafter", "/nonexistent"], "is not a draft checkpoint or export"),
+    (["transfer", "--drafter", "/nonexistent", "--target", "nosuch"], "unknown model spec 'nosuch'"),
+    (["context-sweep", "--target", "TINY", "--drafter", "prompt-lookup", "--lengths", "8"], "at least 16 tokens"),
+    (["models", "derive", "TINY", "--name", "Bad Name"], "use lower-case letters"),
+    (["models", "derive", "TINY", "--name", "x", "--method", "finetune", "--text", "/nonexistent"],
+     "neither a file nor a directory"),
 ]
 
 

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dspark_core.errors import ConfigError, DsparkError
-from dspark_core.models.spec import DERIVED_PREFIX
+from dspark_core.models.spec import DERIVED_PREFIX, slugify
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import atomic_directory, exclusive_writer, models_dir, remove_stale_temporaries
 from dspark_core.settings import check_settings, setting
@@ -30,6 +30,12 @@ LINEAGE_FILE = "derived.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: the default fine-tuning text: Python's own standard library, a code domain on every machine
 STDLIB_TEXT = "python-stdlib"
+
+
+def check_derived_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(f"derived model name {name!r}: use lower-case letters, digits, '.', '_' and '-'")
+    return name
 
 
 def derived_dir(name: str) -> Path:
@@ -77,6 +83,7 @@ class DeriveReport:
     seconds: float
 
 
+@torch.no_grad()
 def _quantize_(model: torch.nn.Module, bits: int, group_size: int) -> dict:
     """Round every linear weight of the decoder layers to `bits` bits per weight (symmetric, one scale per group
     of `group_size` inputs) and back to float, in place. Embeddings, norms and the LM head stay as they are."""
@@ -138,15 +145,14 @@ def _finetune_(model: torch.nn.Module, target: TargetModel, config: DeriveConfig
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=0.0)
     model.train()
     losses = []
-    with torch.enable_grad():
-        for step in tqdm(range(config.steps), desc="fine-tuning", disable=not progress):
-            start = (step * config.batch_size) % len(chunks)
-            batch = chunks[start: start + config.batch_size]
-            loss = model(input_ids=batch, labels=batch).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+    for step in tqdm(range(config.steps), desc="fine-tuning", disable=not progress):
+        start = (step * config.batch_size) % len(chunks)
+        batch = chunks[start: start + config.batch_size]
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
     model.eval().requires_grad_(False)
     return {"first_loss": losses[0], "last_loss": losses[-1], "tokens": config.steps * config.batch_size
             * config.sequence_length, "chunks_available": len(chunks)}
@@ -155,18 +161,15 @@ def _finetune_(model: torch.nn.Module, target: TargetModel, config: DeriveConfig
 def derive_model(parent: TargetModel, name: str, config: DeriveConfig, *, overwrite: bool = False,
                  progress: bool = False) -> DeriveReport:
     """Make X′ = `name` from `parent` (X) and save it as `derived:NAME`; same tokenizer, new weights."""
-    if not _NAME.match(name):
-        raise ConfigError(f"derived model name {name!r}: use lower-case letters, digits, '.', '_' and '-'")
-    final = derived_dir(name)
+    final = derived_dir(check_derived_name(name))
     started = time.perf_counter()
     with exclusive_writer(final, "deriving a model"):
         remove_stale_temporaries(final)
         if final.exists() and not overwrite:
             raise DsparkError(f"a derived model named {name!r} exists ({final}); choose another name or overwrite it")
         model = copy.deepcopy(parent.model).float()
-        with torch.no_grad():
-            stats = (_quantize_(model, config.bits, config.group_size) if config.method == "quantize"
-                     else _finetune_(model, parent, config, progress))
+        stats = (_quantize_(model, config.bits, config.group_size) if config.method == "quantize"
+                 else _finetune_(model, parent, config, progress))
         record = {"parent": parent.spec, "parent_revision": parent.revision, "method": config.method,
                   "settings": asdict(config), "stats": stats}
         with atomic_directory(final, replace=overwrite) as tmp:
@@ -187,6 +190,4 @@ def parent_spec(spec: str) -> str | None:
 
 def parent_slugs(specs: dict[str, str]) -> dict[str, str | None]:
     """{slug: the slug of the model it was derived from, or None} for a {slug: spec} mapping."""
-    from dspark_core.models.spec import slugify
-
     return {slug: slugify(parent) if (parent := parent_spec(spec)) else None for slug, spec in specs.items()}

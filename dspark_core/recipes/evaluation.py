@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import dspark_core
-from dspark_core.data.prompts import read_prompt_file
+from dspark_core.data.prompts import PromptRecord, read_prompt_file
 from dspark_core.decoding.drafter import Drafter
 from dspark_core.drafters.checkpoint import load_drafter, read_draft_config, weights_sha256
 from dspark_core.errors import DsparkError
@@ -162,12 +162,17 @@ class EvalReport:
                                  path, title=f"{self.drafter} on {self.target_spec}, τ {overall.tau:.2f}")
 
 
-def held_out_prompts(target: TargetModel, prompts_file: Path, limit: int | None = None) -> list[EvalPrompt]:
-    """The validation split of a prompt file, rendered with the target's chat template."""
+def validation_records(prompts_file: Path) -> list[PromptRecord]:
+    """The validation split of a dataset's prompt file (never trained on)."""
     held_out = [record for record, split in read_prompt_file(prompts_file) if split == "validation"]
     if not held_out:
         raise DsparkError(f"{prompts_file} has no validation prompts; raise the prompts' validation_fraction")
-    return eval_prompts(target, held_out, limit)
+    return held_out
+
+
+def held_out_prompts(target: TargetModel, prompts_file: Path, limit: int | None = None) -> list[EvalPrompt]:
+    """The validation split of a prompt file, rendered with the target's chat template."""
+    return eval_prompts(target, validation_records(prompts_file), limit)
 
 
 def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPrompt], config: EvalConfig, *,

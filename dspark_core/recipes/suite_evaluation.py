@@ -12,14 +12,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from dspark_core.data.prompts import read_prompt_file
 from dspark_core.decoding.drafter import Drafter
 from dspark_core.errors import DsparkError
 from dspark_core.evaluation.plots import acceptance_curves
 from dspark_core.evaluation.speculative import GroupSummary, eval_prompts, summarize
 from dspark_core.evaluation.suites import Benchmark, load_suite, ordered_domains, unseen_in_training
 from dspark_core.models.target import TargetModel
-from dspark_core.recipes.evaluation import EvalConfig, EvalReport, evaluate
+from dspark_core.recipes.evaluation import EvalConfig, EvalReport, evaluate, validation_records
 from dspark_core.store.acceptance import AcceptanceRow
 
 __all__ = ["VALIDATION_SUITE", "SuiteReport", "evaluate_suite", "resolve_suites"]
@@ -41,10 +40,7 @@ def resolve_suites(specs: tuple[str, ...] | list[str], training_prompts: Path | 
             if training_prompts is None or not training_prompts.exists():
                 raise DsparkError(f"the suite {VALIDATION_SUITE!r} is a dataset's held-out prompts and no dataset "
                                   f"prompts were found ({training_prompts}); run `dspark data prompts` first")
-            held_out = [record for record, split in read_prompt_file(training_prompts) if split == "validation"]
-            if not held_out:
-                raise DsparkError(f"{training_prompts} has no validation prompts; raise the prompts' validation_fraction")
-            benchmarks.append(Benchmark("held-out", held_out))
+            benchmarks.append(Benchmark("held-out", validation_records(training_prompts)))
             continue
         benchmark = load_suite(spec, on_error=on_error)
         if training_prompts is not None and training_prompts.exists():

@@ -58,11 +58,12 @@ class TrainedDraft:
     path: Path
     trained_on: str  # the base model's slug
     algorithm: str
+    target_spec: str = ""  # the base model's spec
 
     @staticmethod
     def from_path(path: Path) -> "TrainedDraft":
         config = read_draft_config(Path(path))
-        return TrainedDraft(Path(path), slugify(config["target"]), config["algorithm"])
+        return TrainedDraft(Path(path), slugify(config["target"]), config["algorithm"], config["target"])
 
     @property
     def label(self) -> str:
