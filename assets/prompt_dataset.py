@@ -19,7 +19,7 @@ def prompt_dataset(context: dg.AssetExecutionContext, config: PromptDatasetConfi
     slug = context.partition_key
     report = prepare_prompts(
         config.to_core(dataset=f"{slug}-{config.dataset}", source=config.source or prompt_source_for(slug)),
-        target=lambda: targets.load(spec_for(slug)),
+        target=lambda: targets.load_for_data(spec_for(slug)),
     )
     for problem in report.malformed[:20]:
         context.log.warning(f"skipped {problem}")

@@ -18,7 +18,7 @@ def target_feature_cache(context: dg.AssetExecutionContext, config: FeatureCache
     Resumable per shard; reused when built from the same data and settings."""
     slug = context.partition_key
     dataset = upstream(context, "target_responses", slug)["dataset"]
-    report = build_cache(targets.load(spec_for(slug)), dataset, config.to_core())
+    report = build_cache(targets.load_for_data(spec_for(slug)), dataset, config.to_core())
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(report.path)),
         "layer_ids": dg.MetadataValue.json(report.layer_ids),

@@ -17,7 +17,7 @@ def target_responses(context: dg.AssetExecutionContext, config: TargetResponsesC
     token ids it generated. Resumable: an interrupted run continues where it stopped."""
     slug = context.partition_key
     dataset = upstream(context, "prompt_dataset", slug)["dataset"]
-    report = generate_responses(targets.load(spec_for(slug)), dataset, config.to_core())
+    report = generate_responses(targets.load_for_data(spec_for(slug)), dataset, config.to_core())
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(report.path)),
         "dataset": report.dataset,

@@ -66,9 +66,10 @@ class Preset:
 
 
 PRESETS = {
-    # 2 CPU cores, about 45 minutes: ~7 min prompts, ~6 min greedy responses (~70k tokens), ~2 min cache,
-    # 5 min of training per drafter, ~13 min of held-out decoding (each run beside its own baseline).
-    "cpu": Preset(prompts=480, max_new_tokens=160, regeneration_batch=32, train_minutes=5.0, eval_per_domain=6,
+    # 2 CPU cores, about 45 minutes. With the data stages in bfloat16 (a CPU with AMX): ~4 min prompts, ~7 min
+    # greedy responses (~180k tokens), ~2 min cache, 5 min of training per drafter, ~10 min of held-out
+    # decoding (each run beside its own baseline).
+    "cpu": Preset(prompts=1000, max_new_tokens=192, regeneration_batch=128, train_minutes=5.0, eval_per_domain=6,
                   eval_max_new_tokens=64, decode_block_size=DEFAULT_DECODE_BLOCK_SIZE, train={}),
     # One large GPU, a 10-minute window: verification is nearly free there, so drafts decode at their own γ.
     "gpu": Preset(prompts=6000, max_new_tokens=256, regeneration_batch=512, train_minutes=1.5, eval_per_domain=12,
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--dataset", help="dataset name (default: bench-<preset>)")
     parser.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
                         help="regenerate responses greedily (default) or with the model's recommended sampling")
+    parser.add_argument("--data-dtype", default="auto", help="the target's precision in the data stages (default: "
+                        "bfloat16 on CUDA and on CPUs with native bfloat16 matrix units, else float32)")
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/drafters-<preset>.json)")
     parser.add_argument("--checkpoints-out", help="copy the trained drafts here (e.g. $OUT on a GPU machine)")
     args = parser.parse_args()
@@ -94,9 +97,12 @@ def main() -> None:
 
     started = time.perf_counter()
     target = load_target(args.target)
+    # the data stages run the target in its data precision (bfloat16 on CUDA and on CPUs with AMX); training
+    # and decoding in the default one (float32 on CPU: greedy speculative output equals autoregressive exactly)
+    data_target = load_target(args.target, dtype=args.data_dtype, for_data=True)
     throughput: dict[str, dict] = {"model_load_s": {"seconds": time.perf_counter() - started}}
-    console.print(f"target {target.spec} on {target.device} ({target.dtype}), torch threads {torch.get_num_threads()}, "
-                  f"home {dspark_home()}, preset {args.preset}")
+    console.print(f"target {target.spec} on {target.device} ({target.dtype}; data stages {data_target.dtype}), "
+                  f"torch threads {torch.get_num_threads()}, home {dspark_home()}, preset {args.preset}")
 
     def stage(name: str, t0: float, amount: float, unit: str, reused: bool = False) -> None:
         seconds = time.perf_counter() - t0
@@ -109,15 +115,17 @@ def main() -> None:
     # 1-3. data
     t0 = time.perf_counter()
     prompts = prepare_prompts(PromptsConfig(dataset=dataset, source="self", count=preset.prompts, domains=tuple(DOMAIN_OPENINGS),
-                                            validation_fraction=0.05), target=lambda: target)
+                                            validation_fraction=0.05), target=lambda: data_target)
     stage("prompts", t0, sum(prompts.counts.values()), "prompts", prompts.reused)
     t0 = time.perf_counter()
     regeneration = RegenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.regeneration_batch,
                                       temperature=0.0 if args.greedy else None)
-    responses = generate_responses(target, dataset, regeneration)
+    responses = generate_responses(data_target, dataset, regeneration)
     stage("responses", t0, responses.response_tokens, "tokens", responses.seconds < 1)
     t0 = time.perf_counter()
-    cache = build_cache(target, dataset, CacheConfig())
+    cache = build_cache(data_target, dataset, CacheConfig())
+    data_dtype_used = str(data_target.dtype)
+    del data_target  # training and decoding use `target`
     stage("feature_cache", t0, cache.tokens, "tokens", cache.reused)
 
     # 4. three drafters, the same training time each
@@ -181,7 +189,8 @@ def main() -> None:
     write_json_atomic(out, {
         "command": "python benchmarks/bench_drafters.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v not in (None, False)),
         "preset": args.preset, "settings": preset.__dict__, "target": target.spec, "revision": target.revision,
-        "device": str(target.device), "dtype": str(target.dtype), "greedy_data": args.greedy,
+        "device": str(target.device), "dtype": str(target.dtype), "data_dtype": data_dtype_used,
+        "greedy_data": args.greedy,
         "data": {"prompts": prompts.counts, "domains": prompts.domains, "response_tokens": responses.response_tokens,
                  "cache_tokens": cache.tokens},
         "training": training, "throughput": throughput, "results": results,

@@ -19,6 +19,15 @@ from dspark_core.recipes.features import build_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 
+#: the data commands' --target-dtype (the precision the target runs in while it writes data)
+TARGET_DTYPE_HELP = ("The target's precision while it writes data: auto (bfloat16 on CUDA and on CPUs with native "
+                     "bfloat16 matrix units, measured; else float32), float32, bfloat16.")
+
+
+def _data_target(spec: str, dtype: str):
+    return load_target(spec, dtype=dtype, for_data=True)
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Prepare training data: prompts -> target responses -> feature cache.")
 console = Console()
 
@@ -46,6 +55,7 @@ def prompts_command(
     validation_fraction: float = core_option(PromptsConfig, "validation_fraction", "--validation-fraction"),
     on_error: str = core_option(PromptsConfig, "on_error", "--on-error"),
     seed: int = core_option(PromptsConfig, "seed", "--seed"),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
 ) -> None:
     """Collect prompts, deduplicate them, split train/validation deterministically, write prompts.jsonl
     (reused while the source and settings are unchanged)."""
@@ -53,7 +63,7 @@ def prompts_command(
                            seed=seed, hf_split=hf_split,
                            prompt_column=prompt_column, messages_column=messages_column, on_error=on_error,
                            validation_fraction=validation_fraction)
-    report = prepare_prompts(config, target=(lambda: load_target(target)) if target else None)
+    report = prepare_prompts(config, target=(lambda: _data_target(target, target_dtype)) if target else None)
     for problem in report.malformed[:20]:
         console.print(f"[yellow]skipped[/] {escape(problem)}", highlight=False)
     if len(report.malformed) > 20:
@@ -73,11 +83,12 @@ def regenerate_command(
     top_k: Optional[int] = core_option(RegenerationConfig, "top_k", "--top-k"),
     limit: Optional[int] = core_option(RegenerationConfig, "limit", "--limit"),
     seed: int = core_option(RegenerationConfig, "seed", "--seed"),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
 ) -> None:
     """Have the target answer every prompt (resumable: a rerun continues where it stopped)."""
     config = RegenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature,
                                 top_p=top_p, top_k=top_k, limit=limit)
-    report = generate_responses(load_target(target), dataset, config)
+    report = generate_responses(_data_target(target, target_dtype), dataset, config)
     _summary("responses", {"written to": report.path, "conversations": report.conversations, "splits": report.splits,
                            "response tokens": report.response_tokens, "sampling": report.sampling,
                            "skipped (too long)": len(report.skipped_too_long)})
@@ -92,10 +103,11 @@ def cache_command(
     num_layers: int = core_option(CacheConfig, "num_layers", "--num-layers"),
     dtype: str = core_option(CacheConfig, "dtype", "--dtype"),
     max_length: int = core_option(CacheConfig, "max_length", "--max-length"),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
 ) -> None:
     """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state."""
     config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype, max_length=max_length)
-    report = build_cache(load_target(target), dataset, config)
+    report = build_cache(_data_target(target, target_dtype), dataset, config)
     _summary("feature cache", {"written to": report.path, "samples": report.samples, "tokens": report.tokens,
                                "assistant tokens": report.assistant_tokens, "layers": report.layer_ids,
                                "size": f"{report.size_mib} MiB", "shards": report.shards,

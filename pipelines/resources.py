@@ -18,9 +18,16 @@ class TargetLoader(dg.ConfigurableResource):
 
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', ...")
+    data_dtype: str = Field(default="auto", description="Precision while the target writes training data (prompts, "
+                                                         "responses, feature cache): 'auto' (bfloat16 on CUDA and on "
+                                                         "CPUs with native bfloat16 matrix units, else float32), ...")
 
     def load(self, spec: str) -> TargetModel:
         return load_target(spec, device=self.device, dtype=self.dtype)
+
+    def load_for_data(self, spec: str) -> TargetModel:
+        """The target as the data stages run it (`data_dtype`); decoding and training use `load`."""
+        return load_target(spec, device=self.device, dtype=self.data_dtype, for_data=True)
 
 
 class MLflowResource(dg.ConfigurableResource):

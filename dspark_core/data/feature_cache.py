@@ -221,6 +221,7 @@ def write_feature_cache(
         "num_samples": len(samples),
         "num_tokens": num_tokens,
         "assistant_tokens": sum(sum(s["mask"]) for s in samples),
+        "target_dtype": str(target.dtype).removeprefix("torch."),  # the precision the features were computed in
         **(extra or {}),
         "bytes": sum((out_dir / e["file"]).stat().st_size for e in entries),
         "source": source or {},
@@ -259,8 +260,7 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
             hidden_out.append(stored.to("cpu"))
             # The normalizer of the target's distribution, from the hidden state as stored: with it, training
             # needs the LM head's rows of the draft vocabulary only, not all of them.
-            lse_out.append(torch.cat([target.lm_logits(chunk.to(target.dtype)).float().logsumexp(-1)
-                                      for chunk in stored.split(1024)]).cpu())
+            lse_out.append(torch.cat([target.lm_logsumexp(chunk) for chunk in stored.split(1024)]).cpu())
             bar.update(n)
         start = end
     lengths = torch.tensor([len(s["ids"]) for s in shard], dtype=torch.long)

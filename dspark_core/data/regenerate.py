@@ -145,6 +145,7 @@ def regenerate_responses(
         manifest = {
             "target": target.spec,
             "target_revision": target.revision,
+            "target_dtype": str(target.dtype).removeprefix("torch."),  # bfloat16 answers part from float32 ones at near-ties
             "settings": settings,
             "status": "running",
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

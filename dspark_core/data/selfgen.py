@@ -52,7 +52,7 @@ class SelfGenerationConfig:
     max_new_tokens: int = 64
     min_chars: int = 16
     max_chars: int = 400
-    batch_size: int = 16
+    batch_size: int = 64
     seed: int = 0
     #: give up after count * max_attempts_factor samples (a model that rarely writes usable requests)
     max_attempts_factor: int = 6

@@ -52,6 +52,7 @@ class TargetModel:
         self._layers = decoder_layers(model)
         self._lm_head = model.get_output_embeddings()
         self._softcap = getattr(self.config, "final_logit_softcapping", None)
+        self._float_lm_head: tuple[torch.Tensor, torch.Tensor | None] | None = None  # lm_logsumexp's, made once
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -145,6 +146,17 @@ class TargetModel:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
+    def lm_logsumexp(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log Σ exp(logits) over the whole vocabulary, in float32 whatever the model's precision: training
+        normalizes float32 logits of the draft vocabulary by it, and a bfloat16 logit is off by up to ~0.06."""
+        if self._float_lm_head is None:
+            weight, bias = self._lm_head.weight, self._lm_head.bias
+            self._float_lm_head = (weight.float(), None if bias is None else bias.float())
+        logits = nn.functional.linear(hidden.float(), *self._float_lm_head)
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits.logsumexp(-1)
+
     @contextmanager
     def _tap(self, layer_ids: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
         captured: dict[int, torch.Tensor] = {}
@@ -201,10 +213,13 @@ def load_target(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     refresh: bool = False,
+    for_data: bool = False,
 ) -> TargetModel:
     """Resolve `spec` to its snapshot (importing once) and load it on `device` in `dtype`.
 
-    Defaults: CUDA + bfloat16 when a GPU is present, CPU + float32 otherwise.
+    Defaults: CUDA + bfloat16 when a GPU is present, CPU + float32 otherwise. `for_data` loads it to write
+    training data: an "auto" dtype is then `dspark_core.device.data_dtype` (bfloat16 also on CPUs with native
+    bfloat16 matrix units).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -212,7 +227,7 @@ def load_target(
 
     snapshot = resolve_snapshot(spec, refresh=refresh)
     resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device, for_data=for_data)
     # A snapshot loads in about a second; transformers' per-tensor progress bar would only be noise.
     bars_were_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

@@ -10,7 +10,7 @@ import torch
 
 from dspark_core.data.feature_cache import FeatureCache
 from dspark_core.models.target import TargetModel
-from dspark_core.training.trainer import Batcher, TrainConfig, build_model, next_batch, training_step
+from dspark_core.training.trainer import Batcher, TrainConfig, build_model, make_optimizer, next_batch, training_step
 
 
 def seconds_per_step(target: TargetModel, cache: FeatureCache, config: TrainConfig, *, steps: int = 6,
@@ -20,7 +20,7 @@ def seconds_per_step(target: TargetModel, cache: FeatureCache, config: TrainConf
     model = build_model(target, cache, config)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=1e-6)
+    optimizer = make_optimizer(parameters, config)
     generator, batcher, times = torch.Generator().manual_seed(0), Batcher(len(cache), config.batch_size, 0), []
     synchronize = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     for step in range(steps + warmup):
