@@ -46,6 +46,12 @@ def main() -> None:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
+            # a path the user chose (an --out, a --db, a home directory) that cannot be written or read
+            Console(stderr=True, soft_wrap=True).print(
+                f"[bold red]error:[/] cannot use {escape(str(exc.filename or 'a path'))}: {escape(exc.strerror or str(exc))}; "
+                f"choose a path you can write (or fix its permissions) and run the command again", highlight=False)
+            sys.exit(2)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         Console(stderr=True, soft_wrap=True).print(

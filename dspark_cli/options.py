@@ -13,10 +13,22 @@ def core_option(cls: type, name: str, *flags: str, **kwargs) -> typer.models.Opt
     value outside it is refused before the command runs, naming the option)."""
     help_text = help_of(cls, name)
     bounds = bounds_of(cls, name)
-    limits = {key: bounds[key] for key in ("min", "max") if key in bounds}
+    limits = {key: bounds[key] for key in ("min", "max") if key in bounds}  # (open bounds: the dataclass checks)
     if "choices" in bounds:
-        help_text += f" ({', '.join(map(str, bounds['choices']))})" if help_text else ""
+        choices = tuple(bounds["choices"])
+        help_text += f" ({', '.join(map(str, choices))})" if help_text else ""
+        if all(isinstance(choice, str) for choice in choices) and "parser" not in kwargs:
+            kwargs["parser"] = _one_of(choices)
     return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **limits, **kwargs)
+
+
+def _one_of(choices: tuple[str, ...]):
+    """A typer parser that refuses anything but `choices` before the command runs (typer names the option)."""
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    return parse
 
 
 def comma_words(value: str | None) -> tuple[str, ...]:

@@ -26,7 +26,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`None`/"auto" picks CUDA when available, else CPU; anything else is taken as given."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DsparkError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise DsparkError(f"device {device!r} was requested but CUDA is not available; use --device cpu")
     return resolved

@@ -77,24 +77,41 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
 @contextmanager
 def exclusive_writer(directory: Path, what: str) -> Iterator[None]:
     """Hold `directory` for one writer at a time (another terminal, the CLI next to a Dagster run): a second
-    writer is refused at once with a message, instead of both writing the same files. The lock is a file
-    beside the directory; the operating system releases it if the holder dies."""
+    writer is refused at once with a message naming the holder (process id, command, since when), instead of
+    both writing the same files. The lock is a file beside the directory; the operating system releases it if
+    the holder dies. The holder's description is a second file beside it, written once the lock is held."""
+    import sys
+    from datetime import datetime, timezone
+
     from filelock import FileLock, Timeout
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(directory.parent / f".{directory.name}.lock")
+    holder_file = directory.parent / f".{directory.name}.holder.json"
     try:
         lock.acquire(timeout=0)
     except Timeout:
         from dspark_core.errors import DsparkError
 
-        raise DsparkError(f"another process is {what} in {directory} right now; wait for it to finish (or stop it), "
-                          f"then run again to resume") from None
+        raise DsparkError(f"another process{_holder(holder_file)} is {what} in {directory} right now; wait for it to "
+                          f"finish (or stop it), then run again to resume") from None
     try:
+        write_json_atomic(holder_file, {"pid": os.getpid(), "command": " ".join(sys.argv) or sys.executable,
+                                        "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         yield
     finally:
+        holder_file.unlink(missing_ok=True)
         lock.release()
+
+
+def _holder(holder_file: Path) -> str:
+    """' (pid N, `command`, since T)' from the holder's description, or '' when it has none yet."""
+    try:
+        holder = json.loads(holder_file.read_text())
+        return f" (pid {holder['pid']}, `{holder['command']}`, since {holder['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
 
 
 def settled_directory(final: Path) -> Path:

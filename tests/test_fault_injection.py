@@ -1,6 +1,6 @@
 """kill -9 in the middle of long jobs, in real subprocesses, then run again: the artefacts equal those of an
 uninterrupted run, and a half-written artefact is never read as complete. Regeneration and cache builds are
-killed once part of their output exists; export and evaluation at their most delicate points (an export
+killed once a randomly drawn part of their output exists (a new draw every run); export and evaluation at their most delicate points (an export
 while it writes, and between moving the previous export aside and the new one in; an evaluation inside the
 metrics database's transaction, after the old rows of its measurement were deleted). (Training has its own
 SIGKILL test in test_training.py.)"""
@@ -8,6 +8,7 @@ SIGKILL test in test_training.py.)"""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -99,22 +100,30 @@ def straight(tmp_path_factory) -> Path:
     return root
 
 
+#: where the kills land: drawn anew every run (the draw is in the test's failure message)
+KILL_POINTS = random.Random()
+
+
 def test_kill_9_during_regeneration_then_rerun_writes_what_an_uninterrupted_run_does(straight, tmp_path):
     out = tmp_path / "responses"
     lines = lambda: len((out / "responses.jsonl").read_text().splitlines()) if (out / "responses.jsonl").exists() else 0  # noqa: E731
-    _kill_when(["regenerate", str(out)], lambda: lines() >= 6)
-    assert 6 <= lines() < 40 and json.loads((out / "manifest.json").read_text())["status"] == "running"
+    point = KILL_POINTS.randint(1, 30)  # answers written before the kill (of 40)
+    _kill_when(["regenerate", str(out)], lambda: lines() >= point)
+    assert point <= lines() < 40, f"killed after {point} answers"
+    assert json.loads((out / "manifest.json").read_text())["status"] == "running"
     from dspark_core.data.regenerate import read_responses
 
     with pytest.raises(DsparkError, match="did not finish"):
         read_responses(out)  # never read as complete
     _run("regenerate", str(out))
-    assert _answers(out) == _answers(straight / "responses")  # sampled, at temperature 1
+    assert _answers(out) == _answers(straight / "responses"), f"killed after {point} answers"  # sampled, T = 1
 
 
 def test_kill_9_during_a_cache_build_then_rerun_writes_the_same_shards(straight, tmp_path):
     out = tmp_path / "cache"
-    _kill_when(["cache", str(out), str(straight / "responses")], lambda: len(list(out.glob("shard-*"))) >= 2)
+    shards = len(json.loads((straight / "cache" / "manifest.json").read_text())["shards"])
+    point = KILL_POINTS.randint(1, max(1, shards // 2))  # finished shards before the kill
+    _kill_when(["cache", str(out), str(straight / "responses")], lambda: len(list(out.glob("shard-*"))) >= point)
     from dspark_core.data.feature_cache import FeatureCache
 
     with pytest.raises(DsparkError):
@@ -122,7 +131,7 @@ def test_kill_9_during_a_cache_build_then_rerun_writes_the_same_shards(straight,
     _run("cache", str(out), str(straight / "responses"))
     ours = json.loads((out / "manifest.json").read_text())["shards"]
     theirs = json.loads((straight / "cache" / "manifest.json").read_text())["shards"]
-    assert len(ours) > 2 and [s["sha256"] for s in ours] == [s["sha256"] for s in theirs]
+    assert len(ours) > 2 and [s["sha256"] for s in ours] == [s["sha256"] for s in theirs], f"killed after {point} shards"
 
 
 @pytest.fixture(scope="module")

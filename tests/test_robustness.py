@@ -76,9 +76,32 @@ def _ids(path: Path) -> list[str]:
     return sorted(json.loads(line)["id"] for line in (path / "responses.jsonl").read_text().splitlines())
 
 
+def test_a_refused_writer_is_told_who_holds_the_directory(tmp_path):
+    import subprocess
+    import sys
+
+    from dspark_core.paths import exclusive_writer
+
+    held = tmp_path / "responses"
+    holder = subprocess.Popen([sys.executable, "-c", f"from dspark_core.paths import exclusive_writer; import time\n"
+                               f"with exclusive_writer({str(held)!r}, 'regenerating'):\n"
+                               f"    print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DsparkError, match=rf"another process \(pid {holder.pid}, `-c`, since .*\) is exporting in"):
+            with exclusive_writer(held, "exporting"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive_writer(held, "exporting"):  # released when its holder died; nothing stale is left to name
+        assert json.loads((tmp_path / ".responses.holder.json").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".responses.holder.json").exists()
+
+
 def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, tmp_path):
-    """Regeneration, cache builds, training runs and exports each hold their directory; a second writer (another
-    terminal, the CLI next to a Dagster run) is refused instead of writing everything twice."""
+    """Regeneration, cache builds, training runs, exports and calibrations each hold their directory; a second
+    writer (another terminal, the CLI next to a Dagster run) is refused instead of writing everything twice."""
     import subprocess
     import sys
 
@@ -94,7 +117,8 @@ def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, t
     build_feature_cache(tiny_target, [conversation], tmp_path / "cache", config, progress=False)
     out = tmp_path / "r"
     exported = tmp_path / "export"
-    locks = [str(d.parent / f".{d.name}.lock") for d in (out, exported)]
+    calibrated = tmp_path / "calibrated"
+    locks = [str(d.parent / f".{d.name}.lock") for d in (out, exported, calibrated)]
     holder = subprocess.Popen([sys.executable, "-c", f"from filelock import FileLock; import time; "
                                f"held = [FileLock(p) for p in {locks!r}]; [l.acquire() for l in held]; "
                                f"print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
@@ -111,9 +135,14 @@ def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, t
         save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
         with pytest.raises(DsparkError, match="another process is writing an export"):
             export_draft(tmp_path / "draft", exported, "hf")
+        from dspark_core.recipes.calibration import calibrate
+
+        with pytest.raises(DsparkError, match="another process is calibrating a draft"):
+            calibrate(tiny_target, tmp_path / "draft", [], out=calibrated)
     finally:
         holder.kill()
     assert not list(out.glob("*.safetensors")) and not (out / "state").exists() and not exported.exists()
+    assert not calibrated.exists()
 
 
 
@@ -142,6 +171,23 @@ def test_a_resumed_sampled_regeneration_writes_what_an_uninterrupted_one_does(ti
                 for line in (path / "responses.jsonl").read_text().splitlines()}
 
     assert by_id(interrupted) == by_id(tmp_path / "whole")
+
+
+def test_every_batch_of_a_sampled_regeneration_draws_with_its_own_seed(tiny_target, tmp_path, monkeypatch):
+    """A batch's seed once came from a loop variable that shadowed the batch number, so every full batch drew
+    the same random numbers (answers correlated across batches, nothing failed)."""
+    from dspark_core.decoding import SpeculativeEngine
+
+    seeds, generate = [], SpeculativeEngine.generate
+
+    def recording(self, prompts, config):
+        seeds.append(config.seed)
+        return generate(self, prompts, config)
+
+    monkeypatch.setattr(SpeculativeEngine, "generate", recording)
+    regenerate_responses(tiny_target, _prompts("bees", "owls", "fog", "ink", "salt", "tea"), tmp_path / "r", SAMPLED,
+                         progress=False)
+    assert len(seeds) == 3 and len(set(seeds)) == 3
 
 
 def test_a_manifest_without_answers_does_not_block_other_settings(tiny_target, tmp_path):
@@ -259,6 +305,25 @@ def test_a_full_disk_is_one_line(capsys, monkeypatch):
     assert code == 2 and "the disk is full" in err and "run the same command again" in err and "Traceback" not in err
 
 
+def test_a_path_that_cannot_be_written_is_one_line(capsys, monkeypatch):
+    import dspark_cli.profile
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/read-only/profiles/x.json")
+
+    monkeypatch.setattr(dspark_cli.profile, "ensure_profile", denied)
+    code, _, err = run_cli(["profile", "--target", "tiny:smollm2-135m"], capsys)
+    assert code == 2 and "cannot use /read-only/profiles/x.json: Permission denied" in err and "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_duckdb_database_is_one_line(capsys, tmp_path):
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a database\n" * 100)
+    code, _, err = run_cli(["sql", "--db", str(junk), "SELECT 1"], capsys)
+    assert code == 2 and "could not be opened as a DuckDB metrics database" in err and "Traceback" not in err
+    assert junk.read_text() == "not a database\n" * 100  # untouched
+
+
 BAD_INPUTS = [  # (arguments, what the one line must say); each once ended, or could end, in a traceback
     (["generate", "--target", "nosuchmodel", "--prompt", "hi"], "unknown model spec 'nosuchmodel'"),
     (["generate", "--target", "hf:no/such-model-xyz", "--prompt", "hi"], "unknown model spec"),
@@ -283,6 +348,8 @@ BAD_INPUTS = [  # (arguments, what the one line must say); each once ended, or c
     (["transfer", "--drafter", "/nonexistent", "--target", "nosuch"], "unknown model spec 'nosuch'"),
     (["context-sweep", "--target", "TINY", "--drafter", "prompt-lookup", "--lengths", "8"], "at least 16 tokens"),
     (["models", "derive", "TINY", "--name", "Bad Name"], "use lower-case letters"),
+    (["generate", "--target", "TINY", "--device", "gpu0", "--prompt", "hi"], "unknown device 'gpu0'"),
+    (["profile", "--target", "TINY", "--device", "cuda:x"], "unknown device 'cuda:x'"),
     (["models", "derive", "TINY", "--name", "x", "--method", "finetune", "--text", "/nonexistent"],
      "neither a file nor a directory"),
 ]
@@ -305,3 +372,20 @@ def test_only_the_dead_writers_temporaries_of_that_directory_are_removed(tmp_pat
     sibling = Path(tempfile.mkdtemp(dir=tmp_path, prefix=".export.v2.", suffix=".tmp"))  # another export's
     remove_stale_temporaries(tmp_path / "export")
     assert not dead.exists() and sibling.exists()
+
+
+def test_concurrent_registrations_lose_no_model(tmp_path):
+    """registered.json is read, changed and written back; four processes registering at once once lost each
+    other's entries (the last writer won)."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom dspark_core.models.registry import register_model, request_retraining\n"
+              "for i in range(8):\n"
+              "    register_model(f'org{sys.argv[1]}/model-{i}')\n"
+              "    request_retraining(f'org{sys.argv[1]}/model-{i}', 'test')\n")
+    env = {**os.environ, "DSPARK_HOME": str(tmp_path)}
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(w)], env=env) for w in range(4)]
+    assert all(w.wait(timeout=120) == 0 for w in workers)
+    models = json.loads((tmp_path / "models" / "registered.json").read_text())
+    assert len(models) == 32 and all("retrain_requested" in entry for entry in models.values())

@@ -122,15 +122,21 @@ def test_killed_training_resumes_to_the_same_weights(greedy_cache, tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(_train_cli(home, killed, steps), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    state = killed / "state" / "state.json"
+    from dspark_core.paths import settled_directory
+
+    # the kill may land between the two renames that replace the state: read it as the resume will
+    state = lambda: settled_directory(killed / "state") / "state.json"  # noqa: E731
     deadline = time.time() + 120
     while time.time() < deadline:
-        if state.exists() and json.loads(state.read_text())["step"] >= 6:
-            break
+        try:
+            if json.loads(state().read_text())["step"] >= 6:
+                break
+        except (OSError, ValueError):
+            pass  # not written yet, or being replaced right now
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    stopped_at = json.loads(state.read_text())["step"]
+    stopped_at = json.loads(state().read_text())["step"]
     assert 6 <= stopped_at < steps, "the run should have been killed mid-way"
     subprocess.run(_train_cli(home, killed, steps), env=env, check=True, capture_output=True)
     straight = tmp_path / "straight"

@@ -154,6 +154,8 @@ def write_feature_cache(
     num_tokens = sum(len(s["ids"]) for s in samples)
     needed = estimate_cache_bytes(num_tokens, target.hidden_size, len(config.layer_ids), config.dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".shard-*.tmp"):  # a build killed mid-write (this process holds the directory)
+        stale.unlink()
     # a resumed build only needs room for what is not written yet
     needed = max(0, needed - sum(f.stat().st_size for f in out_dir.glob("*.safetensors")))
     free = shutil.disk_usage(out_dir).free
@@ -202,7 +204,11 @@ def write_feature_cache(
             continue
         tensors = _shard_tensors(target, shard, config, bar)
         tmp = out_dir / f".{name}.tmp"
-        save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
+        try:
+            save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a half-written shard (a full disk) must not hold the space a rerun needs
+            raise
         os.replace(tmp, out_dir / name)
         entries.append({
             "file": name,

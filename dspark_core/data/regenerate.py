@@ -194,8 +194,9 @@ def regenerate_responses(
     return manifest
 
 
-def _answer_batch(target, engine, batch, sampling, config, index, skipped) -> list[dict]:
-    """Answer batch number `index` turn by turn (all first turns together, then all second turns, ...)."""
+def _answer_batch(target, engine, batch, sampling, config, batch_number, skipped) -> list[dict]:
+    """Answer batch number `batch_number` turn by turn (all first turns together, then all second turns, ...),
+    sampling with a seed of its own: batches are fixed, so a resumed run redraws exactly what it lost."""
     conversations = [[] for _ in batch]
     response_tokens = [[] for _ in batch]
     response_ids = [[] for _ in batch]
@@ -204,32 +205,32 @@ def _answer_batch(target, engine, batch, sampling, config, index, skipped) -> li
     turn = 0
     while alive:
         rows, prompt_ids = [], []
-        for index in alive:
-            record = batch[index][0]
+        for row in alive:
+            record = batch[row][0]
             user_turns = record.user_turns
             if turn >= len(user_turns):
                 continue
             if turn == 0 and record.system:
-                conversations[index].append(("system", record.system))
-            conversations[index].append(("user", user_turns[turn]))
-            ids = render_ids(target, conversations[index], add_generation_prompt=True)
+                conversations[row].append(("system", record.system))
+            conversations[row].append(("user", user_turns[turn]))
+            ids = render_ids(target, conversations[row], add_generation_prompt=True)
             if len(ids) + config.max_new_tokens > target.max_context:
                 skipped.append(record.id)
                 continue
-            rows.append(index)
+            rows.append(row)
             prompt_ids.append(ids)
         if not rows:
             break
         result = engine.generate(
             prompt_ids,
             GenerationConfig(max_new_tokens=config.max_new_tokens, sampling=sampling,
-                             seed=config.seed * 1_000_003 + index * 1_000 + turn),
+                             seed=config.seed * 1_000_003 + batch_number * 1_000 + turn),
         )
-        for index, output in zip(rows, result.outputs):
-            conversations[index].append(("assistant", target.decode(output.tokens)))
-            response_tokens[index].append(len(output.tokens))
-            response_ids[index].append(output.tokens)
-            finish[index].append(output.finish_reason)
+        for row, output in zip(rows, result.outputs):
+            conversations[row].append(("assistant", target.decode(output.tokens)))
+            response_tokens[row].append(len(output.tokens))
+            response_ids[row].append(output.tokens)
+            finish[row].append(output.finish_reason)
         alive = rows
         turn += 1
     lines = []

@@ -10,24 +10,20 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark_core.errors import ConfigError
+from dspark_core.settings import check_settings, setting
 
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 mean no truncation."""
 
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = setting(0.0, "Sampling temperature; 0 = greedy", min=0)
+    top_k: int = setting(0, "Sample among the k most likely tokens only; 0 = off", min=0)
+    top_p: float = setting(1.0, "Sample among the most likely tokens that hold this much probability; 1 = off",
+                           above=0, max=1)
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # NaN too
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        check_settings(self)  # NaN refused too
 
     @property
     def greedy(self) -> bool:

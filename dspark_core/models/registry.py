@@ -9,8 +9,10 @@ chat template; a base model needs a JSONL file or a dataset).
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from dspark_core.errors import ModelSpecError
 from dspark_core.models.spec import parse_spec, slugify
@@ -31,12 +33,37 @@ def registered_models() -> dict[str, dict]:
         raise ModelSpecError(f"{path} is not valid JSON ({exc}); fix or delete it and register the models again") from exc
 
 
+@contextmanager
+def _updating() -> Iterator[dict[str, dict]]:
+    """The registry for a read-modify-write: one process at a time (a CLI command next to a Dagster sensor or a
+    transfer run), so that no update overwrites another; the others wait (updates take milliseconds)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(models_dir() / ".registered.json.lock")
+    try:
+        lock.acquire(timeout=60)
+    except Timeout:
+        raise ModelSpecError(f"{_path()} stayed locked by another process for 60 s; retry when it has finished") from None
+    try:
+        models = registered_models()
+        before = json.dumps(models, sort_keys=True)
+        yield models
+        if json.dumps(models, sort_keys=True) != before:
+            write_json_atomic(_path(), models)
+    finally:
+        lock.release()
+
+
 def register_model(spec: str, prompts: str | None = None) -> str:
     """Add `spec` to the registry (idempotent); returns its slug. The spec must parse (not necessarily import).
     `prompts` sets (or, given again, replaces) the model's prompt source for the pipelines."""
+    with _updating() as models:
+        return _register(models, spec, prompts)
+
+
+def _register(models: dict[str, dict], spec: str, prompts: str | None) -> str:
     source = parse_spec(spec)
     slug = slugify(source.spec)
-    models = registered_models()
     existing = models.get(slug)
     if existing and existing["spec"] != source.spec:
         raise ModelSpecError(f"slug {slug!r} is already taken by {existing['spec']!r}; register {spec!r} under another spelling")
@@ -44,9 +71,7 @@ def register_model(spec: str, prompts: str | None = None) -> str:
                               "registered_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     if prompts:
         entry["prompts"] = _checked_prompt_source(prompts)
-    if entry != existing:
-        models[slug] = entry
-        write_json_atomic(_path(), models)
+    models[slug] = entry
     return slug
 
 
@@ -76,11 +101,10 @@ def spec_for(slug: str) -> str:
 def request_retraining(spec: str, reason: str) -> str:
     """Ask the platform to train drafts for `spec` (registered first if needed): stamps its entry, and the
     sensor that handles new base models requests its data-preparation run (training follows). Returns the slug."""
-    slug = register_model(spec)
-    models = registered_models()
-    models[slug]["retrain_requested"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                         "reason": reason}
-    write_json_atomic(_path(), models)
+    with _updating() as models:
+        slug = _register(models, spec, None)
+        models[slug]["retrain_requested"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                             "reason": reason}
     return slug
 
 

@@ -14,6 +14,7 @@ import dspark_core
 from dspark_core.drafters.checkpoint import load_draft, save_draft, weights_sha256
 from dspark_core.drafters.registry import drafter_kind
 from dspark_core.errors import ConfigError
+from dspark_core.paths import exclusive_writer
 from dspark_core.evaluation.calibration import (
     DEFAULT_BINS, METHODS, CalibrationMetrics, calibration_metrics, fit_temperatures, position_samples, reliability_bins,
 )
@@ -143,7 +144,15 @@ def calibrate(target: TargetModel, draft_path: Path, prompts: list[EvalPrompt], 
     if getattr(module, "confidence", None) is None:
         report.skipped = f"{algorithm} has no confidence head: nothing to calibrate, the trained draft is used as is"
         return report
-    drafter = drafter_kind(algorithm).runtime(module)
+    destination = Path(out) if out else calibrated_path(draft_path)
+    with exclusive_writer(destination, "calibrating a draft"):  # a second calibration is refused, not raced
+        return _fit_and_save(target, draft_path, module, checkpoint, prompts, config, report, destination, progress)
+
+
+def _fit_and_save(target, draft_path: Path, module, checkpoint: dict, prompts: list[EvalPrompt], config: CalibrationConfig,
+                  report: CalibrationReport, destination: Path, progress: bool) -> CalibrationReport:
+    """`calibrate` once the destination is held: decode, fit, measure, write the calibrated copy."""
+    drafter = drafter_kind(report.algorithm).runtime(module)
     drafter.confidence_temperatures = drafter.confidence_shifts = ()  # collect the raw confidences
     prompts = prompts[: config.max_prompts]
     settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -172,7 +181,7 @@ def calibrate(target: TargetModel, draft_path: Path, prompts: list[EvalPrompt], 
     saved.config.confidence_shifts = tuple(shifts)
     kept = {k: v for k, v in checkpoint.items() if k not in {"format", "module", "code_version"}}
     report.calibrated_path = save_draft(
-        saved, Path(out) if out else calibrated_path(draft_path), target=target, training=checkpoint.get("training"),
+        saved, destination, target=target, training=checkpoint.get("training"),
         extra={**kept, "calibration": {"temperatures": temperatures, "shifts": shifts, "source": str(draft_path),
                                        "settings": asdict(config),
                                        "ece_before": [m.ece for m in report.before],

@@ -90,7 +90,8 @@ class MetricsStore:
                 break
             except duckdb.Error as exc:
                 if not _is_lock_error(exc):
-                    raise
+                    raise DsparkError(f"{self.path} could not be opened as a DuckDB metrics database ({exc}); "
+                                      f"point --db at the file dspark writes ($DSPARK_HOME/metrics.duckdb)") from None
                 if time.monotonic() > deadline:
                     raise DsparkError(f"the metrics database {self.path} stayed locked by another process for "
                                       f"{self.lock_timeout_s:.0f} s ({exc}); wait for that process (a Dagster run, "
