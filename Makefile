@@ -48,7 +48,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_decoding.py
 
-# About 30-40 minutes on 2 CPU cores: self-distilled data, three drafters trained alike, held-out comparison.
+# About 40 minutes on 2 CPU cores: self-distilled data, three drafters trained alike, held-out comparison.
 bench-drafters: setup
 	$(PY) benchmarks/bench_drafters.py
 

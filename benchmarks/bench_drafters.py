@@ -36,6 +36,7 @@ from dspark_core.data.selfgen import DOMAIN_OPENINGS
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.decoding import PromptLookupDrafter
 from dspark_core.drafters.registry import ALGORITHMS
+from dspark_core.device import DATA_DTYPE_HELP
 from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import suite_records, unseen_in_training
 from dspark_core.models import load_target
@@ -86,8 +87,7 @@ def main() -> None:
     parser.add_argument("--dataset", help="dataset name (default: bench-<preset>)")
     parser.add_argument("--greedy", action=argparse.BooleanOptionalAction, default=True,
                         help="regenerate responses greedily (default) or with the model's recommended sampling")
-    parser.add_argument("--data-dtype", default="auto", help="the target's precision in the data stages (default: "
-                        "bfloat16 on CUDA and on CPUs with native bfloat16 matrix units, else float32)")
+    parser.add_argument("--data-dtype", default="auto", help=DATA_DTYPE_HELP)
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/drafters-<preset>.json)")
     parser.add_argument("--checkpoints-out", help="copy the trained drafts here (e.g. $OUT on a GPU machine)")
     args = parser.parse_args()

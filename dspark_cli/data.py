@@ -13,16 +13,12 @@ from dspark_cli.options import comma_ints, comma_words, core_option
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.regenerate import RegenerationConfig
 from dspark_core.data.sources import PromptsConfig
+from dspark_core.device import DATA_DTYPE_HELP
 from dspark_core.settings import help_of
 from dspark_core.models import load_target
 from dspark_core.recipes.features import build_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
-
-#: the data commands' --target-dtype (the precision the target runs in while it writes data)
-TARGET_DTYPE_HELP = ("The target's precision while it writes data: auto (bfloat16 on CUDA and on CPUs with native "
-                     "bfloat16 matrix units, measured; else float32), float32, bfloat16.")
-
 
 def _data_target(spec: str, dtype: str):
     return load_target(spec, dtype=dtype, for_data=True)
@@ -55,7 +51,7 @@ def prompts_command(
     validation_fraction: float = core_option(PromptsConfig, "validation_fraction", "--validation-fraction"),
     on_error: str = core_option(PromptsConfig, "on_error", "--on-error"),
     seed: int = core_option(PromptsConfig, "seed", "--seed"),
-    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=DATA_DTYPE_HELP),
 ) -> None:
     """Collect prompts, deduplicate them, split train/validation deterministically, write prompts.jsonl
     (reused while the source and settings are unchanged)."""
@@ -83,7 +79,7 @@ def regenerate_command(
     top_k: Optional[int] = core_option(RegenerationConfig, "top_k", "--top-k"),
     limit: Optional[int] = core_option(RegenerationConfig, "limit", "--limit"),
     seed: int = core_option(RegenerationConfig, "seed", "--seed"),
-    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=DATA_DTYPE_HELP),
 ) -> None:
     """Have the target answer every prompt (resumable: a rerun continues where it stopped)."""
     config = RegenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature,
@@ -103,7 +99,7 @@ def cache_command(
     num_layers: int = core_option(CacheConfig, "num_layers", "--num-layers"),
     dtype: str = core_option(CacheConfig, "dtype", "--dtype"),
     max_length: int = core_option(CacheConfig, "max_length", "--max-length"),
-    target_dtype: str = typer.Option("auto", "--target-dtype", help=TARGET_DTYPE_HELP),
+    target_dtype: str = typer.Option("auto", "--target-dtype", help=DATA_DTYPE_HELP),
 ) -> None:
     """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state."""
     config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype, max_length=max_length)

@@ -49,6 +49,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, *, for_
         raise DsparkError(f"unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))} or 'auto'") from None
 
 
+#: help text of every front end's option for the data stages' precision (CLI, Dagster resource, benchmark)
+DATA_DTYPE_HELP = ("The target's precision while it writes training data (prompts, responses, feature cache): auto "
+                   "(bfloat16 on CUDA and on CPUs whose bfloat16 matrix products measure at least twice as fast as "
+                   "float32, else float32), float32, bfloat16, ...")
+
 #: how much faster than float32 a bfloat16 matrix product must be for `data_dtype` to pick bfloat16 on a CPU
 BF16_SPEEDUP_NEEDED = 2.0
 

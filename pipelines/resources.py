@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from dspark_core.device import DATA_DTYPE_HELP
 from dspark_core.models import TargetModel, load_target
 from dspark_core.paths import dspark_home
 from dspark_core.store import MetricsStore
@@ -18,9 +19,7 @@ class TargetLoader(dg.ConfigurableResource):
 
     device: str = Field(default="auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
     dtype: str = Field(default="auto", description="'auto' (bfloat16 on CUDA, float32 on CPU), 'float32', 'bfloat16', ...")
-    data_dtype: str = Field(default="auto", description="Precision while the target writes training data (prompts, "
-                                                         "responses, feature cache): 'auto' (bfloat16 on CUDA and on "
-                                                         "CPUs with native bfloat16 matrix units, else float32), ...")
+    data_dtype: str = Field(default="auto", description=DATA_DTYPE_HELP)
 
     def load(self, spec: str) -> TargetModel:
         return load_target(spec, device=self.device, dtype=self.dtype)

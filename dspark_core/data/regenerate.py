@@ -28,7 +28,7 @@ from dspark_core.errors import DsparkError
 from dspark_core.models.packaged import PACKAGED_MODELS
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import exclusive_writer, write_json_atomic
-from dspark_core.settings import check_settings, setting
+from dspark_core.settings import bounds_of, check_settings, setting
 
 RESPONSES_FILE = "responses.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -56,9 +56,10 @@ class RegenerationConfig:
     max_new_tokens: int = setting(128, "Longest response the target writes per prompt", min=1)
     batch_size: int = setting(32, "Prompts answered together", min=1)
     seed: int = setting(0, "Sampling seed")
-    temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting", min=0)
-    top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting", above=0, max=1)
-    top_k: int | None = setting(None, "Top-k; empty: the model's recommended setting", min=0)
+    temperature: float | None = setting(None, "Sampling temperature; empty: the model's recommended setting",
+                                        **bounds_of(SamplingConfig, "temperature"))
+    top_p: float | None = setting(None, "Top-p; empty: the model's recommended setting", **bounds_of(SamplingConfig, "top_p"))
+    top_k: int | None = setting(None, "Top-k; empty: the model's recommended setting", **bounds_of(SamplingConfig, "top_k"))
     limit: int | None = setting(None, "Answer only the first N prompts; empty: all", min=1)
 
     def __post_init__(self) -> None:
