@@ -137,6 +137,9 @@ class LosslessCheckConfig(CoreConfig):
     max_new_tokens: int = core_field(GreedyCheckConfig, "max_new_tokens")
 
 
-class ChampionCheckConfig(CoreConfig):
+class ChampionPolicyConfig(CoreConfig):
+    """The champion rule: the blocking τ check's margin, and the speed a draft needs to be promoted."""
+
     core: ClassVar[type] = ChampionPolicy
     tau_margin: float = core_field(ChampionPolicy, "tau_margin")
+    min_speedup: float = core_field(ChampionPolicy, "min_speedup")

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from dspark_core.drafters.registry import ALGORITHMS
 from dspark_core.models.registry import register_model
+from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.settings import default_of
 from pipelines.instance import use_dagster_home
@@ -121,6 +122,10 @@ def print_report(slug: str, drafters: list[str]) -> None:
                       row["cond_accept"] or "",
                       "★" if champion is not None and str(champion.version) == str(row["draft_version"]) else "")
     console.print(table)
+    if champion is None and latest:
+        console.print(f"[yellow]no champion:[/] no evaluated draft met the champion rule (among others, decoding at "
+                      f"least {default_of(ChampionPolicy, 'min_speedup')}x as fast as autoregressive decoding); "
+                      f"`--drafter champion` has nothing to serve")
     missing = sorted(set(drafters) - {row["drafter"] for row in latest})
     if missing:
         console.print(f"[yellow]not evaluated (a step or blocking check failed; see the Dagster UI):[/] {', '.join(missing)}")

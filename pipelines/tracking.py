@@ -208,8 +208,12 @@ class Tracking:
         tau = version.tags.get(tau_tag(eval_id))
         return Champion(str(version.version), None if tau is None else float(tau))
 
-    def contender(self, base_model: str, version: str, tau: float) -> Contender:
-        return Contender(str(version), tau, rolled_back=self.is_rolled_back(base_model, version))
+    def contender(self, base_model: str, evaluation: dict) -> Contender:
+        """The evaluated version as the champion rule sees it, from `speculative_eval`'s metadata."""
+        version = str(evaluation["draft_version"])
+        speedup = evaluation.get("speedup")
+        return Contender(version, float(evaluation["tau"]), rolled_back=self.is_rolled_back(base_model, version),
+                         speedup=None if speedup is None else float(speedup))
 
     def record_tau(self, base_model: str, version: str, eval_id: str, tau: float) -> None:
         """Stamp a version with τ measured one way (for comparisons) and as its latest τ (for display)."""

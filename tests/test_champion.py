@@ -35,3 +35,15 @@ def test_a_rolled_back_version_is_never_promoted_automatically():
     decision = decide_champion(Contender("2", 9.0, rolled_back=True), Champion("1", 1.0))
     assert not decision.promote and decision.passes_check and "rolled back" in decision.reason
     assert not decide_champion(Contender("2", 9.0, rolled_back=True), None).promote
+
+
+def test_a_draft_slower_than_autoregressive_decoding_is_never_promoted():
+    slow = decide_champion(Contender("1", 1.5, speedup=0.94), None)
+    assert not slow.promote and slow.passes_check and slow.champion_version == "none" and "0.94×" in slow.reason
+    kept = decide_champion(Contender("2", 1.6, speedup=0.9), Champion("1", 1.3))
+    assert not kept.promote and kept.passes_check and kept.champion_version == "1"
+    assert decide_champion(Contender("2", 1.6, speedup=1.06), Champion("1", 1.3)).promote
+    assert decide_champion(Contender("2", 1.6, speedup=0.9), Champion("1", 1.3), ChampionPolicy(min_speedup=0)).promote
+    assert decide_champion(Contender("2", 1.6), Champion("1", 1.3)).promote  # speed not measured: τ decides
+    # a slow draft far below the champion still fails the blocking check
+    assert not decide_champion(Contender("2", 1.0, speedup=0.8), Champion("1", 1.3)).passes_check
