@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.speculative_eval import speculative_eval
 from dspark_core.recipes.champion import decide_champion
-from pipelines.config import ChampionPolicyConfig
+from pipelines.config import ChampionPromotionConfig
 from pipelines.metadata import upstream
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource
@@ -12,7 +12,7 @@ from pipelines.tracking import registered_model_name
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[speculative_eval], group_name="serving", kinds={"mlflow"})
-def champion_draft(context: dg.AssetExecutionContext, config: ChampionPolicyConfig,
+def champion_draft(context: dg.AssetExecutionContext, config: ChampionPromotionConfig,
                    mlflow: MLflowResource) -> dg.MaterializeResult:
     """Promote the evaluated draft version to `champion` of its base model when it is at least as good as
     the current champion (τ measured the same way), or when there is none, and only when it decoded at least

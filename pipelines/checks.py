@@ -9,7 +9,7 @@ from dspark_core.evaluation.checks import cache_problems, greedy_mismatches, non
 from dspark_core.models.registry import spec_for
 from dspark_core.recipes.champion import decide_champion
 from dspark_core.recipes.evaluation import held_out_prompts
-from pipelines.config import ChampionPolicyConfig, LosslessCheckConfig
+from pipelines.config import ChampionCheckConfig, LosslessCheckConfig
 from pipelines.metadata import upstream, upstream_path
 from pipelines.partitions import base_model_partitions, model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource, TargetLoader
@@ -52,7 +52,7 @@ def draft_greedy_lossless(context: dg.AssetCheckExecutionContext, config: Lossle
 
 
 @dg.asset_check(asset="speculative_eval", partitions_def=model_drafter_partitions, blocking=True)
-def tau_within_margin_of_champion(context: dg.AssetCheckExecutionContext, config: ChampionPolicyConfig,
+def tau_within_margin_of_champion(context: dg.AssetCheckExecutionContext, config: ChampionCheckConfig,
                                   mlflow: MLflowResource) -> dg.AssetCheckResult:
     """τ of this draft is not below the current champion's τ (same benchmark, temperature and prompts) by
     more than the margin. Passes when there is no champion yet or the champion is this very version."""

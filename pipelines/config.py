@@ -137,9 +137,15 @@ class LosslessCheckConfig(CoreConfig):
     max_new_tokens: int = core_field(GreedyCheckConfig, "max_new_tokens")
 
 
-class ChampionPolicyConfig(CoreConfig):
-    """The champion rule: the blocking τ check's margin, and the speed a draft needs to be promoted."""
+class ChampionCheckConfig(CoreConfig):
+    """The blocking τ check's part of the champion rule."""
 
     core: ClassVar[type] = ChampionPolicy
     tau_margin: float = core_field(ChampionPolicy, "tau_margin")
+
+
+class ChampionPromotionConfig(CoreConfig):
+    """The promotion's part of the champion rule: the speed a draft needs to be served."""
+
+    core: ClassVar[type] = ChampionPolicy
     min_speedup: float = core_field(ChampionPolicy, "min_speedup")
