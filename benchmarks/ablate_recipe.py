@@ -62,6 +62,8 @@ VARIANTS: dict[str, dict] = {
     "qk-norm": {"qk_norm": True},
     "mask-vocab": {"mask_token": "vocab"},
     "speculators-exact": {"qk_norm": True, "mask_token": "vocab"},
+    # the block reads the target's last state directly, as Eagle3's input does (not in the speculators format)
+    "anchor-state": {"anchor_state": True},
 }
 
 

@@ -30,6 +30,8 @@ def _model(target, algorithm="dspark", head="markov", vocab=None, **overrides) -
         model = DSparkModel(config).to(target.dtype)
         if model.head is not None:
             torch.nn.init.normal_(model.head.out.weight, std=0.5)  # a non-trivial head for the tests
+        if model.anchor_state is not None:
+            torch.nn.init.normal_(model.anchor_state.weight, std=0.5)  # zero at initialization: make it matter
     model.set_draft_vocab(torch.tensor(vocab if vocab is not None else list(range(64)), dtype=torch.long))
     attach_target_weights(model, target)
     return model.eval()
@@ -67,6 +69,32 @@ def test_block_output_depends_only_on_earlier_context(tiny_target):
     other[0, 7] = (other[0, 7] + 1) % 1000  # the second block's anchor token
     swapped, _ = model.forward_train(features, other, lengths, anchors)
     assert torch.equal(base[:, 0], swapped[:, 0])  # blocks never see each other
+
+
+def test_anchor_state_input_reads_the_state_before_the_anchor_and_nothing_later(tiny_target):
+    model = _model(tiny_target, anchor_state=True)
+    ids = torch.tensor([tiny_target.encode_prompt("one two three four five six seven eight nine")])
+    features = _features(tiny_target, ids)
+    lengths, anchors = torch.tensor([ids.shape[1]]), torch.tensor([[3, 7]])
+    base, _ = model.forward_train(features, ids, lengths, anchors)
+    changed = features.clone()
+    changed[:, 3:] += 1.0  # at or after the first anchor
+    assert torch.equal(base[:, 0], model.forward_train(changed, ids, lengths, anchors)[0][:, 0])
+    with torch.no_grad():
+        model.anchor_state.weight.zero_()  # the same module without the direct input
+    assert not torch.allclose(base, model.forward_train(features, ids, lengths, anchors)[0])
+
+
+def test_anchor_state_draft_is_lossless_and_reloads_identically(tiny_target, tmp_path):
+    model = _model(tiny_target, anchor_state=True)
+    save_draft(model, tmp_path / "draft", target=tiny_target)
+    reloaded, config = load_draft(tmp_path / "draft", tiny_target)
+    assert config["module"]["anchor_state"] is True and torch.equal(reloaded.anchor_state.weight, model.anchor_state.weight)
+    prompts = [tiny_target.encode_prompt(p) for p in ["a drafter test", "second request here, longer", "x"]]
+    reference = SpeculativeEngine(tiny_target).generate(prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False))
+    result = SpeculativeEngine(tiny_target, DSparkDrafter(reloaded)).generate(
+        prompts, GenerationConfig(max_new_tokens=24, stop_at_eos=False, block_size=4))
+    assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs]
 
 
 def test_in_block_attention_is_bidirectional(tiny_target):
@@ -264,12 +292,15 @@ def test_registry_knows_every_algorithm_and_refuses_others(tiny_target):
         drafter = kind.runtime(kind.build(config))
         assert drafter.block_size == 3 and drafter.feature_layers == (0, 1)
     assert DRAFTERS["dflash"].module_config(tiny_target, head="markov").head == "none"  # fixed by the algorithm
+    from dspark_core.training.trainer import TrainConfig
+
+    assert TrainConfig(algorithm="eagle3", anchor_state=True).anchor_state is False  # Eagle3's input has it already
     assert DRAFTERS["eagle3"].select_layers((1, 8, 14, 20, 27)) == (1, 14, 27)
     with pytest.raises(ConfigError, match="unknown drafter algorithm 'medusa'"):
         drafter_kind("medusa")
 
 
-@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
+@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3", "dspark-anchor-state"])
 def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target, algorithm):
     """The teacher-forced training forward, fed the runtime drafter's own proposals as the gold tokens, must
     rank them first at every slot: the cached features, anchors, labels and the runtime context line up
@@ -277,7 +308,10 @@ def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target
     from dspark_core.decoding.drafter import DraftRequest
     from dspark_core.models.target import TargetFeatures
 
-    model = _eagle3(tiny_target) if algorithm == "eagle3" else _model(tiny_target, algorithm=algorithm)
+    if algorithm == "dspark-anchor-state":
+        model, algorithm = _model(tiny_target, anchor_state=True), "dspark"
+    else:
+        model = _eagle3(tiny_target) if algorithm == "eagle3" else _model(tiny_target, algorithm=algorithm)
     ids = tiny_target.encode_prompt("the quick brown fox jumps over the lazy dog and runs far away")
     gamma = model.config.block_size
     for anchor in (1, 4, len(ids) - 1):

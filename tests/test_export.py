@@ -100,6 +100,11 @@ def test_speculators_export_refuses_what_it_cannot_express(tiny_target, tmp_path
         export_draft(tmp_path / "draft", tmp_path / "spec", "speculators")
     assert not (tmp_path / "spec").exists()
     export_draft(tmp_path / "draft", tmp_path / "hf", "hf")  # our own layout takes any variant
+    save_draft(_model(tiny_target, anchor_state=True), tmp_path / "direct", target=tiny_target)
+    with pytest.raises(DsparkError, match="read the target's last state directly.*--format hf"):
+        export_draft(tmp_path / "direct", tmp_path / "spec", "speculators")
+    export_draft(tmp_path / "direct", tmp_path / "hf-direct", "hf")
+    assert load_draft(tmp_path / "hf-direct", tiny_target)[1]["module"]["anchor_state"] is True
 
 
 def test_export_cli_and_bad_input(capsys, tiny_target, tmp_path):

@@ -56,6 +56,10 @@ class DSparkConfig:
     mask_token_id: int | None = None
     #: RMSNorm over each head's queries and keys before RoPE (a Qwen3-style layer, as speculators' drafts have)
     qk_norm: bool = False
+    #: add a projection of the fused target state of the position before the anchor (the last one the target
+    #: has computed) to every block slot's input, the way Eagle3 feeds that state beside the token; without
+    #: it the block reaches that state only through attention. Not expressible in the speculators format.
+    anchor_state: bool = False
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)
@@ -112,6 +116,7 @@ class DSparkModel(DraftModule):
         self.fuse = nn.Linear(m * d, d, bias=False)  # W_c
         self.fuse_norm = RMSNorm(d, config.rms_norm_eps)
         self.mask_embedding = nn.Parameter(torch.zeros(d)) if config.mask_token == "learned" else None
+        self.anchor_state = nn.Linear(d, d, bias=False) if config.anchor_state else None
         self.layers = nn.ModuleList(DraftLayer(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(d, config.rms_norm_eps)
         head_rows = config.draft_vocab_size + 1 if config.head_vocab == "draft" else config.vocab_size
@@ -128,6 +133,8 @@ class DSparkModel(DraftModule):
                     nn.init.zeros_(module.bias)
         if self.mask_embedding is not None:
             nn.init.normal_(self.mask_embedding, std=0.02)
+        if self.anchor_state is not None:
+            nn.init.zeros_(self.anchor_state.weight)  # starts as the module without it
 
     @property
     def device(self) -> torch.device:
@@ -142,8 +149,9 @@ class DSparkModel(DraftModule):
         """Each layer's keys/values of the fused context H_ctx [B, C, d] (computed once, cacheable)."""
         return [layer.attention.project_kv(context, positions) for layer in self.layers]
 
-    def block_inputs(self, anchors: torch.Tensor) -> torch.Tensor:
-        """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings."""
+    def block_inputs(self, anchors: torch.Tensor, last_state: torch.Tensor | None = None) -> torch.Tensor:
+        """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings; with `anchor_state`, each slot plus the
+        projected fused context state before the anchor, `last_state` [..., d] (None: no context yet)."""
         dtype = self.fuse.weight.dtype
         anchor = self.embed(anchors, dtype)
         if self.mask_embedding is not None:
@@ -151,7 +159,10 @@ class DSparkModel(DraftModule):
         else:
             mask = self.embed(torch.tensor(self.config.mask_token_id, device=anchors.device), dtype)
         masks = mask.expand(*anchors.shape, self.config.block_size - 1, -1)
-        return torch.cat([anchor[..., None, :], masks], dim=-2)
+        block = torch.cat([anchor[..., None, :], masks], dim=-2)
+        if self.anchor_state is not None and last_state is not None:
+            block = block + self.anchor_state(last_state.to(dtype))[..., None, :]
+        return block
 
     def backbone(self, block: torch.Tensor, positions: torch.Tensor, context_kv, mask) -> torch.Tensor:
         h = block
@@ -195,7 +206,10 @@ class DSparkModel(DraftModule):
         context_kv = self.context_kv(context, ctx_positions)
 
         anchor_tokens = input_ids.gather(1, anchors)
-        block = self.block_inputs(anchor_tokens).reshape(batch, anchors_per_seq * gamma, -1)
+        last_state = None
+        if self.anchor_state is not None:  # anchors are >= 1: position a-1 is always in the context
+            last_state = context.gather(1, (anchors - 1).clamp_min(0)[..., None].expand(-1, -1, context.shape[-1]))
+        block = self.block_inputs(anchor_tokens, last_state).reshape(batch, anchors_per_seq * gamma, -1)
         offsets = torch.arange(gamma, device=device)
         positions = (anchors[:, :, None] + offsets).reshape(batch, -1)
         mask = block_attention_mask(anchors, lengths, length, gamma)

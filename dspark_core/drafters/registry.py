@@ -98,7 +98,8 @@ EAGLE3 = DrafterKind(
     name="eagle3",
     description="one autoregressive layer on low/mid/high target features, training-time test",
     config_class=eagle3.Eagle3Config, module_class=eagle3.Eagle3Model, runtime_class=Eagle3Drafter,
-    training_settings={"head": "none", "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
+    # its input already holds the target's state before the anchor
+    training_settings={"head": "none", "anchor_state": False, "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
     select_layers=eagle3.low_mid_high,
     speculators_names=eagle3.SPECULATORS_NAMES, speculators_architecture="Eagle3Speculator",
 )

@@ -47,6 +47,7 @@ class DSparkDrafter(Drafter):
         self.confidence_temperatures = tuple(model.config.confidence_temperatures)
         self.confidence_shifts = tuple(model.config.confidence_shifts)
         self._contexts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._last_states: dict[int, torch.Tensor] = {}  # fused context state of each request's last position
         self._lengths: dict[int, int] = {}
 
     def _calibrated(self, logit: torch.Tensor, k: int) -> torch.Tensor:
@@ -55,11 +56,11 @@ class DSparkDrafter(Drafter):
         return logit / (temperatures[k] if k < len(temperatures) else 1.0) + (shifts[k] if k < len(shifts) else 0.0)
 
     def begin(self, prompts: list[list[int]]) -> None:
-        self._contexts = {}
+        self._contexts, self._last_states = {}, {}
         self._lengths = {i: 0 for i in range(len(prompts))}
 
     def end(self) -> None:
-        self._contexts = {}
+        self._contexts, self._last_states = {}, {}
 
     def _extend_context(self, request_id: int, features) -> None:
         if features is None or features.layers[0].shape[0] == 0:
@@ -73,6 +74,7 @@ class DSparkDrafter(Drafter):
         self._contexts[request_id] = new if old is None else [
             (torch.cat([ok, nk], dim=2), torch.cat([ov, nv], dim=2)) for (ok, ov), (nk, nv) in zip(old, new)
         ]
+        self._last_states[request_id] = fused[:, -1]
         self._lengths[request_id] = start + fused.shape[1]
 
     @torch.inference_mode()
@@ -93,7 +95,7 @@ class DSparkDrafter(Drafter):
             if self._lengths[rid] != anchor_position:
                 raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {anchor_position}")
             anchor = torch.tensor([[history[-1]]], device=device)
-            block = model.block_inputs(anchor)  # [1, 1, γ, d] -> [1, γ, d]
+            block = model.block_inputs(anchor, self._last_states.get(rid))  # [1, 1, γ, d] -> [1, γ, d]
             block = block.reshape(1, gamma, -1)
             positions = torch.arange(anchor_position, anchor_position + gamma, device=device)[None]
             context = self._contexts.get(rid)

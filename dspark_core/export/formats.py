@@ -13,7 +13,8 @@ hence bit-identical logits).
   vocabulary as `d2t` (offsets) / `t2d` (mask), its LM head rows as `lm_head.weight` and, for Eagle3, the
   target's input embedding as `embed_tokens.weight`. Only drafts the
   format expresses exactly are exported: DSpark/DFlash drafts need query/key norms and a vocabulary mask
-  token (`TrainConfig.qk_norm`, `mask_token="vocab"`); others are refused rather than written lossily.
+  token (`TrainConfig.qk_norm`, `mask_token="vocab"`) and no `anchor_state` input; others are refused rather
+than written lossily.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def check_speculators_exact(config: dict) -> None:
         missing.append("its layers have no query/key norm (train with --qk-norm)")
     if module.get("mask_token", "learned") != "vocab":
         missing.append("its mask slots use a learned vector, not a vocabulary token (train with --mask-token vocab)")
+    if module.get("anchor_state"):
+        missing.append("its block slots read the target's last state directly (trained with anchor_state)")
     if missing:
         raise DsparkError(f"this {algorithm} draft cannot be exported to the speculators format exactly: "
                           f"{'; '.join(missing)}; export it with --format hf (our own layout) instead")

@@ -70,6 +70,9 @@ class TrainConfig:
                               choices=("learned", "vocab"))
     qk_norm: bool = setting(True, "DSpark/DFlash: RMSNorm on each head's queries and keys (a Qwen3-style layer, as "
                                   "the speculators format needs)")
+    anchor_state: bool = setting(False, "DSpark/DFlash: every block slot also reads the target's state before the "
+                                        "anchor directly, as Eagle3's input does (not in the speculators format; "
+                                        "no gain measured on SmolLM2)")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
@@ -122,7 +125,7 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
     module_config = kind.module_config(
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
         head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
-        mask_token=config.mask_token, qk_norm=config.qk_norm,
+        mask_token=config.mask_token, qk_norm=config.qk_norm, anchor_state=config.anchor_state,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
