@@ -24,4 +24,3 @@ def test_first_multithreaded_calls_of_vector_math_are_accurate_after_import():
                  for _ in range(8)]
     failures = [p.communicate()[1] for p in processes]
     assert all(p.returncode == 0 for p in processes), "\n".join(f for f in failures if f)
-

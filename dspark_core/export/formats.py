@@ -13,8 +13,8 @@ hence bit-identical logits).
   vocabulary as `d2t` (offsets) / `t2d` (mask), its LM head rows as `lm_head.weight` and, for Eagle3, the
   target's input embedding as `embed_tokens.weight`. Only drafts the
   format expresses exactly are exported: DSpark/DFlash drafts need query/key norms and a vocabulary mask
-  token (`TrainConfig.qk_norm`, `mask_token="vocab"`) and no `anchor_state` input; others are refused rather
-than written lossily.
+  token (`TrainConfig.qk_norm`, `mask_token="vocab"`) and no `anchor_state` input; others are refused
+  rather than written lossily.
 """
 
 from __future__ import annotations
