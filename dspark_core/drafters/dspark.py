@@ -207,7 +207,7 @@ class DSparkModel(DraftModule):
 
         anchor_tokens = input_ids.gather(1, anchors)
         last_state = None
-        if self.anchor_state is not None:  # anchors are >= 1: position a-1 is always in the context
+        if self.anchor_state is not None:  # real anchors are >= 1; the clamp only covers padding anchors (0)
             last_state = context.gather(1, (anchors - 1).clamp_min(0)[..., None].expand(-1, -1, context.shape[-1]))
         block = self.block_inputs(anchor_tokens, last_state).reshape(batch, anchors_per_seq * gamma, -1)
         offsets = torch.arange(gamma, device=device)
