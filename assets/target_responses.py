@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.prompt_dataset import prompt_dataset
+from dspark_core.models.target import load_target_without_weights
 from dspark_core.models.registry import spec_for
 from dspark_core.recipes.responses import generate_responses
 from pipelines.config import TargetResponsesConfig
@@ -14,10 +15,14 @@ from pipelines.resources import TargetLoader
 @dg.asset(partitions_def=base_model_partitions, deps=[prompt_dataset], group_name="data", kinds={"pytorch"})
 def target_responses(context: dg.AssetExecutionContext, config: TargetResponsesConfig, targets: TargetLoader) -> dg.MaterializeResult:
     """Have the base model answer every prompt with its recommended sampling settings, storing the exact
-    token ids it generated. Resumable: an interrupted run continues where it stopped."""
+    token ids it generated (here, or through an OpenAI-compatible server set in the config: `server`).
+    Resumable: an interrupted run continues where it stopped."""
     slug = context.partition_key
     dataset = upstream(context, "prompt_dataset", slug)["dataset"]
-    report = generate_responses(targets.load_for_data(spec_for(slug)), dataset, config.to_core())
+    spec = spec_for(slug)
+    # With a server (vLLM, SGLang) it runs the model; here only the tokenizer and chat template are needed.
+    target = load_target_without_weights(spec) if config.server else targets.load_for_data(spec)
+    report = generate_responses(target, dataset, config.to_core())
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(report.path)),
         "dataset": report.dataset,
@@ -30,4 +35,5 @@ def target_responses(context: dg.AssetExecutionContext, config: TargetResponsesC
         "skipped_too_long": len(report.skipped_too_long),
         "sampling": dg.MetadataValue.json(report.sampling),
         "size_mib": report.size_mib,
+        "answered_by": f"{report.server['model']} at {report.server['url']}" if report.server else "this machine",
     })

@@ -12,10 +12,11 @@ Every stage's throughput (prompts/s, tokens/s, positions/s) is recorded. Stages 
 $DSPARK_HOME are reused, so an interrupted run resumes.
 
 Presets: `cpu` (the default: about 45 minutes on 2 cores), `gpu` (a 10-minute window on one large GPU,
-model load included: at least a million response tokens; `--checkpoints-out` receives the trained drafts so
-that they can be evaluated on CPU too), `smoke` (minutes; exercises every stage on any device).
+model load included: at least a million response tokens, training under torchrun as `dspark train --nproc`;
+`--checkpoints-out` receives the trained drafts so that they can be evaluated on CPU too), `smoke` (minutes;
+exercises every stage on any device). It needs torch and transformers, not Dagster, MLflow or DuckDB.
 
-Usage: python benchmarks/bench_drafters.py [--preset cpu|gpu|smoke] [--out FILE] [--checkpoints-out DIR]
+Usage: python benchmarks/bench_drafters.py [--preset cpu|gpu|smoke] [--nproc N] [--out FILE] [--checkpoints-out DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +38,7 @@ from dspark_core.data.sources import PromptsConfig
 from dspark_core.decoding import PromptLookupDrafter
 from dspark_core.drafters.registry import ALGORITHMS
 from dspark_core.device import DATA_DTYPE_HELP
+from dspark_core.distributed import launch
 from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import suite_records, unseen_in_training
 from dspark_core.models import load_target
@@ -64,6 +66,7 @@ class Preset:
     eval_max_new_tokens: int
     decode_block_size: int | None  # draft tokens verified per round (None: the draft's γ)
     train: dict  # TrainConfig overrides (the default recipe when empty)
+    nproc: int | None = None  # train as this many torchrun ranks (`dspark train --nproc`); None: in this process
 
 
 PRESETS = {
@@ -74,7 +77,7 @@ PRESETS = {
                   eval_max_new_tokens=64, decode_block_size=DEFAULT_DECODE_BLOCK_SIZE, train={}),
     # One large GPU, a 10-minute window: verification is nearly free there, so drafts decode at their own γ.
     "gpu": Preset(prompts=6000, max_new_tokens=256, regeneration_batch=512, train_minutes=1.5, eval_per_domain=12,
-                  eval_max_new_tokens=64, decode_block_size=None, train={"batch_size": 32, "block_size": 7}),
+                  eval_max_new_tokens=64, decode_block_size=None, train={"batch_size": 32, "block_size": 7}, nproc=1),
     "smoke": Preset(prompts=16, max_new_tokens=24, regeneration_batch=16, train_minutes=0.15, eval_per_domain=2,
                     eval_max_new_tokens=16, decode_block_size=DEFAULT_DECODE_BLOCK_SIZE, train={}),
 }
@@ -90,8 +93,11 @@ def main() -> None:
     parser.add_argument("--data-dtype", default="auto", help=DATA_DTYPE_HELP)
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/drafters-<preset>.json)")
     parser.add_argument("--checkpoints-out", help="copy the trained drafts here (e.g. $OUT on a GPU machine)")
+    parser.add_argument("--nproc", type=int, help="train each draft as N torchrun ranks (default: the preset's; "
+                                                  "gpu: 1, the others: in this process)")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
+    nproc = args.nproc or preset.nproc
     dataset = args.dataset or f"bench-{args.preset}"
     out = Path(args.out or f"benchmarks/results/drafters-{args.preset}.json")
 
@@ -135,6 +141,8 @@ def main() -> None:
         t0 = time.perf_counter()
         config = TrainConfig(algorithm=algorithm, **preset.train)
         config = replace(config, steps=steps_for_budget(target, train_cache, config, preset.train_minutes * 60))
+        if nproc:  # the ranks train; the call below then finds the finished run and reports it
+            launch("dspark_cli", train_arguments(args.target, dataset, config), nproc)
         report = train(target, cache.path, config)
         checkpoints[algorithm] = report.checkpoint
         positions = sum(h["positions_per_s"] for h in report.history) / max(1, len(report.history))
@@ -193,11 +201,31 @@ def main() -> None:
         "greedy_data": args.greedy,
         "data": {"prompts": prompts.counts, "domains": prompts.domains, "response_tokens": responses.response_tokens,
                  "cache_tokens": cache.tokens},
-        "training": training, "throughput": throughput, "results": results,
+        "training": training, "training_ranks": nproc or 0, "throughput": throughput, "results": results,
         "total_minutes": (time.perf_counter() - started) / 60,
         **provenance(),
     })
     console.print(f"wrote {out}; total {(time.perf_counter() - started) / 60:.1f} min")
+
+
+#: the `dspark train` flag of each training setting a preset may change
+TRAIN_FLAGS = {"algorithm": "--drafter", "steps": "--steps", "batch_size": "--batch-size", "block_size": "--block-size",
+               "num_layers": "--num-layers", "learning_rate": "--lr", "anchors_per_sequence": "--anchors"}
+
+
+def train_arguments(target: str, dataset: str, config: TrainConfig) -> list[str]:
+    """`dspark train` arguments for `config` (every setting not listed keeps its default, as in `config`)."""
+    default = TrainConfig(algorithm=config.algorithm)
+    changed = {name: getattr(config, name) for name in TRAIN_FLAGS if getattr(config, name) != getattr(default, name)}
+    unsupported = [f.name for f in fields(TrainConfig) if f.name not in TRAIN_FLAGS
+                   and getattr(config, f.name) != getattr(default, f.name)]
+    if unsupported:
+        raise SystemExit(f"bench_drafters cannot pass {unsupported} to `dspark train` yet; add them to TRAIN_FLAGS")
+    arguments = ["train", "--target", target, "--dataset", dataset, "--drafter", config.algorithm]
+    for name, value in changed.items():
+        if name != "algorithm":
+            arguments += [TRAIN_FLAGS[name], str(value)]
+    return arguments
 
 
 def _summary(overall) -> dict:

@@ -21,6 +21,7 @@ from dspark_cli.sql import sql_command
 from dspark_cli.sweep import sweep_command
 from dspark_cli.train import train_command
 from dspark_cli.transfer import transfer_command
+from dspark_core.distributed import record_rank_error
 from dspark_core.errors import DsparkError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
@@ -43,6 +44,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except DsparkError as exc:
+        record_rank_error(exc)  # under torchrun: what the launcher reports for this rank
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(2)
     except OSError as exc:
@@ -53,6 +55,7 @@ def main() -> None:
                 f"choose a path you can write (or fix its permissions) and run the command again", highlight=False)
             sys.exit(2)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            record_rank_error(exc)
             raise
         Console(stderr=True, soft_wrap=True).print(
             f"[bold red]error:[/] the disk is full ({escape(str(exc))}); free some space and run the same command again: "
@@ -67,4 +70,5 @@ def main() -> None:
         if isinstance(exc, (typer.TyperException, click.exceptions.ClickException)) and hasattr(exc, "show"):
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2))
+        record_rank_error(exc)
         raise

@@ -10,13 +10,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from dspark_cli.options import comma_ints, comma_words, core_option
+from dspark_cli.ranks import nproc_option, relaunched
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.regenerate import RegenerationConfig
+from dspark_core.models.target import load_target_without_weights
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.device import DATA_DTYPE_HELP
+from dspark_core.errors import DsparkError
+from dspark_core.distributed import process_group, rank_device
 from dspark_core.settings import help_of
 from dspark_core.models import load_target
-from dspark_core.recipes.features import build_cache
+from dspark_core.recipes.features import build_cache, estimate_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
 
@@ -80,14 +84,37 @@ def regenerate_command(
     limit: Optional[int] = core_option(RegenerationConfig, "limit", "--limit"),
     seed: int = core_option(RegenerationConfig, "seed", "--seed"),
     target_dtype: str = typer.Option("auto", "--target-dtype", help=DATA_DTYPE_HELP),
+    server: Optional[str] = core_option(RegenerationConfig, "server", "--server"),
+    server_model: Optional[str] = core_option(RegenerationConfig, "server_model", "--server-model"),
+    concurrency: int = core_option(RegenerationConfig, "concurrency", "--concurrency"),
+    server_timeout: float = core_option(RegenerationConfig, "server_timeout", "--server-timeout"),
+    server_retry_seconds: float = core_option(RegenerationConfig, "server_retry_seconds", "--server-retry-seconds"),
+    nproc: Optional[int] = nproc_option(),
 ) -> None:
-    """Have the target answer every prompt (resumable: a rerun continues where it stopped)."""
+    """Have the target answer every prompt (resumable: a rerun continues where it stopped). With several ranks
+    (--nproc, or under torchrun) each rank answers its share of the batches; with --server an OpenAI-compatible
+    server (vLLM, SGLang) answers, checked first to serve the target."""
+    if server and nproc is not None:
+        raise DsparkError("--nproc splits regeneration here among ranks, but with --server the server answers: drop "
+                          "--nproc and raise --concurrency instead")
+    if relaunched(nproc):
+        return
     config = RegenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, temperature=temperature,
-                                top_p=top_p, top_k=top_k, limit=limit)
-    report = generate_responses(_data_target(target, target_dtype), dataset, config)
-    _summary("responses", {"written to": report.path, "conversations": report.conversations, "splits": report.splits,
-                           "response tokens": report.response_tokens, "sampling": report.sampling,
-                           "skipped (too long)": len(report.skipped_too_long)})
+                                top_p=top_p, top_k=top_k, limit=limit, server=server, server_model=server_model,
+                                concurrency=concurrency, server_timeout=server_timeout,
+                                server_retry_seconds=server_retry_seconds)
+    with process_group() as world:
+        with world.main_first():  # rank 0 imports the snapshot (once) before the other ranks read it
+            model = (load_target_without_weights(target) if server  # the server runs the model; its tokenizer is enough here
+                     else load_target(target, dtype=target_dtype, for_data=True, device=rank_device(None)))
+        report = generate_responses(model, dataset, config, world=world)
+    if world.is_main:
+        rows = {"written to": report.path, "conversations": report.conversations, "splits": report.splits,
+                "response tokens": report.response_tokens, "sampling": report.sampling,
+                "skipped (too long)": len(report.skipped_too_long)}
+        if report.server:
+            rows["answered by"] = f"{report.server['model']} at {report.server['url']}"
+        _summary("responses", rows)
 
 
 @data_app.command("cache")
@@ -100,12 +127,33 @@ def cache_command(
     dtype: str = core_option(CacheConfig, "dtype", "--dtype"),
     max_length: int = core_option(CacheConfig, "max_length", "--max-length"),
     target_dtype: str = typer.Option("auto", "--target-dtype", help=DATA_DTYPE_HELP),
+    shard_tokens: int = typer.Option(CacheConfig.shard_tokens, "--shard-tokens", min=1,
+                                     help="Tokens per shard file (the unit of writing, resuming and of the work "
+                                          "split between ranks)."),
+    nproc: Optional[int] = nproc_option(),
+    estimate: bool = typer.Option(False, "--estimate", help="Only say how large the cache would be and whether the "
+                                  "disk holds it (else: train with --online-features); builds nothing."),
 ) -> None:
-    """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state."""
-    config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype, max_length=max_length)
-    report = build_cache(_data_target(target, target_dtype), dataset, config)
-    _summary("feature cache", {"written to": report.path, "samples": report.samples, "tokens": report.tokens,
-                               "assistant tokens": report.assistant_tokens, "layers": report.layer_ids,
-                               "size": f"{report.size_mib} MiB", "shards": report.shards,
-                               "reused": report.reused})
+    """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state.
+    With several ranks (--nproc, or under torchrun) each rank computes its share of the shards."""
+    config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype,
+                         max_length=max_length, shard_tokens=shard_tokens)
+    if estimate:
+        found = estimate_cache(load_target_without_weights(target), dataset, config)
+        _summary("feature cache estimate", {
+            "would be written to": found.path, "samples": found.samples, "tokens": found.tokens,
+            "per token": f"{found.bytes_per_token / 1024:.1f} KiB", "size": f"{found.bytes_needed / 2**30:.2f} GiB",
+            "free there": f"{found.bytes_free / 2**30:.2f} GiB", "mode that fits": found.mode})
+        return
+    if relaunched(nproc):
+        return
+    with process_group() as world:
+        with world.main_first():  # rank 0 imports the snapshot (once) before the other ranks read it
+            model = load_target(target, dtype=target_dtype, for_data=True, device=rank_device(None))
+        report = build_cache(model, dataset, config, world=world)
+    if world.is_main:
+        _summary("feature cache", {"written to": report.path, "samples": report.samples, "tokens": report.tokens,
+                                   "assistant tokens": report.assistant_tokens, "layers": report.layer_ids,
+                                   "size": f"{report.size_mib} MiB", "shards": report.shards,
+                                   "reused": report.reused})
 

@@ -10,11 +10,16 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_cli.options import comma_ints, core_option
+from dspark_cli.ranks import nproc_option, relaunched
+from dspark_core.data.feature_cache import CacheConfig
+from dspark_core.data.layout import responses_dir as responses_dir_of
 from dspark_core.data.sources import PromptsConfig
+from dspark_core.distributed import World, check_nproc, process_group, rank_device
 from dspark_core.models import load_target
 from dspark_core.recipes.features import find_cache
 from dspark_core.recipes.training import train
 from dspark_core.training.losses import LossWeights
+from dspark_core.training.parallel import ParallelConfig
 from dspark_core.training.trainer import TrainConfig
 
 console = Console()
@@ -25,8 +30,14 @@ def train_command(
     drafter: str = core_option(TrainConfig, "algorithm", "--drafter"),
     dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
     layer_ids: Optional[str] = typer.Option(None, "--layer-ids", help="Which cache to use: its layers (default: the "
-                                            "dataset's only cache)."),
-    cache_dtype: Optional[str] = typer.Option(None, "--cache-dtype", help="Which cache to use: its dtype."),
+                                            "dataset's only cache). With --online-features: the target layers to "
+                                            "compute (default: 5 spread over the depth)."),
+    cache_dtype: Optional[str] = typer.Option(None, "--cache-dtype", help="Which cache to use: its dtype. With "
+                                              "--online-features: the precision features are rounded to, as a cache "
+                                              "would store them (default: bfloat16)."),
+    online_features: bool = typer.Option(False, "--online-features", help="No feature cache: the target runs beside "
+                                         "the draft and computes each batch's features (for caches too large for the "
+                                         "disk; one extra target forward pass per micro-batch)."),
     draft_layers: Optional[str] = typer.Option(None, "--draft-layers", help="Subset of the cache layers the draft reads "
                                                "(default: all; eagle3: low/mid/high)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: $DSPARK_HOME/checkpoints/<target>/"
@@ -52,9 +63,15 @@ def train_command(
     checkpoint_every: int = core_option(TrainConfig, "checkpoint_every", "--checkpoint-every"),
     log_every: int = core_option(TrainConfig, "log_every", "--log-every"),
     seed: int = core_option(TrainConfig, "seed", "--seed"),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto; under "
+                                         "torchrun each rank's own GPU)."),
+    nproc: Optional[int] = nproc_option(),
+    strategy: str = core_option(ParallelConfig, "strategy", "--parallel"),
+    micro_batch: Optional[int] = core_option(ParallelConfig, "micro_batch_size", "--micro-batch"),
 ) -> None:
-    """Train a draft module (resumable: rerun the same command to continue a killed run)."""
+    """Train a draft module (resumable: rerun the same command to continue a killed run, on any number of
+    ranks). --batch-size is the global batch: the same on one process or many."""
+    parallel = ParallelConfig(strategy=strategy, micro_batch_size=micro_batch)
     config = TrainConfig(
         algorithm=drafter, steps=steps, batch_size=batch_size, anchors_per_sequence=anchors, max_length=max_length,
         learning_rate=learning_rate, warmup_steps=warmup, num_layers=num_layers, block_size=block_size, head=head,
@@ -62,9 +79,23 @@ def train_command(
         anchor_state=anchor_state, loss=LossWeights(ce=ce, tv=tv, conf=conf, decay=decay),
         checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, layer_ids=comma_ints(draft_layers),
     )
-    model = load_target(target, device=device)
-    cache = find_cache(model.spec, dataset, comma_ints(layer_ids), cache_dtype)
-    report = train(model, cache, config, out_dir=out)
+    if nproc is not None:  # refuse what cannot run before any rank starts
+        check_nproc(nproc)
+        parallel.plan(config.batch_size, World(size=nproc))
+    if relaunched(nproc):
+        return
+    with process_group(device) as world:
+        with world.main_first():  # rank 0 imports the snapshot once; the others then load it
+            model = load_target(target, device=rank_device(device))
+        if online_features:
+            features = CacheConfig(layer_ids=comma_ints(layer_ids) or (), dtype=cache_dtype or CacheConfig.dtype)
+            report = train(model, responses_dir_of(dataset, model.spec), config, out_dir=out, parallel=parallel,
+                           online_features=features)
+        else:
+            cache = find_cache(model.spec, dataset, comma_ints(layer_ids), cache_dtype)
+            report = train(model, cache, config, out_dir=out, parallel=parallel)
+    if not world.is_main:
+        return
     table = Table(title=f"trained {drafter} for {target}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")

@@ -67,6 +67,9 @@ class TargetResponsesConfig(CoreConfig):
     temperature: float | None = core_field(RegenerationConfig, "temperature")
     top_p: float | None = core_field(RegenerationConfig, "top_p")
     top_k: int | None = core_field(RegenerationConfig, "top_k")
+    server: str | None = core_field(RegenerationConfig, "server")
+    server_model: str | None = core_field(RegenerationConfig, "server_model")
+    concurrency: int = core_field(RegenerationConfig, "concurrency")
 
 
 class FeatureCacheConfig(CoreConfig):

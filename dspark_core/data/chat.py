@@ -93,3 +93,18 @@ def tokenize_with_assistant_mask(
     if max_length is not None:
         ids, mask = ids[:max_length], mask[:max_length]
     return ids, mask
+
+
+def tokenize_conversations(target: TargetModel, conversations: list[dict], max_length: int) -> list[dict]:
+    """Regenerated conversations as training sequences: {"id", "split", "ids", "mask"} for each one with assistant
+    tokens to learn from (the target's exact response tokens where recorded; cut to `max_length`)."""
+    samples = []
+    for conversation in conversations:
+        messages = [(m["role"], m["content"]) for m in conversation["messages"]]
+        exact = conversation.get("response_ids")
+        ids, mask = tokenize_with_assistant_mask(target, messages, max_length=min(max_length, target.max_context),
+                                                 last_response_ids=exact[-1] if exact else None)
+        if any(mask):
+            samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids,
+                            "mask": mask})
+    return samples

@@ -2,12 +2,18 @@
 
 Directory layout:
     manifest.json            target + revision, layer ids, hidden size, dtype, tokenizer hash, max length,
-                             counts and one entry per shard (sample ids, splits, sha256); written last
+                             counts and one entry per shard (sample ids, splits, sha256, the rank that built
+                             it); written last
     shard-00000.safetensors  input_ids [T] int32, loss_mask [T] uint8, offsets [n+1] int64,
                              layers [T, m*d] (the chosen layers' outputs, concatenated), last_hidden [T, d],
                              lse [T] float32 (log-sum-exp of the target's logits from the stored last_hidden)
-Shards are written atomically one by one, so a killed build resumes at the first missing shard. Readers
-memory-map shards and validate the manifest against what the caller expects; checksums catch corruption.
+    progress/shard-00000.json  while the build is unfinished: one file per finished shard (its entry), written
+                             by the rank that built the shard; removed once the manifest is written
+Shards are written atomically one by one, so a killed build resumes with the shards still missing. Several
+ranks (torchrun) split the shards between them: the shard plan is the same on every rank, rank 0 inspects the
+directory first and merges the entries into the manifest last; a rerun, with any number of ranks, reuses
+every finished shard whose checksum matches. Readers memory-map shards and validate the manifest against what
+the caller expects; checksums catch corruption.
 """
 
 from __future__ import annotations
@@ -25,14 +31,19 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from dspark_core.data.chat import tokenize_with_assistant_mask
+from dspark_core.data.chat import tokenize_conversations
+from dspark_core.distributed import World, current_world
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import exclusive_writer, write_json_atomic
+from dspark_core.paths import write_json_atomic
 from dspark_core.settings import check_settings, setting
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+#: one file per finished shard of an unfinished build
+PROGRESS_DIR = "progress"
+#: the unfinished build's record of single-process builds before ranks existed (still resumed from)
+LEGACY_PROGRESS_FILE = "progress.json"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -57,9 +68,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: free disk a build wants beyond its estimated size
+DISK_MARGIN = 1.05
+
+
+def cache_bytes_per_token(hidden_size: int, num_layers: int, dtype: str) -> int:
+    """The layers and the pre-LM-head state in the storage dtype, the token id, its mask bit and the log-normalizer."""
+    return (num_layers + 1) * hidden_size * _DTYPES[dtype].itemsize + 4 + 1 + 4
+
+
 def estimate_cache_bytes(num_tokens: int, hidden_size: int, num_layers: int, dtype: str) -> int:
-    per_token = (num_layers + 1) * hidden_size * _DTYPES[dtype].itemsize + 4 + 1
-    return num_tokens * per_token
+    return num_tokens * cache_bytes_per_token(hidden_size, num_layers, dtype)
 
 
 @dataclass(frozen=True)
@@ -104,23 +123,51 @@ def build_feature_cache(
     *,
     source: dict | None = None,
     progress: bool = True,
+    world: World | None = None,
 ) -> dict:
-    """Tokenize conversations (assistant-token mask), run the target, and write the cache. Returns the manifest."""
-    samples = []
-    for conversation in conversations:
-        messages = [(m["role"], m["content"]) for m in conversation["messages"]]
-        exact = conversation.get("response_ids")
-        ids, mask = tokenize_with_assistant_mask(
-            target, messages, max_length=min(config.max_length, target.max_context),
-            last_response_ids=exact[-1] if exact else None,
-        )
-        if any(mask):
-            samples.append({"id": conversation["id"], "split": conversation.get("split", "train"), "ids": ids, "mask": mask})
+    """Tokenize conversations (assistant-token mask), run the target, and write the cache. Returns the manifest.
+
+    Under a process group (`world`, by default the one this process joined) every rank calls it with the same
+    conversations: each builds its share of the shards, and every rank returns the merged manifest."""
+    world = world or current_world()
+    samples = tokenize_conversations(target, conversations, config.max_length)
     if not samples:
         raise DsparkError("no conversation has assistant tokens to learn from: the dataset is empty")
-    with exclusive_writer(Path(out_dir), "building a feature cache"):
-        return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress,
+    check_ranks_fit(world, samples, config.shard_tokens, Path(out_dir))  # before the lock: nothing is touched
+    with world.exclusive(Path(out_dir), "building a feature cache"):
+        return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress, world=world,
                                    extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)})
+
+
+def plan_shards(samples: list[dict], shard_tokens: int) -> list[list[dict]]:
+    """Consecutive samples cut into shards of at most `shard_tokens` tokens (a longer sample alone). The plan
+    depends on nothing else, so every rank and every rerun sees the same shard i."""
+    shards, current, current_tokens = [], [], 0
+    for sample in samples:
+        if current and current_tokens + len(sample["ids"]) > shard_tokens:
+            shards.append(current)
+            current, current_tokens = [], 0
+        current.append(sample)
+        current_tokens += len(sample["ids"])
+    if current:
+        shards.append(current)
+    return shards
+
+
+def check_ranks_fit(world: World, samples: list[dict], shard_tokens: int, out_dir: Path) -> None:
+    """Refuse a job with more ranks than shards (a rank without work would only wait), naming the fix."""
+    count = len(plan_shards(samples, shard_tokens))
+    if world.size <= count:
+        return
+    fix = f"run it with --nproc {count}" + (" or fewer" if count > 1 else "")
+    smaller = shard_tokens
+    while smaller > 1 and len(plan_shards(samples, smaller)) < world.size:
+        smaller //= 2
+    if len(plan_shards(samples, smaller)) >= world.size:  # (never when there are fewer samples than ranks)
+        fix += f", or cut smaller shards (--shard-tokens {smaller})"
+    raise DsparkError(f"{world.size} ranks but the feature cache {out_dir} has only {count} shard(s) of at most "
+                      f"{shard_tokens} tokens ({len(samples)} conversations): every rank needs a shard; {fix}. "
+                      f"Nothing was written")
 
 
 def write_feature_cache(
@@ -132,9 +179,15 @@ def write_feature_cache(
     source: dict | None = None,
     progress: bool = True,
     extra: dict | None = None,
+    world: World | None = None,
 ) -> dict:
     """Run the target over token sequences and write the cache; returns the manifest. Each sample is
-    {"id", "split", "ids": token ids, "mask": 1 where the token is one the draft learns to predict}."""
+    {"id", "split", "ids": token ids, "mask": 1 where the token is one the draft learns to predict}.
+
+    Several ranks (`world`; every rank passes the same samples) split the shards still to build between them;
+    rank 0 alone inspects the directory first and writes the manifest last. The caller holds the directory
+    (`build_feature_cache` does)."""
+    world = world or current_world()
     config = replace(config, layer_ids=config.layers_for(target.num_layers))
     for layer in config.layer_ids:
         if not 0 <= layer < target.num_layers:
@@ -151,90 +204,151 @@ def write_feature_cache(
         "max_length": config.max_length,
         "samples_hash": hashlib.sha256("".join(s["id"] for s in samples).encode()).hexdigest(),
     }
-    num_tokens = sum(len(s["ids"]) for s in samples)
-    needed = estimate_cache_bytes(num_tokens, target.hidden_size, len(config.layer_ids), config.dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".shard-*.tmp"):  # a build killed mid-write (this process holds the directory)
-        stale.unlink()
-    # a resumed build only needs room for what is not written yet
-    needed = max(0, needed - sum(f.stat().st_size for f in out_dir.glob("*.safetensors")))
-    free = shutil.disk_usage(out_dir).free
-    if needed * 1.05 > free:
-        raise DsparkError(
-            f"the feature cache needs about {needed / 2**30:.2f} GiB more but {out_dir} has {free / 2**30:.2f} GiB free; "
-            f"free space, choose fewer layers / a shorter max length, or another directory"
-        )
+    check_ranks_fit(world, samples, config.shard_tokens, out_dir)
+    shards = plan_shards(samples, config.shard_tokens)
+    state = world.on_main(lambda: _inspect_directory(out_dir, spec, samples, target, config))
+    if state["finished"] is not None:
+        return state["finished"]  # already built from the same data with the same settings
+    candidates = {int(index): entry for index, entry in state["candidates"].items()}
+    reusable = _verified_on_every_rank(world, out_dir, shards, candidates)
+    todo = [index for index in range(len(shards)) if index not in reusable]
+    mine = world.shard(todo)  # the shards left, dealt round-robin: a resumed job is balanced too
+    bar = tqdm(total=sum(_tokens(shards[i]) for i in mine), unit="tok", disable=not (progress and world.is_main),
+               desc="caching target features" + (f" (rank 0 of {world.size})" if world.size > 1 else ""))
+    built = {index: _build_shard(target, shards[index], index, out_dir, config, spec, world, bar) for index in mine}
+    bar.close()
+    for built_elsewhere in world.gather(built):  # every rank finished its share (a failed rank stopped the job)
+        built.update(built_elsewhere)
+    entries = [reusable[index] if index in reusable else built[index] for index in range(len(shards))]
+    return world.on_main(lambda: _write_manifest(out_dir, spec, samples, entries, target, world,
+                                                        source=source, extra=extra))
 
+
+def _tokens(shard: list[dict]) -> int:
+    return sum(len(s["ids"]) for s in shard)
+
+
+def _shard_file(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: TargetModel, config: CacheConfig) -> dict:
+    """Rank 0's look at the directory before any rank writes: {"finished": the manifest of the same cache, or
+    None; "candidates": {shard index: entry} of the finished shards of an unfinished build}. Refuses a
+    directory holding another cache, and a disk without room for the rest of the build."""
     manifest_path = out_dir / MANIFEST_FILE
-    progress_path = out_dir / "progress.json"
-    previous = json.loads(progress_path.read_text()) if progress_path.exists() else None
     if manifest_path.exists():
         existing = json.loads(manifest_path.read_text())
         if {k: existing.get(k) for k in spec} == spec:
-            return existing  # already built from the same data with the same settings
+            return {"finished": existing, "candidates": {}}
         raise DsparkError(
             f"{out_dir} already holds a feature cache for {existing.get('target')!r} (layers {existing.get('layer_ids')}) "
             f"built from other data or settings; use another directory or delete it"
         )
-    if previous and previous.get("spec") != spec:
+    candidates = _unfinished_shards(out_dir)
+    if any(recorded_spec != spec for recorded_spec, _ in candidates.values()):
         raise DsparkError(
             f"{out_dir} holds an unfinished cache build with other settings or data; use another directory or delete it"
         )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)  # marks the build as started (readers say: interrupted)
+    for stale in out_dir.glob(".shard-*.tmp"):  # a build killed mid-write (no rank writes before this returns)
+        stale.unlink()
+    num_tokens = sum(len(s["ids"]) for s in samples)
+    needed = estimate_cache_bytes(num_tokens, target.hidden_size, len(config.layer_ids), config.dtype)
+    # the whole build, all ranks together; a resumed build only needs room for what is not written yet
+    needed = max(0, needed - sum(f.stat().st_size for f in out_dir.glob("*.safetensors")))
+    free = shutil.disk_usage(out_dir).free
+    if needed * DISK_MARGIN > free:
+        raise DsparkError(
+            f"the feature cache needs about {needed / 2**30:.2f} GiB more but {out_dir} has {free / 2**30:.2f} GiB free; "
+            f"free space, choose fewer layers / a shorter max length or another directory, or train without a cache: "
+            f"`dspark train ... --online-features` computes the features batch by batch"
+        )
+    return {"finished": None, "candidates": {index: entry for index, (_, entry) in candidates.items()}}
 
-    # Deterministic shard plan, so a resumed build writes the same shards.
-    shards, current, current_tokens = [], [], 0
-    for sample in samples:
-        if current and current_tokens + len(sample["ids"]) > config.shard_tokens:
-            shards.append(current)
-            current, current_tokens = [], 0
-        current.append(sample)
-        current_tokens += len(sample["ids"])
-    if current:
-        shards.append(current)
 
-    done = {entry["file"]: entry for entry in (previous or {}).get("shards", [])}
-    entries = []
-    bar = tqdm(total=num_tokens, desc="caching target features", unit="tok", disable=not progress)
-    for index, shard in enumerate(shards):
-        name = f"shard-{index:05d}.safetensors"
-        shard_tokens = sum(len(s["ids"]) for s in shard)
-        if name in done and (out_dir / name).exists() and _sha256(out_dir / name) == done[name]["sha256"]:
-            entries.append(done[name])
-            bar.update(shard_tokens)
-            continue
-        tensors = _shard_tensors(target, shard, config, bar)
-        tmp = out_dir / f".{name}.tmp"
+def _unfinished_shards(out_dir: Path) -> dict[int, tuple[dict, dict]]:
+    """{shard index: (the build settings it was made with, its entry)} from the progress files of an unfinished
+    build: one file per finished shard, and the single progress.json of builds before ranks existed."""
+    found = {}
+    legacy = out_dir / LEGACY_PROGRESS_FILE
+    if legacy.exists():
+        recorded = json.loads(legacy.read_text())
+        for entry in recorded.get("shards", []):
+            found[int(entry["file"].removeprefix("shard-").removesuffix(".safetensors"))] = (recorded.get("spec"), entry)
+    for path in sorted((out_dir / PROGRESS_DIR).glob("shard-*.json")):
         try:
-            save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a half-written shard (a full disk) must not hold the space a rerun needs
-            raise
-        os.replace(tmp, out_dir / name)
-        entries.append({
-            "file": name,
-            "ids": [s["id"] for s in shard],
-            "splits": [s["split"] for s in shard],
-            "tokens": shard_tokens,
-            "sha256": _sha256(out_dir / name),
-        })
-        write_json_atomic(progress_path, {"spec": spec, "shards": entries})
-    bar.close()
+            recorded = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue  # cannot happen with atomic writes; if it does, that shard is simply built again
+        found[recorded["index"]] = (recorded["spec"], recorded["entry"])
+    return found
 
+
+def _verified_on_every_rank(world: World, out_dir: Path, shards: list[list[dict]], candidates: dict[int, dict]) -> dict:
+    """{index: entry} of the recorded shards that are reusable: same samples as planned, file present, checksum
+    right. The checksums (reading every finished byte) are split between the ranks."""
+
+    def reusable(index: int) -> bool:
+        entry, path = candidates[index], out_dir / _shard_file(index)
+        return (index < len(shards) and entry["ids"] == [s["id"] for s in shards[index]] and path.exists()
+                and _sha256(path) == entry["sha256"])
+
+    checked = [index for index in world.shard(sorted(candidates)) if reusable(index)]
+    return {index: candidates[index] for share in world.gather(checked) for index in share}
+
+
+def _build_shard(target: TargetModel, shard: list[dict], index: int, out_dir: Path, config: CacheConfig, spec: dict,
+                 world: World, bar) -> dict:
+    """Compute and write one shard atomically, then its progress file (this rank's alone); returns its entry."""
+    name = _shard_file(index)
+    tensors = _shard_tensors(target, shard, config, bar)
+    tmp = out_dir / f".{name}.tmp"
+    try:
+        save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written shard (a full disk) must not hold the space a rerun needs
+        raise
+    os.replace(tmp, out_dir / name)
+    entry = {
+        "file": name,
+        "ids": [s["id"] for s in shard],
+        "splits": [s["split"] for s in shard],
+        "tokens": _tokens(shard),
+        "sha256": _sha256(out_dir / name),
+        "rank": world.rank,  # which rank of how many built it (reused shards keep the rank of their build)
+        "ranks": world.size,
+    }
+    write_json_atomic(out_dir / PROGRESS_DIR / f"shard-{index:05d}.json", {"spec": spec, "index": index, "entry": entry})
+    return entry
+
+
+def _write_manifest(out_dir: Path, spec: dict, samples: list[dict], entries: list[dict], target: TargetModel,
+                    world: World, *, source: dict | None, extra: dict | None) -> dict:
+    """Rank 0, once every shard is written: the manifest (last, atomically), then the progress files go, and
+    so do shard files of an earlier plan that the manifest does not list."""
     manifest = {
         **spec,
         "status": "complete",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "num_samples": len(samples),
-        "num_tokens": num_tokens,
+        "num_tokens": sum(len(s["ids"]) for s in samples),
         "assistant_tokens": sum(sum(s["mask"]) for s in samples),
         "target_dtype": str(target.dtype).removeprefix("torch."),  # the precision the features were computed in
         **(extra or {}),
         "bytes": sum((out_dir / e["file"]).stat().st_size for e in entries),
+        "ranks": world.size,
         "source": source or {},
         "shards": entries,
     }
-    write_json_atomic(manifest_path, manifest)
-    progress_path.unlink(missing_ok=True)
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    shutil.rmtree(out_dir / PROGRESS_DIR, ignore_errors=True)
+    (out_dir / LEGACY_PROGRESS_FILE).unlink(missing_ok=True)
+    listed = {e["file"] for e in entries}
+    for orphan in out_dir.glob("shard-*.safetensors"):
+        if orphan.name not in listed:
+            orphan.unlink()
     return manifest
 
 
@@ -321,7 +435,7 @@ class FeatureCache:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST_FILE
         if not manifest_path.is_file():
-            partial = (self.path / "progress.json").exists()
+            partial = (self.path / PROGRESS_DIR).is_dir() or (self.path / LEGACY_PROGRESS_FILE).exists()
             raise DsparkError(
                 f"{self.path} is not a finished feature cache ({'the build was interrupted; rerun it to resume' if partial else 'no manifest.json'})"
             )

@@ -19,6 +19,10 @@ class DraftModule(nn.Module):
         self.register_buffer("embed_weight", torch.empty(0), persistent=False)
         self.register_buffer("lm_head_weight", torch.empty(0), persistent=False)
 
+    def forward(self, *args, **kwargs):
+        """The training forward (`forward_train`): what DDP and FSDP2 wrap, since they hook `forward`."""
+        return self.forward_train(*args, **kwargs)
+
     def set_draft_vocab(self, token_ids: torch.Tensor) -> None:
         if token_ids.numel() != self.draft_vocab.numel():
             raise ValueError(f"draft vocabulary has {token_ids.numel()} ids, the module expects {self.draft_vocab.numel()}")

@@ -238,3 +238,20 @@ def load_target(
         if bars_were_enabled:
             hf_logging.enable_progress_bar()
     return TargetModel(model.to(resolved_device), tokenizer, snapshot, spec.strip())
+
+
+def load_target_without_weights(spec: str) -> TargetModel:
+    """`spec`'s tokenizer, chat template, generation settings, dimensions and revision, with the weights left out
+    (on the meta device): what regeneration through a server and a cache's size estimate need of the target on
+    this machine. Running it fails."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    snapshot = resolve_snapshot(spec)
+    config = AutoConfig.from_pretrained(snapshot.path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(snapshot.path)
+    except OSError:
+        pass  # no generation_config.json: the model's defaults
+    return TargetModel(model, AutoTokenizer.from_pretrained(snapshot.path), snapshot, spec.strip())

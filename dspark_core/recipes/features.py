@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from dspark_core.data import layout
-from dspark_core.data.feature_cache import CacheConfig, build_feature_cache
+from dspark_core.data.chat import tokenize_conversations
+from dspark_core.data.feature_cache import DISK_MARGIN, CacheConfig, build_feature_cache, cache_bytes_per_token
 from dspark_core.data.regenerate import read_responses
+from dspark_core.distributed import World
 from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
 
-__all__ = ["CacheConfig", "FeatureCacheReport", "build_cache", "find_cache"]
+__all__ = ["CacheConfig", "CacheEstimate", "FeatureCacheReport", "build_cache", "estimate_cache", "find_cache"]
 
 
 @dataclass
@@ -29,8 +32,11 @@ class FeatureCacheReport:
     reused: bool
 
 
-def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True) -> FeatureCacheReport:
-    """Build (or reuse, or resume) the cache of `dataset`'s responses under its target folder."""
+def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True,
+                world: World | None = None) -> FeatureCacheReport:
+    """Build (or reuse, or resume) the cache of `dataset`'s responses under its target folder. Under a process
+    group (`world`, by default the one this process joined) every rank calls it and builds its share of the
+    shards; every rank gets the same report."""
     responses = layout.responses_dir(dataset, target.spec)
     responses_manifest, conversations = read_responses(responses)
     layers = config.layers_for(target.num_layers)
@@ -38,13 +44,47 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
     reused = (out / "manifest.json").exists()
     manifest = build_feature_cache(
         target, conversations, out, config, progress=progress,
-        source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]},
+        source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]}, world=world,
     )
     return FeatureCacheReport(
         path=out, layer_ids=list(manifest["layer_ids"]), samples=manifest["num_samples"], tokens=manifest["num_tokens"],
         assistant_tokens=manifest["assistant_tokens"], shards=len(manifest["shards"]), dtype=manifest["dtype"],
         size_mib=round(manifest["bytes"] / 2**20, 1), target_revision=manifest["target_revision"], reused=reused,
     )
+
+
+@dataclass
+class CacheEstimate:
+    """How large a dataset's feature cache would be, and whether the disk holds it."""
+
+    path: Path
+    samples: int
+    tokens: int
+    bytes_per_token: int
+    bytes_needed: int
+    bytes_free: int
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_needed * DISK_MARGIN <= self.bytes_free
+
+    @property
+    def mode(self) -> str:
+        """What to do: build the cache, or train with the target computing features online."""
+        return "cached (`dspark data cache`)" if self.fits else "online (`dspark train --online-features`)"
+
+
+def estimate_cache(target: TargetModel, dataset: str, config: CacheConfig) -> CacheEstimate:
+    """The size of `dataset`'s cache with `config` (tokenizing the responses; the target's weights are not needed),
+    against the free space where it would go."""
+    responses = layout.responses_dir(dataset, target.spec)
+    samples = tokenize_conversations(target, read_responses(responses)[1], config.max_length)
+    out = layout.cache_dir(dataset, target.spec, config.layers_for(target.num_layers), config.dtype)
+    per_token = cache_bytes_per_token(target.hidden_size, len(config.layers_for(target.num_layers)), config.dtype)
+    tokens = sum(len(s["ids"]) for s in samples)
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("/"))
+    return CacheEstimate(path=out, samples=len(samples), tokens=tokens, bytes_per_token=per_token,
+                         bytes_needed=tokens * per_token, bytes_free=shutil.disk_usage(existing).free)
 
 
 def find_cache(target_spec: str, dataset: str, layer_ids: tuple[int, ...] | None = None, dtype: str | None = None) -> Path:

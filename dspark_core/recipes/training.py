@@ -1,7 +1,8 @@
-"""Stage 4, training: a DSpark, DFlash or Eagle3 draft on a target feature cache, resumable.
+"""Stage 4, training: a DSpark, DFlash or Eagle3 draft on a target feature cache (or on features the target
+computes while training: `online_features`), resumable, alone or as one rank of a torchrun job.
 
 Runs live in `checkpoints/<target>/<algorithm>/<settings hash>/`, keyed by the training settings, the
-cache and the target revision: the same settings and data resume (or reuse) the same run; anything
+data and the target revision: the same settings and data resume (or reuse) the same run; anything
 changed trains a new one.
 """
 
@@ -15,15 +16,18 @@ from typing import Callable
 
 from safetensors import safe_open
 
-from dspark_core.data.feature_cache import FeatureCache
+from dspark_core.data.feature_cache import CacheConfig, FeatureCache
+from dspark_core.data.online_features import OnlineFeatures, check_online_memory
 from dspark_core.drafters.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from dspark_core.evaluation.plots import loss_curve
 from dspark_core.models.spec import slugify
 from dspark_core.models.target import TargetModel
+from dspark_core.distributed import current_world
 from dspark_core.paths import dspark_home
+from dspark_core.training.parallel import ParallelConfig
 from dspark_core.training.trainer import TrainConfig, train_draft
 
-__all__ = ["TrainConfig", "TrainReport", "train", "training_dir"]
+__all__ = ["ParallelConfig", "TrainConfig", "TrainReport", "train", "training_dir"]
 
 
 @dataclass
@@ -47,23 +51,41 @@ class TrainReport:
         return [(k, found.get(k)) for k in range(1, max(found, default=0) + 1)]
 
 
-def training_dir(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> Path:
-    """Where a run with these settings on this cache for this target lives."""
+def training_dir(target: TargetModel, cache: FeatureCache | OnlineFeatures, config: TrainConfig) -> Path:
+    """Where a run with these settings on this data for this target lives."""
     fingerprint = {"training": config.to_dict(), "cache": str(cache.path), "samples_hash": cache.manifest["samples_hash"],
                    "revision": target.revision}
+    if isinstance(cache, OnlineFeatures):  # the features a cache's folder name would tell apart
+        fingerprint["online"] = {key: cache.manifest[key] for key in ("layer_ids", "dtype", "max_length")}
     settings_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
     return dspark_home() / "checkpoints" / slugify(target.spec) / config.algorithm / settings_hash
 
 
 def train(target: TargetModel, cache_path: Path, config: TrainConfig, *, out_dir: Path | None = None,
-          on_log: Callable[[int, dict], None] | None = None, progress: bool = True) -> TrainReport:
-    """Train (or resume, or reuse) a draft on the training split of the cache at `cache_path`."""
-    cache = FeatureCache(cache_path, target_revision=target.revision, split="train")
-    validation = FeatureCache(cache_path, split="validation", verify=False)  # checksums were verified just above
+          on_log: Callable[[int, dict], None] | None = None, progress: bool = True,
+          parallel: ParallelConfig | None = None, online_features: CacheConfig | None = None) -> TrainReport:
+    """Train (or resume, or reuse) a draft on the training split of the cache at `cache_path`; with
+    `online_features` (the layers and precision a cache would hold), `cache_path` is the dataset's responses
+    directory instead and the target computes the features batch by batch. Under torchrun every rank calls
+    this; rank 0 writes the files."""
+    world = current_world()
+    parallel = parallel or ParallelConfig()
+    if online_features is not None:
+        data = OnlineFeatures.from_responses(target, cache_path, online_features)
+        cache, validation = data.split("train"), data.split("validation")
+        check_online_memory(target, parallel.plan(config.batch_size, world)[1], config.max_length,
+                            len(cache.layer_ids))
+    else:
+        with world.main_first():  # rank 0 verifies the shards' checksums; the others then read them as they are
+            cache = FeatureCache(cache_path, target_revision=target.revision, split="train", verify=world.is_main)
+        validation = FeatureCache(cache_path, split="validation", verify=False)  # checksums were verified just above
     out_dir = Path(out_dir) if out_dir else training_dir(target, cache, config)
-    result = train_draft(target, cache, out_dir, config, validation=validation, on_log=on_log, progress=progress)
-    plot = loss_curve(result.history, out_dir / "loss_curve.png", title=f"{config.algorithm} on {target.spec}")
-    with safe_open(str(result.checkpoint / WEIGHTS_FILE), framework="pt") as handle:
+    result = train_draft(target, cache, out_dir, config, validation=validation, on_log=on_log, progress=progress,
+                         parallel=parallel)
+    plot = out_dir / "loss_curve.png"
+    if world.is_main:
+        loss_curve(result.history, plot, title=f"{config.algorithm} on {target.spec}")
+    with safe_open(str(result.checkpoint / WEIGHTS_FILE), framework="pt") as handle:  # written before every rank returned
         parameters = sum(_numel(handle.get_slice(name).get_shape()) for name in handle.keys())
     return TrainReport(
         checkpoint=result.checkpoint, out_dir=out_dir, algorithm=config.algorithm, steps=result.steps,

@@ -13,12 +13,14 @@ def candidate_anchors(loss_mask: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nonzero(loss_mask[2:length]).flatten() + 1
 
 
-def sample_anchors(loss_masks: list[torch.Tensor], count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to `count` distinct anchors per sequence, sorted; returns (anchors [B, count], valid [B, count]).
+def sample_anchors(loss_masks: list[torch.Tensor], count: int,
+                   generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `count` distinct anchors per sequence, sorted, each sequence drawing from its own generator (so its
+    anchors do not depend on the sequences it is batched with); returns (anchors [B, count], valid [B, count]).
     Sequences with fewer candidates repeat their first anchor in the padding slots (marked invalid)."""
     anchors = torch.zeros(len(loss_masks), count, dtype=torch.long)
     valid = torch.zeros(len(loss_masks), count, dtype=torch.bool)
-    for row, mask in enumerate(loss_masks):
+    for row, (mask, generator) in enumerate(zip(loss_masks, generators, strict=True)):
         candidates = candidate_anchors(mask, mask.numel())
         if candidates.numel() == 0:
             continue

@@ -10,28 +10,20 @@ import torch
 
 from dspark_core.data.feature_cache import FeatureCache
 from dspark_core.models.target import TargetModel
-from dspark_core.training.trainer import Batcher, TrainConfig, build_model, make_optimizer, next_batch, training_step
+from dspark_core.training.trainer import Batcher, DraftTraining, TrainConfig
 
 
 def seconds_per_step(target: TargetModel, cache: FeatureCache, config: TrainConfig, *, steps: int = 6,
                      warmup: int = 2) -> float:
     """Median wall time of a full training step (collate, forward, backward, clipping, optimizer) after a
-    warm-up, through the training loop's own pieces."""
-    model = build_model(target, cache, config)
-    model.train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, config)
-    generator, batcher, times = torch.Generator().manual_seed(0), Batcher(len(cache), config.batch_size, 0), []
+    warm-up, through the training loop's own step."""
+    run = DraftTraining(target, cache, config)
+    batcher, times = Batcher(len(cache), config.batch_size, 0), []
     synchronize = torch.cuda.synchronize if target.device.type == "cuda" else (lambda: None)
     for step in range(steps + warmup):
         synchronize()
         started = time.perf_counter()
-        terms = training_step(model, target, next_batch(cache, batcher, model, config, target.device), config, generator)
-        if terms is not None:
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            optimizer.step()
+        run.step(step, batcher.next())
         synchronize()
         if step >= warmup:
             times.append(time.perf_counter() - started)

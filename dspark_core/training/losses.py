@@ -49,6 +49,21 @@ class LossTerms:
             tau += survival
         return tau
 
+    def packed(self) -> torch.Tensor:
+        """The terms as one float64 vector [total, ce, tv, conf, feature, acceptance sums (γ), counts (γ)]: parts of
+        a step (micro-batches, ranks) whose terms share the step's normalizers add up to the step's."""
+        head = torch.stack([t.detach().double().cpu() for t in (self.total, self.ce, self.tv, self.conf, self.feature)])
+        counts = self.counts.double()
+        return torch.cat([head, self.acceptance.double() * counts, counts])
+
+    @staticmethod
+    def unpacked(values: torch.Tensor) -> "LossTerms":
+        gamma = (values.numel() - 5) // 2
+        sums, counts = values[5:5 + gamma], values[5 + gamma:]
+        return LossTerms(total=values[0].float(), ce=values[1].float(), tv=values[2].float(), conf=values[3].float(),
+                         feature=values[4].float(), acceptance=(sums / counts.clamp_min(1)).float(),
+                         counts=counts.round().long())
+
     def scalars(self) -> dict[str, float]:
         out = {"loss": float(self.total.detach()), "loss_ce": float(self.ce), "loss_tv": float(self.tv),
                "loss_conf": float(self.conf), "loss_feature": float(self.feature), "expected_tau": self.expected_tau()}
@@ -82,6 +97,41 @@ class TargetDistribution:
         return TargetDistribution(self.draft_probs[rows], self.outside[rows])
 
 
+def position_weights(positions: torch.Tensor, decay: float) -> torch.Tensor:
+    """w_k = exp(-(k-1)/g) for each row's block position (0-based here)."""
+    return torch.exp(-positions.float() / decay)
+
+
+def draft_vocab_index(targets: torch.Tensor, draft_vocab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each target token's index in the (ascending) draft vocabulary, clamped, and whether it is there at all."""
+    index = torch.searchsorted(draft_vocab, targets).clamp_max(draft_vocab.numel() - 1)
+    return index, draft_vocab[index] == targets
+
+
+@dataclass
+class LossNormalizers:
+    """The denominators of the loss terms' weighted means: Σ w over the supervised rows (TV, confidence and
+    feature terms) and Σ w over those whose token is in the draft vocabulary (cross-entropy). They depend on
+    the data only, so a step split into micro-batches and ranks can add them up before any forward pass and
+    train on exactly the mean over its whole batch."""
+
+    weight: torch.Tensor  # scalar
+    ce_weight: torch.Tensor  # scalar
+
+    @staticmethod
+    def of(positions: torch.Tensor, targets: torch.Tensor, draft_vocab: torch.Tensor, decay: float) -> "LossNormalizers":
+        w = position_weights(positions, decay)
+        in_vocab = draft_vocab_index(targets, draft_vocab)[1]
+        return LossNormalizers(w.sum().clamp_min(1e-8), (w * in_vocab.float()).sum().clamp_min(1e-8))
+
+    def to_tensor(self) -> torch.Tensor:
+        return torch.stack([self.weight, self.ce_weight]).float()
+
+    @staticmethod
+    def from_tensor(values: torch.Tensor) -> "LossNormalizers":
+        return LossNormalizers(values[0].clamp_min(1e-8), values[1].clamp_min(1e-8))
+
+
 def draft_losses(
     draft_logits: torch.Tensor,  # [M, N] over the draft vocabulary
     target_logits: torch.Tensor | TargetDistribution,  # [M, V] over the full vocabulary, or already reduced
@@ -93,30 +143,33 @@ def draft_losses(
     confidence_logits: torch.Tensor | None = None,  # [M]
     draft_hidden: torch.Tensor | None = None,  # [M, d] what the draft's LM head reads
     target_hidden: torch.Tensor | None = None,  # [M, d] what the target's LM head read at the same position
+    normalizers: LossNormalizers | None = None,
 ) -> LossTerms:
-    w = torch.exp(-positions.float() / weights.decay)
+    """The loss terms of M supervised rows. Each term is a weighted sum divided by `normalizers` (by default
+    these rows' own): given the normalizers of a whole step's batch, the terms of its parts (micro-batches,
+    ranks) add up to the terms of the whole."""
+    w = position_weights(positions, weights.decay)
+    norm = normalizers or LossNormalizers.of(positions, targets, draft_vocab, weights.decay)
     q = draft_logits.float().softmax(-1)
     target = target_logits if isinstance(target_logits, TargetDistribution) else \
         TargetDistribution.from_logits(target_logits, draft_vocab)
     l1 = (q - target.draft_probs).abs().sum(-1) + target.outside
-    tv = (l1 * w).sum() / w.sum().clamp_min(1e-8)
+    tv = (l1 * w).sum() / norm.weight
 
     # Cross-entropy to the gold token, where the draft vocabulary contains it.
-    index = torch.searchsorted(draft_vocab, targets)  # draft_vocab is sorted ascending
-    in_vocab = (index < draft_vocab.numel()) & (draft_vocab[index.clamp_max(draft_vocab.numel() - 1)] == targets)
-    nll = -draft_logits.float().log_softmax(-1).gather(-1, index.clamp_max(draft_vocab.numel() - 1)[:, None])[:, 0]
-    w_ce = w * in_vocab.float()
-    ce = (nll * w_ce).sum() / w_ce.sum().clamp_min(1e-8)
+    index, in_vocab = draft_vocab_index(targets, draft_vocab)
+    nll = -draft_logits.float().log_softmax(-1).gather(-1, index[:, None])[:, 0]
+    ce = (nll * w * in_vocab.float()).sum() / norm.ce_weight
 
     accept = (1.0 - 0.5 * l1).detach()
     if confidence_logits is not None:
         bce = F.binary_cross_entropy_with_logits(confidence_logits.float(), accept, reduction="none")
-        conf = (bce * w).sum() / w.sum().clamp_min(1e-8)
+        conf = (bce * w).sum() / norm.weight
     else:
         conf = torch.zeros((), device=draft_logits.device)
     if draft_hidden is not None and target_hidden is not None:
         regression = F.smooth_l1_loss(draft_hidden.float(), target_hidden.float(), reduction="none").mean(-1)
-        feature = (regression * w).sum() / w.sum().clamp_min(1e-8)
+        feature = (regression * w).sum() / norm.weight
     else:
         feature = torch.zeros((), device=draft_logits.device)
     total = weights.ce * ce + weights.tv * tv + weights.conf * conf + weights.feature * feature

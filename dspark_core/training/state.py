@@ -1,4 +1,9 @@
-"""Resumable training state: model, optimizer, data position and RNG, saved atomically as safetensors + JSON."""
+"""Resumable training state: model, optimizer and data position, saved atomically as safetensors + JSON.
+
+The state is the full (unsharded) one whatever the number of ranks that trained it, so a run may resume on
+another number of ranks. Anchor sampling draws from generators seeded per step and sequence, so the data
+position (step, epoch, cursor) is all the randomness a resume needs.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +18,27 @@ from dspark_core.paths import atomic_directory, recover_directory
 STATE_FILE = "state.json"
 
 
-def save_training_state(directory: Path, model, optimizer: torch.optim.Optimizer, generator: torch.Generator,
-                        progress: dict) -> None:
-    """Replace `directory` with the current state; a crash at any point leaves the previous state intact."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for key, value in optimizer.state.get(param, {}).items():
-                if torch.is_tensor(value):
-                    tensors[f"optim.{names[id(param)]}.{key}"] = value.detach().cpu().contiguous()
-    tensors["rng.generator"] = generator.get_state()
+def save_training_state(directory: Path, model_state: dict[str, torch.Tensor],
+                        optimizer_state: dict[str, dict[str, torch.Tensor]], progress: dict) -> None:
+    """Replace `directory` with this state; a crash at any point leaves the previous state intact."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    for name, fields in optimizer_state.items():
+        for key, value in fields.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{name}.{key}"] = value.detach().cpu().contiguous()
     with atomic_directory(directory, replace=True) as tmp:
         save_file(tensors, str(tmp / "tensors.safetensors"))
         (tmp / STATE_FILE).write_text(json.dumps(progress, indent=2, sort_keys=True))
 
 
-def load_training_state(directory: Path, model, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> dict:
+def load_training_state(directory: Path) -> tuple[dict, dict, dict]:
+    """(model state, optimizer state by parameter name, progress) as `save_training_state` wrote them."""
     recover_directory(directory)
     tensors = load_file(str(directory / "tensors.safetensors"))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    params = dict(model.named_parameters())
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    optimizer_state: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
             name, field = key[len("optim."):].rsplit(".", 1)
-            param = params[name]
-            optimizer.state.setdefault(param, {})[field] = value.to(param.device)
-    generator.set_state(tensors["rng.generator"])
-    return json.loads((directory / STATE_FILE).read_text())
+            optimizer_state.setdefault(name, {})[field] = value
+    return model_state, optimizer_state, json.loads((directory / STATE_FILE).read_text())

@@ -1,9 +1,13 @@
 """The training loop for DSpark / DFlash / Eagle3 drafts on a target feature cache.
 
 AdamW with linear warmup and cosine decay, gradient clipping, bf16 autocast on CUDA (float32 on CPU).
-Resumable: every `checkpoint_every` steps the model, optimizer, RNG and data position are saved atomically;
-a rerun with the same output directory continues from there and reaches the same final weights as an
-uninterrupted run. A non-finite loss stops training with a clear message; the last good state is kept.
+Resumable: every `checkpoint_every` steps the model, optimizer and data position are saved atomically; a rerun
+with the same output directory continues from there and reaches the same final weights as an uninterrupted
+run. A non-finite loss stops training with a clear message; the last good state is kept.
+
+Under torchrun the same loop runs on every rank (`training.parallel`): one global data order, each rank a
+share of every global batch, gradients accumulated over micro-batches and summed over ranks, so a step means
+the same batch on any number of ranks and a run resumes on another number.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ import torch
 from tqdm.auto import tqdm
 
 from dspark_core.data.feature_cache import CacheBatch, FeatureCache, tokenizer_hash
+from dspark_core.distributed import World, current_world
 from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.checkpoint import attach_target_weights, save_draft
 from dspark_core.drafters.registry import ALGORITHMS, drafter_kind
 from dspark_core.drafters.vocab import coverage, select_draft_vocab
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import exclusive_writer, recover_directory
+from dspark_core.paths import recover_directory
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
-from dspark_core.training.losses import LossWeights, TargetDistribution, draft_losses
+from dspark_core.training.losses import LossNormalizers, LossTerms, LossWeights, TargetDistribution, draft_losses
+from dspark_core.training.parallel import (ParallelConfig, accumulating, distribute, full_norm, full_state,
+                                           load_full_state, sharded)
 from dspark_core.training.state import load_training_state, save_training_state
 from dspark_core.training.validation import held_out_acceptance
 
@@ -149,7 +156,8 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
 
 
 class Batcher:
-    """Deterministic, resumable order over the cache: a fresh seeded permutation per epoch."""
+    """Deterministic, resumable order over the training data: a fresh seeded permutation per epoch. Every rank
+    runs the same one and takes its own part of each global batch."""
 
     def __init__(self, size: int, batch_size: int, seed: int):
         self.size, self.batch_size, self.seed = size, batch_size, seed
@@ -170,41 +178,63 @@ class Batcher:
         return batch
 
 
-def next_batch(cache: FeatureCache, batcher: Batcher, model: DraftModule, config: TrainConfig, device) -> CacheBatch:
-    """The next batch of cached sequences, with features at the training precision (bfloat16 on CUDA, float32
-    on CPU)."""
+def sequence_seed(seed: int, step: int, slot: int) -> int:
+    """The seed of the anchors drawn for place `slot` of step `step`'s global batch: the same on whichever rank
+    and in whichever micro-batch that sequence is trained."""
+    return (seed * 1_000_003 + step) * 65_537 + slot
+
+
+@dataclass
+class MicroBatch:
+    """The sequences one rank trains on in one forward pass, with their anchors and supervised block positions."""
+
+    batch: CacheBatch
+    anchors: torch.Tensor  # [B, A]
+    targets: torch.Tensor  # [B, A, γ] gold tokens
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (sequence, anchor, block position) of supervised slots
+    normalizers: LossNormalizers  # this micro-batch's own
+
+
+def prepare_micro_batch(data, indices: list[int], seeds: list[int], model: DraftModule, config: TrainConfig,
+                        device) -> MicroBatch:
+    """Collate `indices` of `data` (features at the training precision: bfloat16 on CUDA, float32 on CPU), and
+    draw their anchors, each sequence from the generator of its seed."""
     dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-    return cache.batch(batcher.next(), max_length=config.max_length, layer_ids=model.config.target_layer_ids,
-                       device=device, dtype=dtype)
-
-
-def training_step(model: DraftModule, target: TargetModel, batch: CacheBatch, config: TrainConfig,
-                  generator: torch.Generator):
-    """The losses of one batch (None when it supervises nothing), under bfloat16 autocast on CUDA."""
-    on_cuda = batch.input_ids.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
-        return _batch_losses(model, target, batch, config, generator)
-
-
-def _batch_losses(model: DraftModule, target: TargetModel, batch: CacheBatch, config: TrainConfig,
-                  generator: torch.Generator):
-    ids, mask, layers, hidden, lengths = batch.input_ids, batch.loss_mask, batch.layers, batch.last_hidden, batch.lengths
-    gamma = model.config.block_size
-    anchors, valid = sample_anchors([m[: int(n)].cpu() for m, n in zip(mask, lengths)], config.anchors_per_sequence, generator)
+    batch = data.batch(indices, max_length=config.max_length, layer_ids=model.config.target_layer_ids, device=device,
+                       dtype=dtype)
+    ids, mask, lengths = batch.input_ids, batch.loss_mask, batch.lengths
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    anchors, valid = sample_anchors([m[: int(n)].cpu() for m, n in zip(mask, lengths)], config.anchors_per_sequence,
+                                    generators)
     anchors, valid = anchors.to(ids.device), valid.to(ids.device)
-    targets, supervised = block_targets(ids, mask, lengths, anchors, valid, gamma)
-    if not supervised.any():
-        return None
+    targets, supervised = block_targets(ids, mask, lengths, anchors, valid, model.config.block_size)
+    rows = supervised.nonzero(as_tuple=True)
+    normalizers = LossNormalizers.of(rows[2], targets[rows], model.draft_vocab, config.loss.decay)
+    return MicroBatch(batch, anchors, targets, rows, normalizers)
+
+
+def training_step(forward: torch.nn.Module, model: DraftModule, target: TargetModel, micro: MicroBatch,
+                  config: TrainConfig, normalizers: LossNormalizers) -> LossTerms:
+    """The loss terms of one micro-batch, normalized by the whole step's `normalizers`, under bfloat16 autocast on
+    CUDA. `forward` is what the rank calls (the model, or its DDP/FSDP2 form); `model` the module itself."""
+    on_cuda = micro.batch.input_ids.device.type == "cuda"
+    with torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext():
+        return _micro_batch_losses(forward, model, target, micro, config, normalizers)
+
+
+def _micro_batch_losses(forward, model: DraftModule, target: TargetModel, micro: MicroBatch, config: TrainConfig,
+                        normalizers: LossNormalizers) -> LossTerms:
+    batch, rows, gamma = micro.batch, micro.rows, model.config.block_size
+    ids, hidden = batch.input_ids, batch.last_hidden
     regress = config.loss.feature > 0
-    logits, confidence, *hidden_out = model.forward_train(layers, ids, lengths, anchors, with_hidden=regress)
+    logits, confidence, *hidden_out = forward(batch.layers, ids, batch.lengths, micro.anchors, with_hidden=regress)
     # The target's distribution at anchor + k comes from its pre-LM-head state at anchor + k - 1. Blocks overlap,
     # so it is computed once per distinct position (the LM head over the whole vocabulary is the costly part).
-    source = (anchors[:, :, None] + torch.arange(gamma, device=ids.device)).clamp_max(ids.shape[1] - 1)
-    rows = supervised.nonzero(as_tuple=True)
+    source = (micro.anchors[:, :, None] + torch.arange(gamma, device=ids.device)).clamp_max(ids.shape[1] - 1)
     positions, inverse = torch.unique(rows[0] * ids.shape[1] + source[rows], return_inverse=True)
     with torch.no_grad():
         distinct = hidden.reshape(-1, hidden.shape[-1])[positions].to(target.dtype)
-        if batch.lse is not None:  # the cache holds the normalizer: the draft vocabulary's rows suffice
+        if batch.lse is not None:  # the normalizer is known: the draft vocabulary's rows suffice
             target_distribution = TargetDistribution.from_draft_logits(
                 target.lm_logits(distinct, model.draft_vocab), batch.lse.reshape(-1)[positions]).index(inverse)
         else:
@@ -213,11 +243,79 @@ def _batch_losses(model: DraftModule, target: TargetModel, batch: CacheBatch, co
             target_distribution = TargetDistribution(torch.cat([r.draft_probs for r in reduced]),
                                                      torch.cat([r.outside for r in reduced])).index(inverse)
     return draft_losses(
-        logits[rows], target_distribution, targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
+        logits[rows], target_distribution, micro.targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
         None if confidence is None else confidence[rows],
         draft_hidden=hidden_out[0][rows] if regress else None,
         target_hidden=hidden.reshape(-1, hidden.shape[-1])[positions][inverse] if regress else None,
+        normalizers=normalizers,
     )
+
+
+class DraftTraining:
+    """One rank's part of a training run: its model (alone, or in its DDP/FSDP2 form), the optimizer, and the step
+    that trains on its share of a global batch, micro-batch by micro-batch, gradients summed over all ranks."""
+
+    def __init__(self, target: TargetModel, data, config: TrainConfig, parallel: ParallelConfig | None = None,
+                 world: World | None = None):
+        self.target, self.data, self.config = target, data, config
+        self.parallel = parallel or ParallelConfig()
+        self.world = world or current_world()
+        self.per_rank, self.micro_size = self.parallel.plan(config.batch_size, self.world)
+        self.model = build_model(target, data, config)
+        self.forward = distribute(self.model, self.world, self.parallel)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.parameters, config)
+        self.model.train()
+
+    def step(self, step: int, indices: list[int]) -> tuple[LossTerms, float] | None:
+        """Train on global batch `indices` (the same list on every rank) as optimizer step number `step` (0-based);
+        returns the step's loss terms over the whole batch and the gradient norm, or None when nothing in the
+        batch is supervised (no rank takes a step then)."""
+        world, config = self.world, self.config
+        slots = list(range(world.rank * self.per_rank, (world.rank + 1) * self.per_rank))
+        micro_batches = [
+            prepare_micro_batch(self.data, [indices[s] for s in part], [sequence_seed(config.seed, step, s) for s in part],
+                                self.model, config, self.target.device)
+            for part in (slots[i:i + self.micro_size] for i in range(0, len(slots), self.micro_size))
+        ]
+        # The step's mean is over every supervised slot of the global batch: add up the normalizers first.
+        totals = world.all_reduce_sum(torch.stack([m.normalizers.to_tensor() for m in micro_batches]).sum(0))
+        if not totals[0] > 1e-6:
+            return None
+        normalizers = LossNormalizers.from_tensor(totals.to(self.target.device))
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        self.optimizer.zero_grad(set_to_none=True)
+        packed = []
+        for number, micro in enumerate(micro_batches):
+            with accumulating(self.forward, last=number == len(micro_batches) - 1):
+                terms = training_step(self.forward, self.model, self.target, micro, config, normalizers)
+                # DDP and FSDP2 average gradients over ranks; the step's loss is their sum
+                (terms.total * world.size).backward()
+            packed.append(terms.packed())
+        terms = LossTerms.unpacked(world.all_reduce_sum(torch.stack(packed).sum(0)))
+        if not torch.isfinite(terms.total):
+            raise TrainingDivergedError(f"the loss became {float(terms.total)} at step {step + 1}")
+        grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(self.parameters, config.grad_clip))
+        self.optimizer.step()
+        return terms, float(grad_norm)
+
+    def full_state(self) -> tuple[dict, dict]:
+        """(model state, optimizer state) in full on rank 0; every rank must call it (a sharded model gathers)."""
+        return full_state(self.model, self.forward, self.optimizer)
+
+    def load_state(self, model_state: dict, optimizer_state: dict) -> None:
+        load_full_state(self.model, self.forward, self.optimizer, model_state, optimizer_state)
+        self.model.set_draft_vocab(self.model.draft_vocab.clone())  # re-slice the LM head for the restored vocabulary
+
+    def final_model(self, model_state: dict) -> DraftModule:
+        """The trained draft as a plain module on rank 0, from the gathered `model_state` when it is sharded."""
+        if not sharded(self.forward):
+            return self.model
+        model = build_model(self.target, self.data, self.config)
+        model.load_state_dict(model_state, strict=True)
+        model.set_draft_vocab(model.draft_vocab.clone())
+        return model
 
 
 @dataclass
@@ -237,10 +335,15 @@ def train_draft(
     validation: FeatureCache | None = None,
     on_log: Callable[[int, dict], None] | None = None,
     progress: bool = True,
+    parallel: ParallelConfig | None = None,
 ) -> TrainResult:
     """Train a draft on `cache` for `target`, writing `out_dir/state` (resumable) and `out_dir/draft` (final).
     With a `validation` cache (held-out sequences), the final metrics include the draft's greedy acceptance
-    on it (`val_tau`, `val_accept_k`)."""
+    on it (`val_tau`, `val_accept_k`).
+
+    Under a process group (torchrun), every rank calls this with the same arguments: each trains on its share
+    of every global batch, and rank 0 alone writes the state, the metrics log and the draft, and calls
+    `on_log`."""
     if len(cache) == 0:
         raise DsparkError(f"the feature cache {cache.path} has no training samples (empty dataset or split)")
     if cache.manifest["target_revision"] != target.revision:
@@ -251,20 +354,24 @@ def train_draft(
     if cache.manifest["tokenizer_hash"] != tokenizer_hash(target.tokenizer):
         raise DsparkError(f"feature cache {cache.path} was made with another tokenizer than {target.spec!r}'s")
     out_dir = Path(out_dir)
+    world = current_world()
+    with world.exclusive(out_dir, "training a draft"):  # one job per run directory; rank 0 holds it for all ranks
+        world.on_main(lambda: _prepare_run_directory(out_dir))
+        return _train_draft(target, cache, out_dir, config, validation, on_log, progress, parallel or ParallelConfig(),
+                            world)
+
+
+def _prepare_run_directory(out_dir: Path) -> None:
+    """Before any rank reads it: the directory exists, and a state replacement killed half-way is undone."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_writer(out_dir, "training a draft"):
-        return _train_draft(target, cache, out_dir, config, validation, on_log, progress)
+    recover_directory(out_dir / "state")
 
 
-def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, on_log, progress) -> TrainResult:
-    """`train_draft` once the run directory is held by this process."""
+def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, on_log, progress,
+                 parallel: ParallelConfig, world: World) -> TrainResult:
+    """`train_draft` once rank 0 holds the run directory."""
     state_dir, log_path = out_dir / "state", out_dir / "metrics.jsonl"
-    recover_directory(state_dir)
-
-    model = build_model(target, cache, config)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(parameters, config)
-    generator = torch.Generator().manual_seed(config.seed)
+    run = DraftTraining(target, cache, config, parallel, world)
     batcher = Batcher(len(cache), config.batch_size, config.seed)
     start, history = 0, []
     if (state_dir / "state.json").exists():
@@ -273,64 +380,64 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
             raise DsparkError(
                 f"{out_dir} holds a training run with other settings or data; use another output directory or delete it"
             )
-        saved = load_training_state(state_dir, model, optimizer, generator)
-        model.set_draft_vocab(model.draft_vocab.clone())  # re-slice the LM head for the restored vocabulary
+        model_state, optimizer_state, saved = load_training_state(state_dir)
+        run.load_state(model_state, optimizer_state)
         start, batcher.epoch, batcher.cursor = saved["step"], saved["epoch"], saved["cursor"]
         history = saved.get("history", [])
-        # Keep the metrics log consistent with the resumed step.
-        if log_path.exists():
+        if world.is_main and log_path.exists():  # keep the metrics log consistent with the resumed step
             kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             log_path.write_text("".join(line + "\n" for line in kept))
 
-    model.train()
-    bar = tqdm(total=config.steps, initial=start, desc=f"training {config.algorithm}", disable=not progress)
+    bar = tqdm(total=config.steps, initial=start, desc=f"training {config.algorithm}",
+               disable=not (progress and world.is_main))
     last_good = start
-    tokens_seen, timer = 0, time.perf_counter()
+    positions_seen, timer = 0, time.perf_counter()
     for step in range(start, config.steps):
-        batch = next_batch(cache, batcher, model, config, target.device)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
-        terms = training_step(model, target, batch, config, generator)
-        if terms is None:
-            continue
-        if not torch.isfinite(terms.total):
+        try:
+            outcome = run.step(step, batcher.next())
+        except TrainingDivergedError as exc:
             raise TrainingDivergedError(
-                f"the loss became {float(terms.total.detach())} at step {step + 1}; the last good state (step {last_good}) is "
-                f"kept in {state_dir}. Lower the learning rate (now {config.learning_rate}) or check the cache"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        optimizer.step()
-        tokens_seen += int(terms.counts.sum())
+                f"{exc}; the last good state (step {last_good}) is kept in {state_dir}. Lower the learning rate "
+                f"(now {config.learning_rate}) or check the cache") from None
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            elapsed = time.perf_counter() - timer
-            metrics = {"step": done, "lr": learning_rate(step, config), "grad_norm": float(grad_norm),
-                       "positions_per_s": tokens_seen / elapsed if elapsed else 0.0, **terms.scalars()}
-            tokens_seen, timer = 0, time.perf_counter()
-            history.append(metrics)
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-            if on_log:
-                on_log(done, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}", tau=f"{metrics['expected_tau']:.2f}")
+        if outcome is not None:
+            terms, grad_norm = outcome
+            positions_seen += int(terms.counts.sum())
+            if done % config.log_every == 0 or done == config.steps:
+                elapsed = time.perf_counter() - timer
+                metrics = {"step": done, "lr": learning_rate(step, config), "grad_norm": grad_norm,
+                           "positions_per_s": positions_seen / elapsed if elapsed else 0.0, **terms.scalars()}
+                positions_seen, timer = 0, time.perf_counter()
+                history.append(metrics)
+                if world.is_main:
+                    with open(log_path, "a") as handle:
+                        handle.write(json.dumps(metrics) + "\n")
+                    if on_log:
+                        on_log(done, metrics)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", tau=f"{metrics['expected_tau']:.2f}")
         if done % config.checkpoint_every == 0 or done == config.steps:
-            save_training_state(state_dir, model, optimizer, generator, {
-                "step": done, "epoch": batcher.epoch, "cursor": batcher.cursor, "config": config.to_dict(),
-                "cache": str(cache.path), "history": history,
-            })
+            model_state, optimizer_state = run.full_state()
+            if world.is_main:
+                save_training_state(state_dir, model_state, optimizer_state, {
+                    "step": done, "epoch": batcher.epoch, "cursor": batcher.cursor, "config": config.to_dict(),
+                    "cache": str(cache.path), "history": history, "world_size": world.size,
+                })
             last_good = done
         bar.update(1)
     bar.close()
 
-    model.eval()
+    model_state, _ = run.full_state() if sharded(run.forward) else ({}, {})
     final = dict(history[-1]) if history else {}
-    if validation is not None and len(validation):
-        final.update(held_out_acceptance(model, target, validation, max_length=config.max_length).scalars())
-    vocab_coverage = coverage(model.draft_vocab.cpu(), (cache[i].input_ids[cache[i].loss_mask] for i in range(len(cache))))
-    checkpoint = save_draft(model, out_dir / "draft", target=target, training={
-        **config.to_dict(), "cache": str(cache.path), "cache_samples": len(cache), "steps_done": config.steps,
-        "draft_vocab_coverage": vocab_coverage, **{k: v for k, v in final.items() if k.startswith("val_")},
-    })
+    checkpoint = out_dir / "draft"
+    if world.is_main:
+        model = run.final_model(model_state)
+        model.eval()
+        if validation is not None and len(validation):
+            final.update(held_out_acceptance(model, target, validation, max_length=config.max_length).scalars())
+        vocab_coverage = coverage(model.draft_vocab.cpu(), (cache[i].input_ids[cache[i].loss_mask] for i in range(len(cache))))
+        save_draft(model, checkpoint, target=target, training={
+            **config.to_dict(), "cache": str(cache.path), "cache_samples": len(cache), "steps_done": config.steps,
+            "draft_vocab_coverage": vocab_coverage, **{k: v for k, v in final.items() if k.startswith("val_")},
+        })
+    world.barrier()  # the draft is on disk before any rank reports success
     return TrainResult(checkpoint=checkpoint, steps=config.steps, final_metrics=final, history=history)

@@ -1,0 +1,109 @@
+"""Training throughput with 1 and with N ranks at the same global batch (torchrun: gloo on a CPU, NCCL with one GPU
+per rank), per drafter algorithm.
+
+Each run is a real `dspark train` command (`--nproc N` for N ranks; one rank: no torchrun) on a dataset's feature
+cache under --home, into a fresh run directory, for --steps steps of the default recipe (global batch 4). Runs go
+in alternating order over --repeats rounds, so drift in the machine's speed hits every rank count alike.
+
+  positions/s  supervised block positions trained per second, as the trainer logs it (over every rank, each
+               log window's positions / its wall time); the median of the windows after the first (warm-up)
+  launch_s     the whole command: process start, imports, the model load, training, the final save
+
+On a CPU the ranks share its cores (each rank gets cores / N threads), so there the ratio shows what splitting a
+step costs, not a scale-out; on GPUs each rank has its own device.
+
+Usage: python benchmarks/bench_train_ranks.py [--home /tmp/dspark-bench-cache-ranks] [--dataset bench-cache-ranks]
+       [--target smollm2-135m] [--ranks 1,2] [--steps 60] [--repeats 2] [--out benchmarks/results/train-ranks-cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(width=150)
+RESULTS = Path(__file__).parent / "results"
+ALGORITHMS = ("dspark", "dflash", "eagle3")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", type=Path, default=Path("/tmp/dspark-bench-cache-ranks"),
+                        help="$DSPARK_HOME holding the dataset's feature cache (bench_cache_ranks.py builds one)")
+    parser.add_argument("--dataset", default="bench-cache-ranks")
+    parser.add_argument("--target", default="smollm2-135m")
+    parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts to compare")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "train-ranks-cpu.json")
+    args = parser.parse_args()
+    os.environ["DSPARK_HOME"] = str(args.home)  # before dspark_core reads it; the commands inherit it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from dspark_core.paths import write_json_atomic
+    from dspark_core.provenance import provenance
+    from dspark_core.recipes.features import find_cache
+
+    cache = find_cache(args.target, args.dataset)  # a clear error when there is none yet
+    ranks = [int(n) for n in args.ranks.split(",")]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-ranks-") as scratch:
+        for algorithm in args.algorithms.split(","):
+            for repeat in range(args.repeats):
+                for count in ranks if repeat % 2 == 0 else ranks[::-1]:
+                    out = Path(scratch) / f"{algorithm}-{count}-{repeat}"
+                    runs.append({"algorithm": algorithm, "ranks": count, "repeat": repeat,
+                                 **_timed_training(args, algorithm, count, out)})
+                    console.print(f"{algorithm}, {count} rank(s), repeat {repeat}: "
+                                  f"{runs[-1]['positions_per_s']:.0f} positions/s (launch {runs[-1]['launch_s']:.0f} s)")
+    summary = {}
+    for algorithm in args.algorithms.split(","):
+        rows = {str(count): statistics.median(r["positions_per_s"] for r in runs
+                                              if r["algorithm"] == algorithm and r["ranks"] == count) for count in ranks}
+        summary[algorithm] = {"positions_per_s": {k: round(v, 1) for k, v in rows.items()},
+                              "ratios": {f"{count}_over_{ranks[0]}": round(rows[str(count)] / rows[str(ranks[0])], 3)
+                                         for count in ranks[1:]}}
+    write_json_atomic(args.out, {
+        "benchmark": "bench_train_ranks",
+        "command": " ".join(["python", "benchmarks/bench_train_ranks.py", *sys.argv[1:]]),
+        **provenance(), "cpu_cores": os.cpu_count(), "target": args.target, "cache": str(cache),
+        "cache_samples": json.loads((cache / "manifest.json").read_text())["num_samples"],
+        "steps": args.steps, "global_batch": 4, "results": summary, "runs": runs,
+    })
+    table = Table(title=f"training positions/s, {args.target}, global batch 4, {args.steps} steps")
+    for column in ("drafter", *(f"{n} rank(s)" for n in ranks), *(f"{n} / {ranks[0]}" for n in ranks[1:])):
+        table.add_column(column, justify="right")
+    for algorithm, row in summary.items():
+        table.add_row(algorithm, *(f"{row['positions_per_s'][str(n)]:.0f}" for n in ranks),
+                      *(f"{row['ratios'][f'{n}_over_{ranks[0]}']:.2f}x" for n in ranks[1:]))
+    console.print(table)
+    console.print(f"results: {args.out}")
+    return 0
+
+
+def _timed_training(args, algorithm: str, ranks: int, out: Path) -> dict:
+    command = [sys.executable, "-m", "dspark_cli", "train", "--target", args.target, "--dataset", args.dataset,
+               "--drafter", algorithm, "--steps", str(args.steps), "--log-every", "10", "--checkpoint-every",
+               str(args.steps), "--out", str(out)]
+    if ranks > 1:
+        command += ["--nproc", str(ranks)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    launch_s = time.perf_counter() - start
+    windows = [json.loads(line)["positions_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"positions_per_s": statistics.median(windows[1:] or windows), "windows": windows,
+            "launch_s": round(launch_s, 1)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
