@@ -46,6 +46,9 @@ console = Console(width=160)
 VARIANTS: dict[str, dict] = {
     "baseline": {},
     "dflash": {"algorithm": "dflash"},
+    # DFlash's two block layouts: the anchor slot drafts the first token, or (vLLM's dflash) only the mask slots do
+    "dflash-anchor": {"algorithm": "dflash", "sample_from_anchor": True},
+    "dflash-fill-in": {"algorithm": "dflash", "sample_from_anchor": False},
     "eagle3": {"algorithm": "eagle3"},
     "anchors64": {"anchors_per_sequence": 64},
     "anchors256": {"anchors_per_sequence": 256},

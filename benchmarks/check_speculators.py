@@ -67,7 +67,7 @@ def our_logits(export: Path, target, text: str = TEXT) -> tuple[dict, dict]:
         anchors = torch.arange(1, length - gamma + 1)  # chains from every context entry whose steps stay in range
         inputs = {"hidden_states": features, "input_ids": ids, "steps": torch.tensor(gamma)}
     else:
-        anchors = torch.arange(1, length - gamma)  # speculators never anchors in the last γ positions
+        anchors = torch.arange(1, length - model.config.slots)  # speculators never anchors in a block's last slots
         inputs = {"hidden_states": features, "input_ids": ids, "anchors": anchors}
     logits, confidence = model.forward_train(features, ids, torch.tensor([length]), anchors[None])
     ours = {"logits": logits[0], "anchors": anchors}
@@ -81,6 +81,8 @@ def compare(ours: dict, theirs: dict, algorithm: str) -> dict:
     mine = ours["logits"]
     if algorithm == "eagle3":
         other = theirs["logits"][ours["anchors"] - 1]  # their entry j = (x_{j+1}, g_j) starts our chain at j + 1
+    elif theirs["logits"].shape[1] == mine.shape[1] + 1:
+        other = theirs["logits"][:, 1:]  # the anchor slot of a block whose mask slots draft predicts nothing
     else:
         other = theirs["logits"]
     if mine.shape != other.shape:

@@ -56,6 +56,8 @@ def train_command(
     mask_token: str = core_option(TrainConfig, "mask_token", "--mask-token"),
     qk_norm: bool = core_option(TrainConfig, "qk_norm", "--qk-norm/--no-qk-norm"),
     anchor_state: bool = core_option(TrainConfig, "anchor_state", "--anchor-state/--no-anchor-state"),
+    sample_from_anchor: Optional[bool] = core_option(TrainConfig, "sample_from_anchor",
+                                           "--sample-from-anchor/--no-sample-from-anchor"),
     ce: float = core_option(LossWeights, "ce", "--alpha-ce"),
     tv: float = core_option(LossWeights, "tv", "--alpha-tv"),
     conf: float = core_option(LossWeights, "conf", "--alpha-conf"),
@@ -76,7 +78,7 @@ def train_command(
         algorithm=drafter, steps=steps, batch_size=batch_size, anchors_per_sequence=anchors, max_length=max_length,
         learning_rate=learning_rate, warmup_steps=warmup, num_layers=num_layers, block_size=block_size, head=head,
         head_rank=head_rank, draft_vocab_size=draft_vocab, mask_token=mask_token, qk_norm=qk_norm,
-        anchor_state=anchor_state, loss=LossWeights(ce=ce, tv=tv, conf=conf, decay=decay),
+        anchor_state=anchor_state, sample_from_anchor=sample_from_anchor, loss=LossWeights(ce=ce, tv=tv, conf=conf, decay=decay),
         checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, layer_ids=comma_ints(draft_layers),
     )
     if nproc is not None:  # refuse what cannot run before any rank starts

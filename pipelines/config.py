@@ -92,6 +92,7 @@ class DraftTrainingConfig(CoreConfig):
     draft_vocab_size: int = core_field(TrainConfig, "draft_vocab_size")
     mask_token: str = core_field(TrainConfig, "mask_token")
     qk_norm: bool = core_field(TrainConfig, "qk_norm")
+    sample_from_anchor: bool | None = core_field(TrainConfig, "sample_from_anchor")
     seed: int = core_field(TrainConfig, "seed")
 
 

@@ -157,6 +157,27 @@ def test_draft_vocabulary_head_equals_a_full_head_whose_outside_rows_are_shared(
     assert loaded.config.head_vocab == "full" and torch.equal(loaded.head.embed.weight, full.head.embed.weight)
 
 
+def test_without_sampling_from_the_anchor_the_block_has_one_more_slot_and_the_anchor_slot_drafts_nothing(tiny_target,
+                                                                                                   tmp_path):
+    """vLLM's dflash layout: [anchor, mask x γ] at positions a..a+γ, mask slot k predicts the token at a + k. The
+    anchor slot's own output is dropped, yet it is attended to: changing the anchor changes every draft."""
+    model = _model(tiny_target, algorithm="dflash", sample_from_anchor=False)
+    assert model.config.slots == model.config.block_size + 1 == 5
+    assert model.block_inputs(torch.tensor([[3]])).shape[-2] == 5
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    logits, _ = model.forward_train(_features(tiny_target, ids), ids, torch.tensor([8]), torch.tensor([[2]]))
+    assert logits.shape[2] == model.config.block_size  # γ drafts, not γ + 1
+    other = ids.clone()
+    other[0, 2] = 40  # another anchor token
+    changed, _ = model.forward_train(_features(tiny_target, ids), other, torch.tensor([8]), torch.tensor([[2]]))
+    assert not torch.allclose(logits, changed)
+    save_draft(model, tmp_path / "draft", target=tiny_target)
+    reloaded, config = load_draft(tmp_path / "draft", tiny_target)
+    assert config["module"]["sample_from_anchor"] is False and reloaded.config.slots == 5
+    again, _ = reloaded.forward_train(_features(tiny_target, ids), ids, torch.tensor([8]), torch.tensor([[2]]))
+    assert torch.equal(again, logits)
+
+
 def test_dflash_has_no_sequential_dependence(tiny_target):
     model = _model(tiny_target, algorithm="dflash")
     ids = torch.tensor([tiny_target.encode_prompt("alpha beta gamma delta epsilon zeta eta theta")])
@@ -295,12 +316,18 @@ def test_registry_knows_every_algorithm_and_refuses_others(tiny_target):
     from dspark_core.training.trainer import TrainConfig
 
     assert TrainConfig(algorithm="eagle3", anchor_state=True).anchor_state is False  # Eagle3's input has it already
+    # left empty, each algorithm picks its block layout: DFlash the one vLLM's dflash serves
+    assert TrainConfig(algorithm="dflash").sample_from_anchor is False
+    assert TrainConfig(algorithm="dspark").sample_from_anchor is True
+    assert TrainConfig(algorithm="dflash", sample_from_anchor=True).sample_from_anchor is True
+    assert TrainConfig(algorithm="eagle3", sample_from_anchor=False).sample_from_anchor is True
     assert DRAFTERS["eagle3"].select_layers((1, 8, 14, 20, 27)) == (1, 14, 27)
     with pytest.raises(ConfigError, match="unknown drafter algorithm 'medusa'"):
         drafter_kind("medusa")
 
 
-@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3", "dspark-anchor-state"])
+@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3", "dspark-anchor-state", "dflash-fill-in",
+                                       "dspark-fill-in"])
 def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target, algorithm):
     """The teacher-forced training forward, fed the runtime drafter's own proposals as the gold tokens, must
     rank them first at every slot: the cached features, anchors, labels and the runtime context line up
@@ -310,6 +337,9 @@ def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target
 
     if algorithm == "dspark-anchor-state":
         model, algorithm = _model(tiny_target, anchor_state=True), "dspark"
+    elif algorithm.endswith("-fill-in"):  # the anchor slot drafts nothing (vLLM's dflash layout)
+        algorithm = algorithm.removesuffix("-fill-in")
+        model = _model(tiny_target, algorithm=algorithm, sample_from_anchor=False)
     else:
         model = _eagle3(tiny_target) if algorithm == "eagle3" else _model(tiny_target, algorithm=algorithm)
     ids = tiny_target.encode_prompt("the quick brown fox jumps over the lazy dog and runs far away")

@@ -24,12 +24,17 @@ def _logits(model, target):
 KINDS = ["dspark-markov", "dspark-rnn", "dspark-gated", "dflash", "eagle3"]
 
 
-@pytest.mark.parametrize("kind, fmt", [(k, f) for k in KINDS for f in ("hf", "speculators")] + [("dspark-learned", "hf")])
+@pytest.mark.parametrize("kind, fmt", [(k, f) for k in KINDS for f in ("hf", "speculators")]
+                         + [("dspark-learned", "hf"), ("dflash-anchor", "hf"), ("dspark-fill-in", "speculators")])
 def test_export_round_trip_is_bit_identical(tiny_target, tmp_path, kind, fmt):
     if kind == "eagle3":
         model = _eagle3(tiny_target)
-    elif kind == "dflash":
+    elif kind == "dflash":  # the anchor slot drafts nothing: vLLM's dflash layout, the DFlash default
+        model = _model(tiny_target, algorithm="dflash", sample_from_anchor=False)
+    elif kind == "dflash-anchor":  # the anchor slot drafts (hf format only: vLLM's dflash would misread it)
         model = _model(tiny_target, algorithm="dflash")
+    elif kind == "dspark-fill-in":
+        model = _model(tiny_target, sample_from_anchor=False)
     elif kind == "dspark-learned":  # the mask vector and layer of drafts trained before (hf format only)
         model = _model(tiny_target, **LEARNED_MASK)
     else:
@@ -59,6 +64,8 @@ def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
     assert config["speculators_config"]["verifier"]["architectures"] == ["LlamaForCausalLM"]
     assert config["mask_token_id"] == 1 and config["sample_from_anchor"] is True
     assert config["transformer_layer_config"]["model_type"] == "qwen3"
+    # vLLM's draft layers read the context length, with no default
+    assert config["transformer_layer_config"]["max_position_embeddings"] == tiny_target.max_context
     # the verifier is the snapshot directory the draft was trained against, which a loader can open
     verifier = config["speculators_config"]["verifier"]["name_or_path"]
     assert (Path(verifier) / "config.json").is_file() and Path(verifier) == tiny_target.snapshot.path.resolve()
@@ -72,6 +79,24 @@ def test_speculators_layout_uses_their_field_names(tiny_target, tmp_path):
     # the reduced-vocabulary LM head: the target's rows of the draft tokens, in d2t order
     vocab = tensors["d2t"] + torch.arange(tensors["d2t"].numel())
     assert torch.equal(tensors["lm_head.weight"], tiny_target.model.get_output_embeddings().weight[vocab])
+
+
+def test_speculators_fields_vllm_reads(tiny_target, tmp_path):
+    """What vLLM takes from an export beyond the speculators package: DFlash's slot layout, Eagle3's count of fused
+    target layers (vLLM assumes 3 without it)."""
+    save_draft(_model(tiny_target, algorithm="dflash", sample_from_anchor=False), tmp_path / "dflash", target=tiny_target)
+    export_draft(tmp_path / "dflash", tmp_path / "dflash-spec", "speculators")
+    config = json.loads((tmp_path / "dflash-spec" / "config.json").read_text())
+    # speculators counts the block's slots (the anchor and 4 mask slots), vLLM the drafts
+    assert config["sample_from_anchor"] is False and config["block_size"] == 5
+    assert config["speculators_config"]["proposal_methods"][0]["speculative_tokens"] == 4
+    eagle3 = _eagle3(tiny_target)
+    save_draft(eagle3, tmp_path / "eagle3", target=tiny_target)
+    export_draft(tmp_path / "eagle3", tmp_path / "eagle3-spec", "speculators")
+    config = json.loads((tmp_path / "eagle3-spec" / "config.json").read_text())
+    layer = config["transformer_layer_config"]
+    assert layer["num_aux_hidden_states"] == len(eagle3.config.target_layer_ids) == len(config["eagle_aux_hidden_state_layer_ids"])
+    assert layer["max_position_embeddings"] == tiny_target.max_context
 
 
 @pytest.mark.parametrize("head, names", [("gated", {"markov_head.gate_proj.weight", "markov_head.gate_proj.bias"}),
@@ -100,6 +125,9 @@ def test_speculators_export_refuses_what_it_cannot_express(tiny_target, tmp_path
         export_draft(tmp_path / "draft", tmp_path / "spec", "speculators")
     assert not (tmp_path / "spec").exists()
     export_draft(tmp_path / "draft", tmp_path / "hf", "hf")  # our own layout takes any variant
+    save_draft(_model(tiny_target, algorithm="dflash"), tmp_path / "anchor", target=tiny_target)
+    with pytest.raises(DsparkError, match="vLLM's dflash drafts from the mask slots only.*--no-sample-from-anchor"):
+        export_draft(tmp_path / "anchor", tmp_path / "spec", "speculators")
     save_draft(_model(tiny_target, anchor_state=True), tmp_path / "direct", target=tiny_target)
     with pytest.raises(DsparkError, match="read the target's last state directly.*--format hf"):
         export_draft(tmp_path / "direct", tmp_path / "spec", "speculators")

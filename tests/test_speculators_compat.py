@@ -20,7 +20,7 @@ DRAFTS = {
     "dspark-markov": lambda t: _model(t, **EXACT),
     "dspark-gated": lambda t: _model(t, head="gated", **EXACT),
     "dspark-rnn": lambda t: _model(t, head="rnn", **EXACT),
-    "dflash": lambda t: _model(t, algorithm="dflash", **EXACT),
+    "dflash": lambda t: _model(t, algorithm="dflash", sample_from_anchor=False, **EXACT),
     "eagle3": _eagle3,
 }
 

@@ -250,3 +250,17 @@ def test_the_optimizer_decays_matrices_only():
     optimizer = make_optimizer([matrix, vector], TrainConfig(weight_decay=0.1))
     groups = {id(g["params"][0]): g["weight_decay"] for g in optimizer.param_groups}
     assert groups == {id(matrix): 0.1, id(vector): 0.0}
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_only_with_the_value_it_trained_with():
+    from dspark_core.training.trainer import same_settings
+
+    saved = json.loads(json.dumps(TrainConfig(steps=7).to_dict()))
+    del saved["sample_from_anchor"]  # a run saved before the setting existed: its anchor slot drafted
+    assert same_settings(saved, TrainConfig(steps=7))
+    assert not same_settings(saved, TrainConfig(steps=7, sample_from_anchor=False))
+    assert not same_settings(saved, TrainConfig(steps=8))
+    dflash = json.loads(json.dumps(TrainConfig(algorithm="dflash", steps=7).to_dict()))
+    del dflash["sample_from_anchor"]  # an older DFlash run is not the fill-in layout DFlash trains by default now
+    assert not same_settings(dflash, TrainConfig(algorithm="dflash", steps=7))
+    assert same_settings(dflash, TrainConfig(algorithm="dflash", steps=7, sample_from_anchor=True))

@@ -60,6 +60,10 @@ class DSparkConfig:
     #: has computed) to every block slot's input, the way Eagle3 feeds that state beside the token; without
     #: it the block reaches that state only through attention. Not expressible in the speculators format.
     anchor_state: bool = False
+    #: True: the block is the anchor and γ-1 mask slots, and slot k predicts the token after its own position (the
+    #: anchor slot drafts the first token). False: the anchor and γ mask slots, mask slot k predicts the token at
+    #: its own position and the anchor slot drafts nothing: the layout vLLM's `dflash` serves
+    sample_from_anchor: bool = True
 
     def __post_init__(self) -> None:
         self.target_layer_ids = tuple(self.target_layer_ids)
@@ -77,6 +81,11 @@ class DSparkConfig:
             raise ValueError(f"mask_token 'vocab' needs a mask_token_id in [0, {self.vocab_size}), got {self.mask_token_id!r}")
         if self.confidence and self.head == "none":
             raise ValueError("the confidence head reads the sequential head's token embedding: it needs a head")
+
+    @property
+    def slots(self) -> int:
+        """Block slots the backbone runs over: γ, or γ + 1 when the anchor slot drafts nothing."""
+        return self.block_size if self.sample_from_anchor else self.block_size + 1
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -150,7 +159,7 @@ class DSparkModel(DraftModule):
         return [layer.attention.project_kv(context, positions) for layer in self.layers]
 
     def block_inputs(self, anchors: torch.Tensor, last_state: torch.Tensor | None = None) -> torch.Tensor:
-        """[..., γ, d]: the anchor's embedding, then γ-1 mask embeddings; with `anchor_state`, each slot plus the
+        """[..., slots, d]: the anchor's embedding, then mask embeddings; with `anchor_state`, each slot plus the
         projected fused context state before the anchor, `last_state` [..., d] (None: no context yet)."""
         dtype = self.fuse.weight.dtype
         anchor = self.embed(anchors, dtype)
@@ -158,7 +167,7 @@ class DSparkModel(DraftModule):
             mask = self.mask_embedding
         else:
             mask = self.embed(torch.tensor(self.config.mask_token_id, device=anchors.device), dtype)
-        masks = mask.expand(*anchors.shape, self.config.block_size - 1, -1)
+        masks = mask.expand(*anchors.shape, self.config.slots - 1, -1)
         block = torch.cat([anchor[..., None, :], masks], dim=-2)
         if self.anchor_state is not None and last_state is not None:
             block = block + self.anchor_state(last_state.to(dtype))[..., None, :]
@@ -169,6 +178,11 @@ class DSparkModel(DraftModule):
         for layer, kv in zip(self.layers, context_kv):
             h = layer(h, positions, kv, mask)
         return self.final_norm(h)
+
+    def drafting_slots(self, h: torch.Tensor) -> torch.Tensor:
+        """[..., slots, d] -> [..., γ, d]: the states of the slots that draft, position k predicting the token at
+        anchor + k + 1 (without the anchor slot when it drafts nothing)."""
+        return h if self.config.sample_from_anchor else h[..., 1:, :]
 
     def head_rows(self, tokens: torch.Tensor) -> torch.Tensor:
         """Target token ids -> rows of the head's W_1 (see `DSparkConfig.head_vocab`)."""
@@ -194,12 +208,12 @@ class DSparkModel(DraftModule):
 
         layer_features [B, T, m*d], input_ids [B, T], lengths [B], anchors [B, A] (positions with a+1 < length).
         Returns logits [B, A, γ, N] and confidence logits [B, A, γ] (or None). Block a sees context positions
-        < anchors[a] and its own γ slots (bidirectionally); position k's previous token is the gold token at
+        < anchors[a] and its own slots (bidirectionally); draft position k's previous token is the gold token at
         anchor + k - 1 (the anchor itself for k = 1). With `with_hidden`, also the final hidden states [B, A, γ, d]
         (what the LM head reads).
         """
         batch, length = input_ids.shape
-        gamma, anchors_per_seq = self.config.block_size, anchors.shape[1]
+        gamma, slots, anchors_per_seq = self.config.block_size, self.config.slots, anchors.shape[1]
         device = input_ids.device
         context = self.fuse_context(layer_features)
         ctx_positions = torch.arange(length, device=device).expand(batch, -1)
@@ -209,11 +223,12 @@ class DSparkModel(DraftModule):
         last_state = None
         if self.anchor_state is not None:  # real anchors are >= 1; the clamp only covers padding anchors (0)
             last_state = context.gather(1, (anchors - 1).clamp_min(0)[..., None].expand(-1, -1, context.shape[-1]))
-        block = self.block_inputs(anchor_tokens, last_state).reshape(batch, anchors_per_seq * gamma, -1)
+        block = self.block_inputs(anchor_tokens, last_state).reshape(batch, anchors_per_seq * slots, -1)
+        positions = (anchors[:, :, None] + torch.arange(slots, device=device)).reshape(batch, -1)
+        mask = block_attention_mask(anchors, lengths, length, slots)
+        h = self.backbone(block, positions, context_kv, mask).view(batch, anchors_per_seq, slots, -1)
+        h = self.drafting_slots(h)
         offsets = torch.arange(gamma, device=device)
-        positions = (anchors[:, :, None] + offsets).reshape(batch, -1)
-        mask = block_attention_mask(anchors, lengths, length, gamma)
-        h = self.backbone(block, positions, context_kv, mask).view(batch, anchors_per_seq, gamma, -1)
 
         logits = self.base_logits(h)
         prev_positions = (anchors[:, :, None] + offsets).clamp_max(length - 1)

@@ -38,6 +38,8 @@ class DrafterKind:
     module_settings: dict = field(default_factory=dict)
     #: training settings this algorithm fixes (`loss` holds LossWeights fields)
     training_settings: dict = field(default_factory=dict)
+    #: training settings this algorithm picks where the training config leaves them empty
+    training_defaults: dict = field(default_factory=dict)
     #: which of the cached target layers the draft reads
     select_layers: Callable[[tuple[int, ...]], tuple[int, ...]] = every_layer
     #: (our tensor-name pattern, speculators name) pairs, and the speculators architecture name
@@ -82,6 +84,7 @@ DSPARK = DrafterKind(
     description="parallel block backbone + sequential (Markov/gated/RNN) head + confidence head",
     config_class=dspark.DSparkConfig, module_class=dspark.DSparkModel, runtime_class=DSparkDrafter,
     module_settings={"confidence": True},
+    training_defaults={"sample_from_anchor": True},  # vLLM's dspark serves it (and the anchor slot drafts best)
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DSparkSpeculator",
     init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full", "qk_norm": False},
 )
@@ -91,6 +94,7 @@ DFLASH = DrafterKind(
     config_class=dspark.DSparkConfig, module_class=dspark.DSparkModel, runtime_class=DSparkDrafter,
     module_settings={"head": "none", "confidence": False},
     training_settings={"head": "none", "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
+    training_defaults={"sample_from_anchor": False},  # the only layout vLLM's dflash serves
     speculators_names=dspark.SPECULATORS_NAMES, speculators_architecture="DFlashSpeculator",
     init_from_target=dspark.init_from_target, saved_defaults={"head_vocab": "full", "qk_norm": False},
 )
@@ -99,7 +103,8 @@ EAGLE3 = DrafterKind(
     description="one autoregressive layer on low/mid/high target features, training-time test",
     config_class=eagle3.Eagle3Config, module_class=eagle3.Eagle3Model, runtime_class=Eagle3Drafter,
     # its input already holds the target's state before the anchor
-    training_settings={"head": "none", "anchor_state": False, "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
+    training_settings={"head": "none", "anchor_state": False, "sample_from_anchor": True,
+                       "loss": {"ce": 1.0, "tv": 0.0, "conf": 0.0}},
     select_layers=eagle3.low_mid_high,
     speculators_names=eagle3.SPECULATORS_NAMES, speculators_architecture="Eagle3Speculator",
 )

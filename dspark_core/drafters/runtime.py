@@ -2,8 +2,8 @@
 
 Per request the drafter keeps each draft layer's keys/values of the fused target context, extended with
 the features of newly committed positions every round — the context is never recomputed. A round runs the
-backbone once over the γ block slots, then samples left to right, adding the sequential head's bias for
-the token just drawn (DSpark) or not (DFlash).
+backbone once over the block's slots (γ, or γ + 1 when the anchor slot drafts nothing), then samples left to
+right, adding the sequential head's bias for the token just drawn (DSpark) or not (DFlash).
 """
 
 from __future__ import annotations
@@ -95,14 +95,15 @@ class DSparkDrafter(Drafter):
             if self._lengths[rid] != anchor_position:
                 raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {anchor_position}")
             anchor = torch.tensor([[history[-1]]], device=device)
-            block = model.block_inputs(anchor, self._last_states.get(rid))  # [1, 1, γ, d] -> [1, γ, d]
-            block = block.reshape(1, gamma, -1)
-            positions = torch.arange(anchor_position, anchor_position + gamma, device=device)[None]
+            slots = model.config.slots
+            block = model.block_inputs(anchor, self._last_states.get(rid))  # [1, 1, slots, d] -> [1, slots, d]
+            block = block.reshape(1, slots, -1)
+            positions = torch.arange(anchor_position, anchor_position + slots, device=device)[None]
             context = self._contexts.get(rid)
             if context is None:  # no context yet (a one-token prompt)
                 empty = block.new_zeros(1, model.config.num_kv_heads, 0, model.config.head_dim)
                 context = [(empty, empty)] * len(model.layers)
-            h = model.backbone(block, positions, context, None)[0]  # [γ, d]
+            h = model.drafting_slots(model.backbone(block, positions, context, None)[0])  # [γ, d]
             base = model.base_logits(h[:limit])  # [ℓ, N]
             prev = anchor[0]
             state = None

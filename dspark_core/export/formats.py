@@ -13,8 +13,9 @@ hence bit-identical logits).
   vocabulary as `d2t` (offsets) / `t2d` (mask), its LM head rows as `lm_head.weight` and, for Eagle3, the
   target's input embedding as `embed_tokens.weight`. Only drafts the
   format expresses exactly are exported: DSpark/DFlash drafts need query/key norms and a vocabulary mask
-  token (`TrainConfig.qk_norm`, `mask_token="vocab"`) and no `anchor_state` input; others are refused
-  rather than written lossily.
+  token (`TrainConfig.qk_norm`, `mask_token="vocab"`) and no `anchor_state` input, and DFlash drafts the layout
+  vLLM's dflash serves (mask slots draft, `sample_from_anchor` false); others are refused rather than written
+  lossily or misread.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ HEAD_W1 = "head.embed.weight"  # DSpark's previous-token embedding (one row per 
 SPECULATORS_VERSION = "0.9.0"  # the release whose loader the format is checked against
 _HEAD_TYPES = {"markov": "vanilla", "gated": "gated", "rnn": "rnn"}
 
-def _layer_config(module: dict, num_layers: int, model_type: str) -> dict:
-    """The decoder-layer config speculators builds the draft's layers from."""
+def _layer_config(module: dict, num_layers: int, model_type: str, max_positions: int) -> dict:
+    """The decoder-layer config speculators (and vLLM) build the draft's layers from."""
     return {
         "model_type": model_type,
         "hidden_size": module["hidden_size"],
@@ -51,6 +52,7 @@ def _layer_config(module: dict, num_layers: int, model_type: str) -> dict:
         "rms_norm_eps": module["rms_norm_eps"],
         "rope_parameters": {"rope_type": "default", "rope_theta": module["rope_theta"]},
         "vocab_size": module["vocab_size"],
+        "max_position_embeddings": max_positions,  # vLLM's DFlash layer reads it, with no default
     }
 
 
@@ -66,6 +68,11 @@ def check_speculators_exact(config: dict) -> None:
         missing.append("its mask slots use a learned vector, not a vocabulary token (train with --mask-token vocab)")
     if module.get("anchor_state"):
         missing.append("its block slots read the target's last state directly (trained with anchor_state)")
+    if algorithm == "dflash" and module.get("sample_from_anchor", True):
+        # vLLM's dflash ignores `sample_from_anchor` and drafts from the mask slots: it would draft every token
+        # one position off, with nothing to tell (measured: acceptance 0 of 248)
+        missing.append("its anchor slot drafts the first token, and vLLM's dflash drafts from the mask slots only "
+                       "(train with --no-sample-from-anchor, the DFlash default)")
     if missing:
         raise DsparkError(f"this {algorithm} draft cannot be exported to the speculators format exactly: "
                           f"{'; '.join(missing)}; export it with --format hf (our own layout) instead")
@@ -104,7 +111,14 @@ def _target_tensor(snapshot: Snapshot, name: str) -> torch.Tensor:
         return weights.get_tensor(matches[0])
 
 
-def _speculators_config(config: dict, verifier: dict) -> dict:
+def _target_max_positions(snapshot: Snapshot) -> int:
+    """The verifier's context length, from its own config (a multimodal model's text part)."""
+    target = json.loads((snapshot.path / "config.json").read_text())
+    target = target.get("text_config", target) if "max_position_embeddings" not in target else target
+    return int(target.get("max_position_embeddings") or 2048)
+
+
+def _speculators_config(config: dict, verifier: dict, max_positions: int) -> dict:
     module, algorithm = config["module"], config["algorithm"]
     training = config.get("training", {})
     loss = training.get("loss", {})
@@ -126,14 +140,18 @@ def _speculators_config(config: dict, verifier: dict) -> dict:
     }
     hidden_state_ids = [i + 1 for i in module["target_layer_ids"]]  # speculators index hidden_states
     if algorithm == "eagle3":
-        return {**common, "transformer_layer_config": _layer_config(module, 1, "llama"), "norm_before_residual": False,
+        # vLLM sizes the fused input by `num_aux_hidden_states` (else assumes 3), not by the layer ids
+        layer = {**_layer_config(module, 1, "llama", max_positions), "num_aux_hidden_states": len(hidden_state_ids)}
+        return {**common, "transformer_layer_config": layer, "norm_before_residual": False,
                 "eagle_aux_hidden_state_layer_ids": hidden_state_ids}
     head = module["head"]
     return {
         **common,
-        "transformer_layer_config": _layer_config(module, module["num_layers"], "qwen3"),
-        "block_size": module["block_size"],
-        "sample_from_anchor": True,  # block slot 0 holds the anchor and predicts the token after it
+        "transformer_layer_config": _layer_config(module, module["num_layers"], "qwen3", max_positions),
+        # the block's slots: γ when the anchor slot drafts the first token, else the anchor and γ mask slots (the
+        # drafts are `speculative_tokens` = γ either way)
+        "block_size": module["block_size"] + (0 if module.get("sample_from_anchor", True) else 1),
+        "sample_from_anchor": module.get("sample_from_anchor", True),
         "num_anchors": training.get("anchors_per_sequence"),
         "aux_hidden_state_layer_ids": hidden_state_ids,
         "mask_token_id": module.get("mask_token_id"),
@@ -173,7 +191,7 @@ def export_draft(checkpoint: Path, out: Path, fmt: str = "speculators") -> Path:
     else:
         check_speculators_exact(config)
         snapshot = target_snapshot(config)
-        exported = _speculators_config(config, verifier_reference(snapshot))
+        exported = _speculators_config(config, verifier_reference(snapshot), _target_max_positions(snapshot))
         tensors = {kind.speculators_name(k): v for k, v in state.items() if k != "draft_vocab"}
         vocab = state["draft_vocab"].long()
         dtype = next(v.dtype for v in tensors.values() if v.is_floating_point())

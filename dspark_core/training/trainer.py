@@ -80,6 +80,12 @@ class TrainConfig:
     anchor_state: bool = setting(False, "DSpark/DFlash: every block slot also reads the target's state before the "
                                         "anchor directly, as Eagle3's input does (not in the speculators format; "
                                         "no gain measured on SmolLM2)")
+    #: measured: DFlash drafts τ 1.33 with the anchor slot drafting, 1.25 without (4 min each, SmolLM2;
+    #: benchmarks/results/ablation-dflash-fill-in.json), but vLLM's dflash serves only the second layout
+    sample_from_anchor: bool | None = setting(None, "DSpark/DFlash: the anchor's block slot drafts the first token "
+                                                    "(γ slots); off: γ mask slots after the anchor draft and the anchor "
+                                                    "slot does not (γ + 1 slots: the layout vLLM's dflash serves). "
+                                                    "Empty: the algorithm's default (DSpark on, DFlash off)")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
@@ -94,6 +100,9 @@ class TrainConfig:
         kind = drafter_kind(self.algorithm)
         if self.layer_ids is not None:
             self.layer_ids = tuple(self.layer_ids) or None
+        for name, value in kind.training_defaults.items():  # what the algorithm picks where the user left it empty
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         fixed = dict(kind.training_settings)  # e.g. DFlash and Eagle3: no sequential head, cross-entropy only
         self.loss = replace(self.loss, **fixed.pop("loss", {}))
         for name, value in fixed.items():
@@ -107,6 +116,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: settings added after training runs were first saved, with the value a saved run without them trained with
+SETTINGS_BEFORE_THEY_EXISTED = {"sample_from_anchor": True}
+
+
+def same_settings(saved: dict, config: TrainConfig) -> bool:
+    """Whether a saved run's settings are `config`'s. A setting added since the run was saved counts as the same
+    when `config` holds the value the older version trained with."""
+    current = json.loads(json.dumps(config.to_dict()))
+    return all(saved[key] == value if key in saved else value == SETTINGS_BEFORE_THEY_EXISTED.get(key, object())
+               for key, value in current.items())
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -133,6 +154,7 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
         head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
         mask_token=config.mask_token, qk_norm=config.qk_norm, anchor_state=config.anchor_state,
+        sample_from_anchor=config.sample_from_anchor,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -376,7 +398,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
     start, history = 0, []
     if (state_dir / "state.json").exists():
         saved = json.loads((state_dir / "state.json").read_text())
-        if saved["config"] != json.loads(json.dumps(config.to_dict())) or saved["cache"] != str(cache.path):
+        if not same_settings(saved["config"], config) or saved["cache"] != str(cache.path):
             raise DsparkError(
                 f"{out_dir} holds a training run with other settings or data; use another output directory or delete it"
             )
