@@ -17,6 +17,7 @@ from dspark_cli.export import export_command
 from dspark_cli.generate import generate_command
 from dspark_cli.models import models_app
 from dspark_cli.profile import profile_command
+from dspark_cli.serve import serve_command
 from dspark_cli.sql import sql_command
 from dspark_cli.sweep import sweep_command
 from dspark_cli.train import train_command
@@ -29,6 +30,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(drafts_app, name="drafts")
 app.command("generate")(generate_command)
+app.command("serve")(serve_command)
 app.command("train")(train_command)
 app.command("export")(export_command)
 app.command("calibrate")(calibrate_command)

@@ -28,7 +28,7 @@ _RANKS = {
     "dspark_core.decoding": 2,
     "dspark_core.data": 3, "dspark_core.drafters": 3,
     "dspark_core.export": 4, "dspark_core.training": 4, "dspark_core.evaluation": 4,
-    "dspark_core.recipes": 5,
+    "dspark_core.recipes": 5, "dspark_core.serving": 5,
 }
 
 

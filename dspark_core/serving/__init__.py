@@ -1,0 +1,1 @@
+"""Serving targets and their drafts with an existing engine (vLLM)."""
