@@ -66,7 +66,8 @@ demo: setup
 test: setup vllm
 	$(PY) -m pytest -q
 
-bench: setup
+# Ours vs transformers vs vLLM (.venv-vllm) on the same prompts, single requests and one batch.
+bench: setup vllm
 	$(PY) benchmarks/bench_decoding.py
 
 # About 40 minutes on 2 CPU cores: self-distilled data, three drafters trained alike, held-out comparison.

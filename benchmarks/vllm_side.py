@@ -11,6 +11,7 @@ spec-decode counters around each generate call (`vllm:spec_decode_num_drafts`, `
 cumulative, hence differences). An export vLLM refuses to build is reported with its error, not raised.
 
 Usage: python vllm_side.py REQUEST.json RESULT.json
+       python vllm_side.py --worker CONFIG.json   (one engine kept for `bench_decoding.py`; see `worker`)
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _generate(llm, request: dict) -> tuple[list[list[int]], dict, float]:
     from vllm import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"], seed=0,
-                            stop_token_ids=request["stop_token_ids"], ignore_eos=request.get("ignore_eos", False))
+                            stop_token_ids=request["stop_token_ids"], ignore_eos=request.get("ignore_eos", False),
+                            detokenize=request.get("detokenize", True))
     before = _counters(llm)
     started = time.perf_counter()
     results = llm.generate([{"prompt_token_ids": ids} for ids in request["prompts"]], params, use_tqdm=False)
@@ -140,7 +142,40 @@ def versions() -> dict:
     return found
 
 
+def worker(config_path: str) -> int:
+    """One engine, `LLM(model=config["model"], **config["llm_kwargs"])`, kept between requests so that a benchmark
+    can interleave it with other methods. Says what it resolved in one JSON line, then answers each request line
+    of stdin ({"prompts": [[ids]], "max_tokens": N, "stop_token_ids": [...]}) with one line: greedy outputs,
+    seconds inside `generate`, spec-decode counter differences. Until stdin closes. vLLM logs to stdout, so the
+    answers go to the original stdout and everything else to stderr."""
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    config = json.loads(open(config_path).read())
+    llm = None
+    try:
+        llm = _llm(config["model"], config)
+        spec = llm.llm_engine.vllm_config.speculative_config
+        protocol.write(json.dumps({"ready": True, "method": getattr(spec, "method", None),
+                                   "num_speculative_tokens": getattr(spec, "num_speculative_tokens", None),
+                                   "versions": versions()}) + "\n")
+        for line in sys.stdin:
+            if line.strip():
+                request = json.loads(line)
+                outputs, counters, seconds = _generate(llm, request)
+                protocol.write(json.dumps({"outputs": outputs, "counters": counters, "seconds": seconds}) + "\n")
+    except Exception as exc:
+        protocol.write(json.dumps({"error": _error(exc), "traceback": traceback.format_exc().splitlines()[-12:]})
+                       + "\n")
+        return 1
+    finally:
+        _close(llm)
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--worker"]:
+        return worker(argv[1])
     request = json.loads(open(argv[0]).read())
     result = {"versions": versions(), "autoregressive": {}, "speculative": []}
     for verifier in request["verifiers"]:

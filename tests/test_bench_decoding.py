@@ -121,7 +121,7 @@ def test_decoding_benchmark_main_end_to_end(tiny_target, tmp_path):
     out, db = tmp_path / "results" / "decoding.json", tmp_path / "metrics.duckdb"
     assert bench_decoding.main(["--target", TINY, "--dtype", "float64", "--prompts", "2", "--max-new-tokens", "8",
                                 "--drafter", f"tiny-dspark={tmp_path / 'draft'}", "--no-default-drafters",
-                                "--out", str(out), "--db", str(db)]) == 0
+                                "--no-vllm", "--out", str(out), "--db", str(db)]) == 0
     result = json.loads(out.read_text())
     methods = ["ours-ar", "hf-generate", "hf-prompt-lookup", "hf-assisted", "ours-prompt-lookup", "tiny-dspark"]
     assert result["methods"] == methods and set(result["results"]) == set(methods)
@@ -133,9 +133,15 @@ def test_decoding_benchmark_main_end_to_end(tiny_target, tmp_path):
         assert (r["tau"] is not None) == r["speculative"]
         assert (r["draft_ms_per_round"] is not None) == (r["speculative"] and not name.startswith("hf-"))
     assert result["results"]["ours-ar"]["speedup_vs_ours_ar"] == 1.0
+    # the batch pass: every method that takes batches (transformers' assisted generation takes one request)
+    batched = result["batched"]["results"]
+    assert result["batched"]["methods"] == ["ours-ar", "hf-generate", "ours-prompt-lookup", "tiny-dspark"]
+    for name in ("ours-ar", "ours-prompt-lookup", "tiny-dspark"):
+        assert batched[name]["identical_to_ours_ar"] == 2, name  # a batch decodes each request as alone
+    assert batched["ours-ar"]["speedup_vs_ours_ar"] == 1.0 and batched["hf-generate"]["tokens_per_s"] > 0
     assert "| hf-assisted |" in out.with_suffix(".md").read_text()
     columns, rows = decoding_benchmark_rows(MetricsStore(db), result["run_id"])
-    assert {r[columns.index("method")] for r in rows} == set(methods)
+    assert {r[columns.index("method")] for r in rows} == set(methods) | {f"{m}@batch2" for m in batched}
     assert {"tokens_per_s", "speedup_vs_hf_generate", "tau", "efficiency"} <= {r[columns.index("metric")] for r in rows}
 
 

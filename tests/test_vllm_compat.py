@@ -267,3 +267,27 @@ def test_dspark_serve_refuses_what_vllm_cannot_serve_here(exports, vllm_python, 
     code, _, err = run_cli(["serve", "--target", TINY, "--drafter", str(exports["eagle3"]), "--dry-run"],
                            capsys)
     assert code == 2 and "trained against another revision of the target" in err
+
+
+# ---- vLLM in the decoding benchmark ----
+
+def test_vllm_is_a_peer_in_the_decoding_benchmark(exports, vllm_python, tmp_path, monkeypatch):
+    import bench_decoding
+
+    monkeypatch.setenv("DSPARK_VLLM_PYTHON", vllm_python)
+    out = tmp_path / "decoding.json"
+    assert bench_decoding.main(["--target", "smollm2-135m", "--prompts", "2", "--max-new-tokens", "12",
+                                "--block-size", str(GAMMA), "--drafter", f"dflash={exports['dflash']}",
+                                "--drafter", f"dspark={exports['dspark']}", "--no-default-drafters", "--vllm-eager",
+                                "--no-record", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["methods"][-2:] == ["vllm-ar", "vllm-dflash"]
+    assert result["vllm"]["vllm-dflash"]["method"] == "dflash"
+    assert result["vllm"]["vllm-dflash"]["num_speculative_tokens"] == GAMMA
+    for name in ("vllm-ar", "vllm-dflash"):  # greedy float32: the target's own output, alone and in a batch
+        assert result["results"][name]["identical_to_ours_ar"] == 2, name
+        assert result["batched"]["results"][name]["identical_to_ours_ar"] == 2, name
+        assert result["results"][name]["tokens_per_s"] > 0 and result["batched"]["results"][name]["tokens_per_s"] > 0
+    assert result["results"]["vllm-dflash"]["tau"] >= 1.0 and result["results"]["vllm-ar"]["tau"] is None
+    if vllm_platform(vllm_python) == "cpu":
+        assert "cannot serve a DSpark draft" in result["not_measured"]["vllm-dspark"]
