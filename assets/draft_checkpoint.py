@@ -15,18 +15,19 @@ from pipelines.resources import MLflowResource, TargetLoader
           kinds={"pytorch", "mlflow"}, pool="dspark_training")
 def draft_checkpoint(context: dg.AssetExecutionContext, config: DraftTrainingConfig, targets: TargetLoader,
                      mlflow: MLflowResource) -> dg.MaterializeResult:
-    """Train the partition's drafter (DSpark, DFlash or Eagle3) on the base model's feature cache, logging
+    """Train the partition's drafter (DSpark, DFlash or Eagle3) on the base model's feature cache (the `cpu`
+    recipe, or the `reference` preset: what DeepSpec trains), logging
     parameters, per-step losses, the loss curve and the checkpoint config to one MLflow run. Checkpoints
     go to $DSPARK_HOME/checkpoints/<base model>/<drafter>/<settings hash>: the same settings and data
     resume (or reuse) the same run; anything changed trains a new one."""
     base_model, drafter = split_partition_key(context)
     target = targets.load(spec_for(base_model))
     cache = upstream_path(context, "target_feature_cache", base_model)
-    training = config.to_core(algorithm=drafter)
+    training = config.training_config(target, drafter)
     tracking = mlflow.tracking()
     with tracking.run(f"train {drafter} · {base_model}", run_tags(context, "draft_checkpoint")) as run_id:
         tracking.log_params(run_id, {"base_model": target.spec, "base_model_revision": target.revision,
-                                     "cache": str(cache), **training.to_dict()})
+                                     "cache": str(cache), "preset": config.preset, **training.to_dict()})
         report = train(target, cache, training, on_log=training_progress(context, training.steps), progress=False)
         tracking.log_params(run_id, {"cache_samples": report.cache_samples})
         tracking.log_history(run_id, report.history)

@@ -18,11 +18,11 @@ def core_option(cls: type, name: str, *flags: str, **kwargs) -> typer.models.Opt
         choices = tuple(bounds["choices"])
         help_text += f" ({', '.join(map(str, choices))})" if help_text else ""
         if all(isinstance(choice, str) for choice in choices) and "parser" not in kwargs:
-            kwargs["parser"] = _one_of(choices)
+            kwargs["parser"] = one_of(choices)
     return typer.Option(default_of(cls, name), *flags, help=help_text + "." if help_text else None, **limits, **kwargs)
 
 
-def _one_of(choices: tuple[str, ...]):
+def one_of(choices: tuple[str, ...]):
     """A typer parser that refuses anything but `choices` before the command runs (typer names the option)."""
     def parse(value: str) -> str:
         if value not in choices:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dspark_cli.options import comma_ints, core_option
+from dspark_cli.options import comma_ints, core_option, one_of
 from dspark_cli.ranks import nproc_option, relaunched
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.layout import responses_dir as responses_dir_of
@@ -20,14 +20,17 @@ from dspark_core.recipes.features import find_cache
 from dspark_core.recipes.training import train
 from dspark_core.training.losses import LossWeights
 from dspark_core.training.parallel import ParallelConfig
+from dspark_core.training.presets import PRESET_HELP, PRESETS, preset_config
 from dspark_core.training.trainer import TrainConfig
 
 console = Console()
 
 
 def train_command(
+    ctx: typer.Context,
     target: str = typer.Option(..., "--target", help="The target model the draft serves."),
     drafter: str = core_option(TrainConfig, "algorithm", "--drafter"),
+    preset: str = typer.Option("cpu", "--preset", help=PRESET_HELP + ".", parser=one_of(PRESETS)),
     dataset: str = core_option(PromptsConfig, "dataset", "--dataset"),
     layer_ids: Optional[str] = typer.Option(None, "--layer-ids", help="Which cache to use: its layers (default: the "
                                             "dataset's only cache). With --online-features: the target layers to "
@@ -48,6 +51,10 @@ def train_command(
     max_length: int = core_option(TrainConfig, "max_length", "--max-length"),
     learning_rate: float = core_option(TrainConfig, "learning_rate", "--lr"),
     warmup: int = core_option(TrainConfig, "warmup_steps", "--warmup"),
+    warmup_ratio: Optional[float] = core_option(TrainConfig, "warmup_ratio", "--warmup-ratio"),
+    weight_decay: float = core_option(TrainConfig, "weight_decay", "--weight-decay"),
+    adam_beta1: float = core_option(TrainConfig, "adam_beta1", "--adam-beta1"),
+    adam_beta2: float = core_option(TrainConfig, "adam_beta2", "--adam-beta2"),
     num_layers: int = core_option(TrainConfig, "num_layers", "--num-layers"),
     block_size: int = core_option(TrainConfig, "block_size", "--block-size"),
     head: str = core_option(TrainConfig, "head", "--head"),
@@ -62,6 +69,8 @@ def train_command(
     tv: float = core_option(LossWeights, "tv", "--alpha-tv"),
     conf: float = core_option(LossWeights, "conf", "--alpha-conf"),
     decay: float = core_option(LossWeights, "decay", "--decay"),
+    feature: float = core_option(LossWeights, "feature", "--alpha-feature"),
+    ce_target: str = core_option(LossWeights, "ce_target", "--ce-target"),
     checkpoint_every: int = core_option(TrainConfig, "checkpoint_every", "--checkpoint-every"),
     log_every: int = core_option(TrainConfig, "log_every", "--log-every"),
     seed: int = core_option(TrainConfig, "seed", "--seed"),
@@ -74,21 +83,26 @@ def train_command(
     """Train a draft module (resumable: rerun the same command to continue a killed run, on any number of
     ranks). --batch-size is the global batch: the same on one process or many."""
     parallel = ParallelConfig(strategy=strategy, micro_batch_size=micro_batch)
-    config = TrainConfig(
-        algorithm=drafter, steps=steps, batch_size=batch_size, anchors_per_sequence=anchors, max_length=max_length,
-        learning_rate=learning_rate, warmup_steps=warmup, num_layers=num_layers, block_size=block_size, head=head,
-        head_rank=head_rank, draft_vocab_size=draft_vocab, mask_token=mask_token, qk_norm=qk_norm,
-        anchor_state=anchor_state, sample_from_anchor=sample_from_anchor, loss=LossWeights(ce=ce, tv=tv, conf=conf, decay=decay),
-        checkpoint_every=checkpoint_every, log_every=log_every, seed=seed, layer_ids=comma_ints(draft_layers),
-    )
-    if nproc is not None:  # refuse what cannot run before any rank starts
+    # the settings given on the command line; the preset fills the rest (its own, or the defaults)
+    given = _given(ctx, {
+        "algorithm": drafter, "steps": steps, "batch_size": batch_size, "anchors_per_sequence": anchors,
+        "max_length": max_length, "learning_rate": learning_rate, "warmup_steps": warmup, "warmup_ratio": warmup_ratio,
+        "weight_decay": weight_decay, "adam_beta1": adam_beta1, "adam_beta2": adam_beta2, "num_layers": num_layers,
+        "block_size": block_size, "head": head, "head_rank": head_rank, "draft_vocab_size": draft_vocab,
+        "mask_token": mask_token, "qk_norm": qk_norm, "anchor_state": anchor_state,
+        "sample_from_anchor": sample_from_anchor, "checkpoint_every": checkpoint_every, "log_every": log_every,
+        "seed": seed, "layer_ids": comma_ints(draft_layers)},
+        {"ce": ce, "tv": tv, "conf": conf, "decay": decay, "feature": feature, "ce_target": ce_target})
+    given["algorithm"] = drafter
+    if nproc is not None:  # refuse what cannot run before any rank starts (a preset sets no batch size)
         check_nproc(nproc)
-        parallel.plan(config.batch_size, World(size=nproc))
+        parallel.plan(batch_size, World(size=nproc))
     if relaunched(nproc):
         return
     with process_group(device) as world:
         with world.main_first():  # rank 0 imports the snapshot once; the others then load it
             model = load_target(target, device=rank_device(device))
+        config = preset_config(preset, model, **given)
         if online_features:
             features = CacheConfig(layer_ids=comma_ints(layer_ids) or (), dtype=cache_dtype or CacheConfig.dtype)
             report = train(model, responses_dir_of(dataset, model.spec), config, out_dir=out, parallel=parallel,
@@ -109,3 +123,19 @@ def train_command(
     table.add_row("acceptance per position", " ".join("–" if a is None else f"{a:.2f}" for _, a in report.analytic_acceptance))
     console.print(table)
     console.print(f"decode with it: dspark generate --target {target} --drafter {report.checkpoint} --prompt ...")
+
+
+#: the command's parameter names of TrainConfig / LossWeights fields whose names differ
+_PARAMETERS = {"algorithm": "drafter", "anchors_per_sequence": "anchors", "warmup_steps": "warmup",
+               "draft_vocab_size": "draft_vocab", "layer_ids": "draft_layers"}
+
+
+def _given(ctx: typer.Context, settings: dict, loss: dict) -> dict:
+    """The settings whose options were given on the command line (not left at their defaults)."""
+    def given(name: str) -> bool:
+        source = ctx.get_parameter_source(_PARAMETERS.get(name, name))
+        return source is not None and source.name != "DEFAULT"  # (typer's own copy of click's enum: by name)
+
+    chosen = {key: value for key, value in settings.items() if given(key)}
+    chosen_loss = {key: value for key, value in loss.items() if given(key)}
+    return {**chosen, "loss": chosen_loss} if chosen_loss else chosen

@@ -18,6 +18,7 @@ from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.export import ExportConfig
 from dspark_core.recipes.transfer import TransferConfig
 from dspark_core.settings import bounds_of, default_of, help_of
+from dspark_core.training.presets import PRESET_HELP, PRESETS, preset_config
 from dspark_core.training.trainer import TrainConfig
 
 
@@ -82,6 +83,8 @@ class FeatureCacheConfig(CoreConfig):
 
 class DraftTrainingConfig(CoreConfig):
     core: ClassVar[type] = TrainConfig
+    preset: str = Field(default="cpu", description=PRESET_HELP + "; the fields below left at their defaults take "
+                                                                 "the preset's values")
     steps: int = core_field(TrainConfig, "steps")
     batch_size: int = core_field(TrainConfig, "batch_size")
     anchors_per_sequence: int = core_field(TrainConfig, "anchors_per_sequence")
@@ -94,6 +97,14 @@ class DraftTrainingConfig(CoreConfig):
     qk_norm: bool = core_field(TrainConfig, "qk_norm")
     sample_from_anchor: bool | None = core_field(TrainConfig, "sample_from_anchor")
     seed: int = core_field(TrainConfig, "seed")
+
+    def training_config(self, target, algorithm: str) -> TrainConfig:
+        """The library config for `target`: the preset, with the fields set away from their defaults over it."""
+        if self.preset not in PRESETS:
+            raise dg.Failure(f"unknown training preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        changed = {name: tuple(v) if isinstance(v, list) else v for name, v in self.model_dump().items()
+                   if name != "preset" and v != default_of(TrainConfig, name)}
+        return preset_config(self.preset, target, algorithm=algorithm, **changed)
 
 
 class ExportDraftConfig(CoreConfig):

@@ -25,7 +25,7 @@ from dspark_core.models.target import TargetModel
 from dspark_core.distributed import current_world
 from dspark_core.paths import dspark_home
 from dspark_core.training.parallel import ParallelConfig
-from dspark_core.training.trainer import TrainConfig, train_draft
+from dspark_core.training.trainer import TrainConfig, settings_identity, train_draft
 
 __all__ = ["ParallelConfig", "TrainConfig", "TrainReport", "train", "training_dir"]
 
@@ -53,7 +53,8 @@ class TrainReport:
 
 def training_dir(target: TargetModel, cache: FeatureCache | OnlineFeatures, config: TrainConfig) -> Path:
     """Where a run with these settings on this data for this target lives."""
-    fingerprint = {"training": config.to_dict(), "cache": str(cache.path), "samples_hash": cache.manifest["samples_hash"],
+    fingerprint = {"training": settings_identity(config), "cache": str(cache.path),
+                   "samples_hash": cache.manifest["samples_hash"],
                    "revision": target.revision}
     if isinstance(cache, OnlineFeatures):  # the features a cache's folder name would tell apart
         fingerprint["online"] = {key: cache.manifest[key] for key in ("layer_ids", "dtype", "max_length")}

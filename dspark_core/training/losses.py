@@ -1,7 +1,8 @@
 """The training objective (docs/architecture.md, "Training objective") and the analytic acceptance it implies.
 
-L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf over the supervised block positions, each position weighted by
-w_k = exp(-(k-1)/g). The draft distribution lives on the draft vocabulary (zero elsewhere), so the L1
+L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf + α_feat·L_feat over the supervised block positions, each position
+weighted by w_k = exp(-(k-1)/g). L_ce is to the data's next token, or (`ce_target="distribution"`) a soft
+cross-entropy to the target's distribution. The draft distribution lives on the draft vocabulary (zero elsewhere), so the L1
 distance to the target's full distribution adds the target's mass outside the draft vocabulary.
 Inputs are flattened over supervised positions: M rows, each with its block position k (0-based).
 """
@@ -24,6 +25,9 @@ class LossWeights:
     decay: float = setting(4.0, "g in the position weights exp(-(k-1)/g)", above=0)
     feature: float = setting(1.0, "α_feat: weight of the regression of the draft's final hidden state onto the "
                                   "target's (smooth L1; a dense signal that EAGLE trains with)", min=0)
+    ce_target: str = setting("token", "What the cross-entropy is to: 'token', the data's next token; 'distribution', "
+                                      "the target's next-token distribution (soft cross-entropy, as the reference "
+                                      "trains Eagle3)", choices=("token", "distribution"))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -156,10 +160,15 @@ def draft_losses(
     l1 = (q - target.draft_probs).abs().sum(-1) + target.outside
     tv = (l1 * w).sum() / norm.weight
 
-    # Cross-entropy to the gold token, where the draft vocabulary contains it.
-    index, in_vocab = draft_vocab_index(targets, draft_vocab)
-    nll = -draft_logits.float().log_softmax(-1).gather(-1, index[:, None])[:, 0]
-    ce = (nll * w * in_vocab.float()).sum() / norm.ce_weight
+    log_q = draft_logits.float().log_softmax(-1)
+    if weights.ce_target == "distribution":
+        # soft cross-entropy -Σ p_t log q over the draft vocabulary (the target's mass outside it has no q to meet)
+        soft = -(target.draft_probs * log_q).sum(-1)
+        ce = (soft * w).sum() / norm.weight
+    else:  # to the gold token, where the draft vocabulary contains it
+        index, in_vocab = draft_vocab_index(targets, draft_vocab)
+        nll = -log_q.gather(-1, index[:, None])[:, 0]
+        ce = (nll * w * in_vocab.float()).sum() / norm.ce_weight
 
     accept = (1.0 - 0.5 * l1).detach()
     if confidence_logits is not None:

@@ -60,7 +60,11 @@ class TrainConfig:
     max_length: int = setting(512, "Tokens per training sequence (longer ones are cut)", min=2)
     learning_rate: float = setting(6e-4, "Peak AdamW learning rate (linear warmup, then cosine decay)", above=0)
     warmup_steps: int = setting(20, "Linear warmup steps", min=0)
+    warmup_ratio: float | None = setting(None, "Linear warmup as a share of the steps (replaces warmup_steps when "
+                                               "set; the reference recipe warms up over 4%)", min=0, max=1)
     weight_decay: float = setting(0.01, "AdamW weight decay of matrices", min=0)
+    adam_beta1: float = setting(0.9, "AdamW β1", min=0, below=1)
+    adam_beta2: float = setting(0.95, "AdamW β2 (PyTorch's default and the reference's: 0.999)", min=0, below=1)
     grad_clip: float = setting(1.0, "Gradient norm clip", above=0)
     loss: LossWeights = setting(help="Loss weights (CE, TV, confidence) and position decay", factory=LossWeights)
     # module shape
@@ -100,6 +104,8 @@ class TrainConfig:
         kind = drafter_kind(self.algorithm)
         if self.layer_ids is not None:
             self.layer_ids = tuple(self.layer_ids) or None
+        if self.warmup_ratio is not None:
+            self.warmup_steps = int(self.warmup_ratio * self.steps)
         for name, value in kind.training_defaults.items():  # what the algorithm picks where the user left it empty
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -118,16 +124,37 @@ class TrainConfig:
         return asdict(self)
 
 
-#: settings added after training runs were first saved, with the value a saved run without them trained with
-SETTINGS_BEFORE_THEY_EXISTED = {"sample_from_anchor": True}
+#: settings added after training runs were first saved ("loss.x": a LossWeights field), with the value a saved
+#: run without them trained with
+SETTINGS_BEFORE_THEY_EXISTED = {"sample_from_anchor": True, "warmup_ratio": None, "adam_beta1": 0.9,
+                                "adam_beta2": 0.95, "loss.ce_target": "token"}
+
+
+def _flat(settings: dict) -> dict:
+    """Settings with the loss weights as "loss.<field>" keys."""
+    flat = {key: value for key, value in settings.items() if key != "loss"}
+    flat.update({f"loss.{key}": value for key, value in settings.get("loss", {}).items()})
+    return flat
 
 
 def same_settings(saved: dict, config: TrainConfig) -> bool:
     """Whether a saved run's settings are `config`'s. A setting added since the run was saved counts as the same
     when `config` holds the value the older version trained with."""
-    current = json.loads(json.dumps(config.to_dict()))
+    current, saved = _flat(json.loads(json.dumps(config.to_dict()))), _flat(saved)
     return all(saved[key] == value if key in saved else value == SETTINGS_BEFORE_THEY_EXISTED.get(key, object())
                for key, value in current.items())
+
+
+def settings_identity(config: TrainConfig) -> dict:
+    """The settings that tell runs apart: all of them, less the settings added since runs were first saved that
+    hold the value runs trained with before (so that a run's directory and identity do not change with them)."""
+    settings = json.loads(json.dumps(config.to_dict()))
+    for key, value in SETTINGS_BEFORE_THEY_EXISTED.items():
+        group, _, name = key.rpartition(".")
+        holder = settings[group] if group else settings
+        if name in holder and holder[name] == value:
+            del holder[name]
+    return settings
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -173,7 +200,7 @@ def make_optimizer(parameters: list[torch.nn.Parameter], config: TrainConfig) ->
     no_decay = [p for p in parameters if p.ndim < 2]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate, betas=(0.9, 0.95), fused=True,
+        lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), fused=True,
     )
 
 

@@ -1,0 +1,192 @@
+"""From our CPU recipe to the reference's (DeepSpec's), one difference at a time, for DSpark, DFlash and Eagle3 on
+the same data: a ladder whose rungs are `dspark_core.training.presets.LADDER` (no hidden-state regression, the
+reference's AdamW, the full vocabulary, its target layers, blocks of 7, 512 anchors (Eagle3: every position),
+Eagle3's soft cross-entropy, depth 5), each rung keeping the ones below it; the last rung is the `reference`
+preset.
+
+Every run trains the same number of steps (--steps) on the train split of --cache, or, with --budget-min, as many
+steps as fit that wall-clock (timed back to back first, as `ablate_recipe.py` does). Each is judged on the cache's
+validation split: greedy held-out τ and conditional acceptance per position (teacher-forced, exact for greedy
+decoding). With --decode N, N prompts per domain of the built-in heldout-v1 suite are also decoded for real, greedy
+and at temperature 1 (the lossless sampler: output distributed as the target's), for τ and the draft's cost per
+round. --depths runs DSpark at the reference recipe with each depth, and compares its draft cost per round with
+Eagle3's γ sequential passes (the reference rung of the Eagle3 ladder): τ at equal draft cost.
+
+A rung that trains what the rung below it trained (the same layers once resolved against the cache, the same
+sequence length once cut to the cache's) is not run again.
+
+Usage:
+  python benchmarks/ladder_recipe.py --cache DIR [--drafters dspark,dflash,eagle3] [--steps 300 | --budget-min 4]
+         [--decode 2] [--depths 1,2,3,4,5] [--out benchmarks/results/ladder.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from dspark_core.data.feature_cache import FeatureCache
+from dspark_core.evaluation.speculative import eval_prompts
+from dspark_core.evaluation.suites import load_suite
+from dspark_core.models import load_target
+from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.provenance import provenance
+from dspark_core.recipes.evaluation import EvalConfig, evaluate
+from dspark_core.training.budget import seconds_per_step
+from dspark_core.training.losses import LossWeights
+from dspark_core.training.presets import apply_preset, ladder
+from dspark_core.training.trainer import TrainConfig, model_layer_ids, train_draft
+
+console = Console(width=170)
+
+
+def config_of(settings: dict) -> TrainConfig:
+    values = {"log_every": 25, "checkpoint_every": 100_000, **settings}
+    if "loss" in values:
+        values["loss"] = LossWeights(**values["loss"])
+    return TrainConfig(**values)
+
+
+def effective(config: TrainConfig, cache: FeatureCache) -> str:
+    """What a run trains, as a key: layers resolved against the cache, the length cut to the cache's."""
+    settings = config.to_dict()
+    settings["layer_ids"] = list(model_layer_ids(cache, config))
+    settings["max_length"] = min(config.max_length, int(cache.manifest.get("max_length") or config.max_length))
+    return json.dumps(settings, sort_keys=True)
+
+
+def runs_to_make(target, cache: FeatureCache, drafters: list[str], given: dict, depths: list[int]) -> list[dict]:
+    """(drafter, rung, settings) of every run, in order; rungs that would repeat the one below them are dropped."""
+    runs = []
+    for drafter in drafters:
+        previous = None
+        for rung, settings in ladder(drafter, target.num_layers, target.vocab_size, given):
+            key = effective(config_of(settings), cache)
+            if key != previous:
+                runs.append({"drafter": drafter, "rung": rung, "settings": settings})
+            previous = key
+    for depth in depths if "dspark" in drafters else []:
+        settings = apply_preset("reference", "dspark", target.num_layers, target.vocab_size,
+                                {**given, "algorithm": "dspark", "num_layers": depth})
+        runs.append({"drafter": "dspark", "rung": f"reference-depth-{depth}", "settings": settings})
+    return runs
+
+
+def decode(target, checkpoint: Path, prompts, temperature: float, baselines: dict) -> dict:
+    report = evaluate(target, checkpoint, prompts, EvalConfig(max_new_tokens=64, temperature=temperature,
+                                                              block_size=None), baseline=baselines.get(temperature))
+    baselines[temperature] = report.baseline
+    return {"tau": report.overall.tau, "speedup": report.overall.speedup,
+            "cond_accept": [rate for rate, _ in report.overall.cond_accept],
+            "draft_ms_per_round": report.overall.draft_ms_per_round,
+            "verify_ms_per_round": report.overall.verify_ms_per_round, "lossless": report.greedy_identical}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default="smollm2-135m")
+    parser.add_argument("--cache", required=True, help="feature cache: its train split trains, its validation split "
+                                                       "judges every run")
+    parser.add_argument("--drafters", default="dspark,dflash,eagle3")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every run (equal steps)")
+    parser.add_argument("--budget-min", type=float, default=None,
+                        help="instead: the steps that fit this many minutes of training, per run (equal wall-clock)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--decode", type=int, default=0, help="heldout-v1 prompts per domain decoded with each draft, "
+                                                               "greedy and at temperature 1")
+    parser.add_argument("--depths", default="", help="DSpark depths to run at the reference recipe, e.g. 1,2,3,4,5")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ladder.json"))
+    args = parser.parse_args(argv)
+
+    target = load_target(args.target)
+    train_cache = FeatureCache(args.cache, target_revision=target.revision, split="train")
+    validation = FeatureCache(args.cache, split="validation")
+    drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
+    given = {"steps": args.steps, "batch_size": args.batch_size}
+    plan = runs_to_make(target, train_cache, drafters, given, [int(d) for d in args.depths.split(",") if d.strip()])
+    console.print(f"{target.spec} on {target.device}, {torch.get_num_threads()} threads; {len(train_cache)} train / "
+                  f"{len(validation)} validation sequences; {len(plan)} runs")
+    if args.budget_min:  # equal wall-clock: time every run's step back to back, then give each its share
+        for run in plan:
+            per_step = seconds_per_step(target, train_cache, config_of(run["settings"]))
+            run["settings"] = {**run["settings"], "steps": max(10, int(args.budget_min * 60 / per_step))}
+            console.print(f"{run['drafter']} {run['rung']}: {per_step:.3f} s/step -> {run['settings']['steps']} steps")
+    prompts = []
+    if args.decode:
+        records = load_suite("heldout-v1").selected(args.decode * 3).records
+        prompts = eval_prompts(target, records)
+    baselines: dict = {}
+    results = []
+    for run in plan:
+        config = config_of(run["settings"])
+        key = hashlib.sha256(effective(config, train_cache).encode() + str(train_cache.path).encode()).hexdigest()[:10]
+        started = time.perf_counter()
+        trained = train_draft(target, train_cache, dspark_home() / "ladder" / f"{run['drafter']}-{run['rung']}-{key}",
+                              config, validation=validation, progress=False)
+        final = trained.final_metrics
+        entry = {**run, "steps": config.steps, "train_minutes": (time.perf_counter() - started) / 60,
+                 "val_tau": final.get("val_tau"),
+                 "val_accept": [final.get(f"val_accept_{k}") for k in range(1, config.block_size + 1)]}
+        if prompts:
+            entry["greedy"] = decode(target, trained.checkpoint, prompts, 0.0, baselines)
+            entry["sampled"] = decode(target, trained.checkpoint, prompts, 1.0, baselines)
+        results.append(entry)
+        console.print(f"{run['drafter']:<7} {run['rung']:<20} val τ {entry['val_tau']:.3f} "
+                      f"({entry['train_minutes']:.1f} min, {config.steps} steps)" +
+                      (f"; decoded τ greedy {entry['greedy']['tau']:.2f}, T=1 {entry['sampled']['tau']:.2f}, draft "
+                       f"{entry['greedy']['draft_ms_per_round']:.1f} ms/round" if prompts else ""), highlight=False)
+        write_json_atomic(args.out, report(argv, target, train_cache, validation, results))
+    print_table(results)
+    return 0
+
+
+def equal_draft_cost(results: list[dict]) -> list[dict]:
+    """DSpark at each depth against Eagle3's reference rung: draft ms per round (decoded greedily), the ratio, and
+    the two τ (greedy held-out and decoded)."""
+    eagle3 = next((r for r in results if r["drafter"] == "eagle3" and r["rung"] == "soft-ce" and "greedy" in r), None)
+    rows = []
+    for r in results:
+        if r["rung"].startswith("reference-depth-") and "greedy" in r and eagle3:
+            rows.append({"depth": int(r["rung"].rsplit("-", 1)[1]),
+                         "draft_ms_per_round": r["greedy"]["draft_ms_per_round"],
+                         "eagle3_draft_ms_per_round": eagle3["greedy"]["draft_ms_per_round"],
+                         "cost_ratio": r["greedy"]["draft_ms_per_round"] / eagle3["greedy"]["draft_ms_per_round"],
+                         "val_tau": r["val_tau"], "eagle3_val_tau": eagle3["val_tau"],
+                         "decoded_tau": r["greedy"]["tau"], "eagle3_decoded_tau": eagle3["greedy"]["tau"]})
+    return rows
+
+
+def report(argv, target, train_cache, validation, results) -> dict:
+    arguments = sys.argv[1:] if argv is None else argv
+    return {"command": "python benchmarks/ladder_recipe.py " + shlex.join(arguments), **provenance(),
+            "target": target.spec, "revision": target.revision,
+            "device": str(target.device), "cache": str(train_cache.path), "train_sequences": len(train_cache),
+            "validation_sequences": len(validation), "results": results,
+            "equal_draft_cost": equal_draft_cost(results)}
+
+
+def print_table(results: list[dict]) -> None:
+    table = Table(title="from the cpu recipe to the reference's, one difference at a time (held-out, greedy)")
+    for column in ("drafter", "rung", "steps", "minutes", "val τ", "accept @1..γ", "decoded τ", "τ at T=1",
+                   "draft ms/round"):
+        table.add_column(column, justify="left" if column in ("drafter", "rung") else "right")
+    for r in results:
+        table.add_row(r["drafter"], r["rung"], str(r["steps"]), f"{r['train_minutes']:.1f}", f"{r['val_tau']:.3f}",
+                      " ".join("-" if a is None else f"{a:.2f}" for a in r["val_accept"]),
+                      f"{r['greedy']['tau']:.2f}" if "greedy" in r else "",
+                      f"{r['sampled']['tau']:.2f}" if "sampled" in r else "",
+                      f"{r['greedy']['draft_ms_per_round']:.1f}" if "greedy" in r else "")
+    console.print(table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
