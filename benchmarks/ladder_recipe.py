@@ -17,7 +17,7 @@ sequence length once cut to the cache's) is not run again.
 
 Usage:
   python benchmarks/ladder_recipe.py --cache DIR [--drafters dspark,dflash,eagle3] [--steps 300 | --budget-min 4]
-         [--decode 2] [--depths 1,2,3,4,5] [--out benchmarks/results/ladder.json]
+         [--rungs cpu,no-regression,...] [--decode 2] [--depths 1,2,3,4,5] [--out benchmarks/results/ladder.json]
 """
 
 from __future__ import annotations
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--decode", type=int, default=0, help="heldout-v1 prompts per domain decoded with each draft, "
                                                                "greedy and at temperature 1")
+    parser.add_argument("--rungs", default="", help="run only these rungs (comma-separated names; default: all)")
     parser.add_argument("--depths", default="", help="DSpark depths to run at the reference recipe, e.g. 1,2,3,4,5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ladder.json"))
     args = parser.parse_args(argv)
@@ -113,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
     given = {"steps": args.steps, "batch_size": args.batch_size}
     plan = runs_to_make(target, train_cache, drafters, given, [int(d) for d in args.depths.split(",") if d.strip()])
+    if args.rungs:  # the ladder is still climbed whole (what each rung keeps of the ones below), only fewer are run
+        wanted = {r.strip() for r in args.rungs.split(",")}
+        plan = [run for run in plan if run["rung"] in wanted or run["rung"].startswith("reference-depth-")]
     console.print(f"{target.spec} on {target.device}, {torch.get_num_threads()} threads; {len(train_cache)} train / "
                   f"{len(validation)} validation sequences; {len(plan)} runs")
     if args.budget_min:  # equal wall-clock: time every run's step back to back, then give each its share
