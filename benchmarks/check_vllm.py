@@ -49,7 +49,7 @@ from rich.table import Table
 
 from dspark_core.decoding import GenerationConfig, SpeculativeEngine
 from dspark_core.decoding.metrics import RoundRecord
-from dspark_core.drafters.checkpoint import load_drafter, read_draft_config, weights_sha256
+from dspark_core.drafters.checkpoint import load_drafter, read_draft_config
 from dspark_core.errors import DsparkError
 from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import load_suite
@@ -57,7 +57,7 @@ from dspark_core.models import load_target
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
 from dspark_core.provenance import command_line, provenance
-from dspark_core.serving.vllm import HOW_TO_GET_VLLM, vllm_python
+from dspark_core.serving.vllm import HOW_TO_GET_VLLM, read_served_draft, vllm_python
 
 console = Console(width=180)
 SIDE = Path(__file__).with_name("vllm_side.py")
@@ -69,22 +69,20 @@ UNSUPPORTED_MARKERS = ("does not support", "not supported")
 
 def export_settings(export: Path) -> dict:
     """What the check needs from a speculators export: algorithm, γ, the verifier vLLM will load, our target."""
+    served = read_served_draft(export)  # refuses a directory that is not a speculators export
     config = json.loads((export / "config.json").read_text())
-    if "speculators_config" not in config:
-        raise DsparkError(f"{export} is not a speculators export; write one with `dspark export --format speculators`")
     ours = read_draft_config(export)
-    method = config["speculators_config"]["proposal_methods"][0]
     verifier = config["speculators_config"]["verifier"]["name_or_path"]
     if Path(verifier).is_absolute() and not Path(verifier).is_dir():  # a local snapshot (hub ids are relative)
         raise DsparkError(f"the verifier of {export}, {verifier}, is not on this machine; import {ours['target']!r} "
                           f"with `dspark models import` and export the draft again here")
     training = ours.get("training", {})
-    draft = {"weights_sha256": weights_sha256(export), "target_revision": ours["target_revision"],
+    draft = {"weights_sha256": served.weights_sha256, "target_revision": served.target_revision,
              "target_layer_ids": ours["target_layer_ids"],
              "training": {k: training.get(k) for k in ("cache", "steps", "sample_from_anchor", "batch_size",
                                                        "anchors_per_sequence", "learning_rate", "val_tau")}}
-    return {"algorithm": ours["algorithm"], "gamma": int(method["speculative_tokens"]), "verifier": verifier,
-            "target": ours["target"], "draft": draft}
+    return {"algorithm": served.algorithm, "gamma": served.gamma, "verifier": verifier, "target": ours["target"],
+            "draft": draft}
 
 
 def suite_prompts(target: TargetModel, suite: str, count: int) -> tuple[list[list[int]], list[str]]:

@@ -42,18 +42,14 @@ from dspark_core.paths import dspark_home, write_json_atomic
 from dspark_core.provenance import provenance
 from dspark_core.recipes.evaluation import EvalConfig, evaluate
 from dspark_core.training.budget import seconds_per_step
-from dspark_core.training.losses import LossWeights
-from dspark_core.training.presets import apply_preset, ladder
+from dspark_core.training.presets import apply_preset, ladder, train_config
 from dspark_core.training.trainer import TrainConfig, model_layer_ids, train_draft
 
 console = Console(width=170)
 
 
 def config_of(settings: dict) -> TrainConfig:
-    values = {"log_every": 25, "checkpoint_every": 100_000, **settings}
-    if "loss" in values:
-        values["loss"] = LossWeights(**values["loss"])
-    return TrainConfig(**values)
+    return train_config({"log_every": 25, "checkpoint_every": 100_000, **settings})
 
 
 def effective(config: TrainConfig, cache: FeatureCache) -> str:

@@ -74,10 +74,15 @@ def preset_config(preset: str, target, **given) -> TrainConfig:
     """The TrainConfig of `preset` for `target` (its depth and vocabulary), with the `given` settings over it
     (`algorithm` among them; `loss` a dict of LossWeights fields)."""
     algorithm = given.get("algorithm", TrainConfig.algorithm)
-    settings = apply_preset(preset, algorithm, target.num_layers, target.vocab_size, given)
-    if "loss" in settings:
-        settings["loss"] = LossWeights(**settings["loss"])
-    return TrainConfig(**settings)
+    return train_config(apply_preset(preset, algorithm, target.num_layers, target.vocab_size, given))
+
+
+def train_config(settings: dict) -> TrainConfig:
+    """A TrainConfig from keyword settings whose `loss` is a dict of LossWeights fields."""
+    values = dict(settings)
+    if "loss" in values:
+        values["loss"] = LossWeights(**values["loss"])
+    return TrainConfig(**values)
 
 
 #: the differences between the `cpu` and `reference` presets, one rung each, in the order a ladder climbs them
@@ -112,15 +117,8 @@ def ladder(algorithm: str, num_target_layers: int, vocab_size: int,
         settings = apply_preset("cpu", algorithm, num_target_layers, vocab_size,
                                 {**settings, **({"loss": loss} if loss else {}), **(given or {}),
                                  "algorithm": algorithm})
-        config = _config(settings)
+        config = train_config(settings)
         if previous is None or config != previous:
             rungs.append((name, settings))
         previous = config
     return rungs
-
-
-def _config(settings: dict) -> TrainConfig:
-    values = dict(settings)
-    if "loss" in values:
-        values["loss"] = LossWeights(**{**values.get("loss", {})})
-    return TrainConfig(**values)
