@@ -264,3 +264,29 @@ def test_a_run_saved_before_a_setting_existed_resumes_only_with_the_value_it_tra
     del dflash["sample_from_anchor"]  # an older DFlash run is not the fill-in layout DFlash trains by default now
     assert not same_settings(dflash, TrainConfig(algorithm="dflash", steps=7))
     assert same_settings(dflash, TrainConfig(algorithm="dflash", steps=7, sample_from_anchor=True))
+
+
+@pytest.mark.parametrize("algorithm", ["dspark", "dflash", "eagle3"])
+def test_anchors_beyond_a_batchs_candidates_cost_nothing_and_change_nothing(tiny_target, greedy_cache, algorithm):
+    """A recipe asking for more anchors than a sequence has (the reference's 512) draws the same anchors and
+    trains on the same logits as one asking for exactly as many: padded blocks are not computed at all."""
+    from dspark_core.training.anchors import candidate_anchors
+    from dspark_core.training.trainer import build_model, prepare_micro_batch
+
+    model = build_model(tiny_target, greedy_cache, _overfit_config(algorithm, block_size=4))
+    sample = greedy_cache[0]
+    most = candidate_anchors(sample.loss_mask, sample.input_ids.numel()).numel()
+    many = prepare_micro_batch(greedy_cache, [0], [5], model, _overfit_config(algorithm, anchors_per_sequence=4096),
+                               "cpu")
+    exact = prepare_micro_batch(greedy_cache, [0], [5], model, _overfit_config(algorithm, anchors_per_sequence=most),
+                                "cpu")
+    assert many.anchors.shape == exact.anchors.shape == (1, most)
+    assert torch.equal(many.anchors, exact.anchors)
+
+    # and a padded slot (a repeat of the first anchor, unsupervised) leaves the real blocks' logits unchanged
+    batch = exact.batch
+    padded = torch.cat([exact.anchors, exact.anchors[:, :1].expand(1, 5)], dim=1)
+    with torch.no_grad():
+        logits = model(batch.layers, batch.input_ids, batch.lengths, exact.anchors)[0]
+        with_padding = model(batch.layers, batch.input_ids, batch.lengths, padded)[0]
+    assert torch.allclose(logits, with_padding[:, :most], atol=1e-5)

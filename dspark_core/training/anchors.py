@@ -16,15 +16,20 @@ def candidate_anchors(loss_mask: torch.Tensor, length: int) -> torch.Tensor:
 def sample_anchors(loss_masks: list[torch.Tensor], count: int,
                    generators: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to `count` distinct anchors per sequence, sorted, each sequence drawing from its own generator (so its
-    anchors do not depend on the sequences it is batched with); returns (anchors [B, count], valid [B, count]).
-    Sequences with fewer candidates repeat their first anchor in the padding slots (marked invalid)."""
-    anchors = torch.zeros(len(loss_masks), count, dtype=torch.long)
-    valid = torch.zeros(len(loss_masks), count, dtype=torch.bool)
-    for row, (mask, generator) in enumerate(zip(loss_masks, generators, strict=True)):
-        candidates = candidate_anchors(mask, mask.numel())
-        if candidates.numel() == 0:
+    anchors do not depend on the sequences it is batched with); returns (anchors [B, A], valid [B, A]).
+
+    A is the most anchors any of these sequences has, at most `count`: a recipe asking for more anchors than a
+    short sequence holds (the reference's 512, or every position) pays for the sequences' real candidates, not
+    for `count` padded blocks. Sequences with fewer candidates repeat their first anchor in the padding slots
+    (marked invalid)."""
+    candidates = [candidate_anchors(mask, mask.numel()) for mask in loss_masks]
+    width = max(1, min(count, max((c.numel() for c in candidates), default=0)))
+    anchors = torch.zeros(len(loss_masks), width, dtype=torch.long)
+    valid = torch.zeros(len(loss_masks), width, dtype=torch.bool)
+    for row, (choices, generator) in enumerate(zip(candidates, generators, strict=True)):
+        if choices.numel() == 0:
             continue
-        chosen = candidates[torch.randperm(candidates.numel(), generator=generator)[:count]].sort().values
+        chosen = choices[torch.randperm(choices.numel(), generator=generator)[:count]].sort().values
         anchors[row, : chosen.numel()] = chosen
         anchors[row, chosen.numel():] = chosen[0]
         valid[row, : chosen.numel()] = True
