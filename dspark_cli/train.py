@@ -22,6 +22,7 @@ from dspark_core.training.losses import LossWeights
 from dspark_core.training.parallel import ParallelConfig
 from dspark_core.training.presets import PRESET_HELP, PRESETS, preset_config
 from dspark_core.training.trainer import TrainConfig
+from dspark_core.training.warm_start import parent_settings, read_parent
 
 console = Console()
 
@@ -43,6 +44,10 @@ def train_command(
                                          "disk; one extra target forward pass per micro-batch)."),
     draft_layers: Optional[str] = typer.Option(None, "--draft-layers", help="Subset of the cache layers the draft reads "
                                                "(default: all; eagle3: low/mid/high)."),
+    warm_start: Optional[Path] = typer.Option(None, "--warm-start", help="Continue from this draft (a checkpoint's "
+                                              "`draft` folder or an export, e.g. the champion's): its weights, "
+                                              "vocabulary and shape (depth, block, head, layers) unless given here; "
+                                              "the optimizer starts afresh."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default: $DSPARK_HOME/checkpoints/<target>/"
                                        "<drafter>/<settings hash>)."),
     steps: int = core_option(TrainConfig, "steps", "--steps"),
@@ -93,7 +98,11 @@ def train_command(
         "sample_from_anchor": sample_from_anchor, "checkpoint_every": checkpoint_every, "log_every": log_every,
         "seed": seed, "layer_ids": comma_ints(draft_layers)},
         {"ce": ce, "tv": tv, "conf": conf, "decay": decay, "feature": feature, "ce_target": ce_target})
-    given["algorithm"] = drafter
+    if warm_start is not None:  # the parent's shape fills what the command line left unset
+        parent = read_parent(warm_start)
+        given = {**parent_settings(parent), **given, "warm_start": str(parent.path)}
+    else:
+        given["algorithm"] = drafter
     if nproc is not None:  # refuse what cannot run before any rank starts (a preset sets no batch size)
         check_nproc(nproc)
         parallel.plan(batch_size, World(size=nproc))
@@ -112,11 +121,13 @@ def train_command(
             report = train(model, cache, config, out_dir=out, parallel=parallel)
     if not world.is_main:
         return
-    table = Table(title=f"trained {drafter} for {target}", show_header=False)
+    table = Table(title=f"trained {report.algorithm} for {target}", show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
     table.add_row("checkpoint", str(report.checkpoint))
     table.add_row("steps", str(report.steps))
+    if warm_start is not None:
+        table.add_row("grew from", f"{warm_start} (now {report.cumulative_steps} steps over its whole line)")
     for key in ("loss", "loss_ce", "loss_tv", "loss_conf", "expected_tau"):
         if key in report.final_metrics:
             table.add_row(key, f"{report.final_metrics[key]:.4f}")

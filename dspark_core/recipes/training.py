@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from dspark_core.data.feature_cache import CacheConfig, FeatureCache
 from dspark_core.data.online_features import OnlineFeatures, check_online_memory
-from dspark_core.drafters.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from dspark_core.drafters.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_draft_config
 from dspark_core.evaluation.plots import loss_curve
 from dspark_core.models.spec import slugify
 from dspark_core.models.target import TargetModel
@@ -43,6 +43,11 @@ class TrainReport:
     cache_samples: int
     #: files worth keeping with a tracking run: the loss curve, the checkpoint config, the metrics log
     artifacts: list[Path] = field(default_factory=list)
+    #: the draft it grew from (`warm_start`'s lineage record; None for a first draft) and the line's totals
+    parent: dict | None = None
+    generation: int = 0
+    cumulative_steps: int = 0
+    cumulative_tokens: int = 0
 
     @property
     def analytic_acceptance(self) -> list[tuple[int, float | None]]:
@@ -86,12 +91,16 @@ def train(target: TargetModel, cache_path: Path, config: TrainConfig, *, out_dir
     plot = out_dir / "loss_curve.png"
     if world.is_main:
         loss_curve(result.history, plot, title=f"{config.algorithm} on {target.spec}")
+    saved = read_draft_config(result.checkpoint)["training"]
     with safe_open(str(result.checkpoint / WEIGHTS_FILE), framework="pt") as handle:  # written before every rank returned
         parameters = sum(_numel(handle.get_slice(name).get_shape()) for name in handle.keys())
     return TrainReport(
         checkpoint=result.checkpoint, out_dir=out_dir, algorithm=config.algorithm, steps=result.steps,
         final_metrics=result.final_metrics, history=result.history, stored_parameters=parameters, loss_curve=plot,
         cache_samples=len(cache), artifacts=[plot, result.checkpoint / CONFIG_FILE, out_dir / "metrics.jsonl"],
+        parent=saved.get("parent"), generation=int(saved.get("generation", 0)),
+        cumulative_steps=int(saved.get("cumulative_steps", result.steps)),
+        cumulative_tokens=int(saved.get("cumulative_tokens", 0)),
     )
 
 

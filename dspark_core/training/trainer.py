@@ -39,6 +39,7 @@ from dspark_core.training.parallel import (ParallelConfig, accumulating, distrib
                                            load_full_state, sharded)
 from dspark_core.training.state import load_training_state, save_training_state
 from dspark_core.training.validation import held_out_acceptance
+from dspark_core.training.warm_start import load_parent_weights, read_parent
 
 
 #: rows of the target's LM head computed at once (bounds the [rows, vocabulary] temporaries)
@@ -94,6 +95,9 @@ class TrainConfig:
     layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
                                   "DSpark/DFlash on Llama-style targets)", choices=("random", "target"))
+    warm_start: str | None = setting(None, "Start from this draft (a checkpoint's `draft` folder or an export): its "
+                                           "weights and draft vocabulary; the optimizer and the learning-rate "
+                                           "schedule start afresh. Empty: random initialization")
     seed: int = setting(0, "Seed of initialization and data order")
     log_every: int = setting(10, "Log metrics every N steps", min=1)
     checkpoint_every: int = setting(50, "Save the resumable training state every N steps", min=1)
@@ -117,6 +121,10 @@ class TrainConfig:
             raise ConfigError(f"unknown sequential head {self.head!r}; choose markov, gated or rnn")
         check_settings(self)
         check_settings(self.loss)
+        if self.warm_start is not None:
+            self.warm_start = str(self.warm_start) or None
+        if self.init == "target" and self.warm_start:
+            raise ConfigError("a warm-started draft takes its parent's weights; leave init at 'random'")
         if self.init == "target" and kind.init_from_target is None:
             raise ConfigError(f"{self.algorithm} drafts cannot start from the target's layers; use init 'random'")
 
@@ -127,7 +135,7 @@ class TrainConfig:
 #: settings added after training runs were first saved ("loss.x": a LossWeights field), with the value a saved
 #: run without them trained with
 SETTINGS_BEFORE_THEY_EXISTED = {"sample_from_anchor": True, "warmup_ratio": None, "adam_beta1": 0.9,
-                                "adam_beta2": 0.95, "loss.ce_target": "token"}
+                                "adam_beta2": 0.95, "loss.ce_target": "token", "warm_start": None}
 
 
 def _flat(settings: dict) -> dict:
@@ -174,12 +182,19 @@ def model_layer_ids(cache: FeatureCache, config: TrainConfig) -> tuple[int, ...]
 
 
 def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -> DraftModule:
-    streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
-    vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
+    """The draft `config` describes for `target`: random (or the target's top layers), or its warm start's
+    weights and draft vocabulary; the vocabulary of a fresh draft is the cache's most frequent tokens."""
+    parent = read_parent(config.warm_start) if config.warm_start else None
+    if parent is None:
+        streams = (s.input_ids[s.loss_mask] for s in (cache[i] for i in range(len(cache))))
+        vocab = select_draft_vocab(streams, target.vocab_size, config.draft_vocab_size, set(target.eos_token_ids))
+        vocab_size = int(vocab.numel())
+    else:
+        vocab_size = int(parent.config["draft_vocab_size"])
     kind = drafter_kind(config.algorithm)
     module_config = kind.module_config(
         target, num_layers=config.num_layers, block_size=config.block_size, target_layer_ids=model_layer_ids(cache, config),
-        head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=int(vocab.numel()),
+        head=config.head, head_rank=config.head_rank, head_vocab=config.head_vocab, draft_vocab_size=vocab_size,
         mask_token=config.mask_token, qk_norm=config.qk_norm, anchor_state=config.anchor_state,
         sample_from_anchor=config.sample_from_anchor,
     )
@@ -188,6 +203,8 @@ def build_model(target: TargetModel, cache: FeatureCache, config: TrainConfig) -
         model = kind.build(module_config).to(target.device)
     if config.init == "target":
         kind.init_from_target(model, target)
+    if parent is not None:
+        vocab = load_parent_weights(model, parent, target)
     model.set_draft_vocab(vocab.to(target.device))
     attach_target_weights(model, target)
     return model
@@ -314,6 +331,7 @@ class DraftTraining:
         self.forward = distribute(self.model, self.world, self.parallel)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.parameters, config)
+        self.tokens_last_step = 0
         self.model.train()
 
     def step(self, step: int, indices: list[int]) -> tuple[LossTerms, float] | None:
@@ -328,10 +346,13 @@ class DraftTraining:
             for part in (slots[i:i + self.micro_size] for i in range(0, len(slots), self.micro_size))
         ]
         # The step's mean is over every supervised slot of the global batch: add up the normalizers first.
-        totals = world.all_reduce_sum(torch.stack([m.normalizers.to_tensor() for m in micro_batches]).sum(0))
+        local = torch.stack([m.normalizers.to_tensor() for m in micro_batches]).sum(0)
+        tokens = sum(float(m.batch.lengths.sum()) for m in micro_batches)
+        totals = world.all_reduce_sum(torch.cat([local, torch.tensor([tokens], device=local.device)]))
+        self.tokens_last_step = int(totals[2])  # the global batch's tokens, for the run's accounting
         if not totals[0] > 1e-6:
             return None
-        normalizers = LossNormalizers.from_tensor(totals.to(self.target.device))
+        normalizers = LossNormalizers.from_tensor(totals[:2].to(self.target.device))
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         self.optimizer.zero_grad(set_to_none=True)
@@ -365,6 +386,17 @@ class DraftTraining:
         model.load_state_dict(model_state, strict=True)
         model.set_draft_vocab(model.draft_vocab.clone())
         return model
+
+
+def lineage(config: TrainConfig, tokens_trained: int) -> dict:
+    """What a draft records of the line it grew from: its parent (None for a first draft), its generation
+    (0 for a first draft), and the steps, sequences and tokens trained over the whole line, its own included."""
+    parent = read_parent(config.warm_start).lineage() if config.warm_start else None
+    before = parent["cumulative"] if parent else {"steps": 0, "sequences": 0, "tokens": 0}
+    return {"parent": parent, "generation": parent["generation"] + 1 if parent else 0, "tokens_trained": tokens_trained,
+            "cumulative_steps": before["steps"] + config.steps,
+            "cumulative_sequences": before["sequences"] + config.steps * config.batch_size,
+            "cumulative_tokens": before["tokens"] + tokens_trained}
 
 
 @dataclass
@@ -422,7 +454,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
     state_dir, log_path = out_dir / "state", out_dir / "metrics.jsonl"
     run = DraftTraining(target, cache, config, parallel, world)
     batcher = Batcher(len(cache), config.batch_size, config.seed)
-    start, history = 0, []
+    start, history, tokens_trained = 0, [], 0
     if (state_dir / "state.json").exists():
         saved = json.loads((state_dir / "state.json").read_text())
         if not same_settings(saved["config"], config) or saved["cache"] != str(cache.path):
@@ -433,6 +465,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
         run.load_state(model_state, optimizer_state)
         start, batcher.epoch, batcher.cursor = saved["step"], saved["epoch"], saved["cursor"]
         history = saved.get("history", [])
+        tokens_trained = int(saved.get("tokens_trained", 0))
         if world.is_main and log_path.exists():  # keep the metrics log consistent with the resumed step
             kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
             log_path.write_text("".join(line + "\n" for line in kept))
@@ -449,6 +482,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
                 f"{exc}; the last good state (step {last_good}) is kept in {state_dir}. Lower the learning rate "
                 f"(now {config.learning_rate}) or check the cache") from None
         done = step + 1
+        tokens_trained += run.tokens_last_step
         if outcome is not None:
             terms, grad_norm = outcome
             positions_seen += int(terms.counts.sum())
@@ -470,6 +504,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
                 save_training_state(state_dir, model_state, optimizer_state, {
                     "step": done, "epoch": batcher.epoch, "cursor": batcher.cursor, "config": config.to_dict(),
                     "cache": str(cache.path), "history": history, "world_size": world.size,
+                    "tokens_trained": tokens_trained,
                 })
             last_good = done
         bar.update(1)
@@ -487,6 +522,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
         save_draft(model, checkpoint, target=target, training={
             **config.to_dict(), "cache": str(cache.path), "cache_samples": len(cache), "steps_done": config.steps,
             "draft_vocab_coverage": vocab_coverage, **{k: v for k, v in final.items() if k.startswith("val_")},
+            **lineage(config, tokens_trained),
         })
     world.barrier()  # the draft is on disk before any rank reports success
     return TrainResult(checkpoint=checkpoint, steps=config.steps, final_metrics=final, history=history)
