@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.calibrated_draft import calibrated_draft
+from dspark_core.drafters.checkpoint import read_draft_config
 from dspark_core.recipes.export import export
 from pipelines.config import ExportDraftConfig
 from pipelines.metadata import upstream, upstream_path
@@ -22,8 +23,21 @@ def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig,
     training_run = upstream(context, "draft_checkpoint", str(context.partition_key))["mlflow_run_id"]
     report = export(checkpoint, config.to_core())
     tracking = mlflow.tracking()
+    training = read_draft_config(checkpoint)["training"]
+    parent = training.get("parent") or {}
+    parent_version = tracking.version_with_weights(base_model, parent["weights_sha256"]) if parent else None
+    lineage = {"dspark.parent_version": parent_version or "none", "dspark.generation": str(training.get("generation", 0)),
+               "dspark.cumulative_steps": str(training.get("cumulative_steps", training.get("steps_done", ""))),
+               "dspark.cumulative_tokens": str(training.get("cumulative_tokens", ""))}
     version, reused = tracking.register_export(base_model, report.path, training_run, report.weights_sha256, {
-        "drafter": drafter, "format": report.format, "checkpoint": str(checkpoint), "dagster.run_id": context.run.run_id})
+        "drafter": drafter, "format": report.format, "checkpoint": str(checkpoint), "dagster.run_id": context.run.run_id,
+        **lineage})
+    if not reused:
+        tracking.describe_version(base_model, version, (
+            f"{drafter} draft, generation {lineage['dspark.generation']}, "
+            f"{lineage['dspark.cumulative_steps']} training steps over its line; "
+            + (f"continued from version {parent_version}." if parent_version else
+               f"continued from {parent['path']}." if parent else "trained from scratch.")))
     context.log.info(f"version {version} of {registered_model_name(base_model)}" + (" (these weights, registered before)" if reused else ""))
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(report.path)),
@@ -31,6 +45,7 @@ def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig,
         "registered_model": registered_model_name(base_model),
         "draft_version": version,
         "weights_sha256": report.weights_sha256,
+        "parent_version": parent_version or "none",
         "size_mib": report.size_mib,
         "mlflow_run": dg.MetadataValue.url(tracking.run_url(training_run) or tracking.uri),
     })

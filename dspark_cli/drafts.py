@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 drafts_app = typer.Typer(no_args_is_help=True, help="Registered draft versions and the champion alias (MLflow).")
-console = Console()
+console = Console(width=max(Console().width, 120))  # the table needs the room, even when piped
 _URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the SQLite store under $DSPARK_HOME).")
 
 
@@ -35,15 +35,17 @@ def list_command(base_model: str = typer.Argument(..., help="Base model key (see
         return
     champion = tracking.champion(base_model)
     table = Table(title=registered_model_name(base_model))
-    for column in ("version", "drafter", "format", "τ", "promoted", "champion", "run"):
-        table.add_column(column)
+    for column in ("version", "drafter", "format", "τ", "grew from", "steps (line)", "promoted", "champion", "run"):
+        table.add_column(column, no_wrap=True)
     for v in versions:
         promoted = v.tags.get(PROMOTED_AT)
         when = datetime.fromtimestamp(int(promoted) / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M") if promoted else ""
         if v.tags.get(ROLLED_BACK):
             when += " (rolled back)"
+        parent = v.tags.get("dspark.parent_version", "")
         table.add_row(str(v.version), v.tags.get("drafter", ""), v.tags.get("format", ""), v.tags.get(TAU_TAG, "")[:6],
-                      when, "★" if champion is not None and champion.version == v.version else "", (v.run_id or "")[:8])
+                      "scratch" if parent == "none" else f"v{parent}" if parent else "",
+                      v.tags.get("dspark.cumulative_steps", ""), when, "★" if champion is not None and champion.version == v.version else "", (v.run_id or "")[:8])
     console.print(table)
 
 

@@ -20,6 +20,7 @@ from dspark_core.recipes.transfer import TransferConfig
 from dspark_core.settings import bounds_of, default_of, help_of
 from dspark_core.training.presets import PRESET_HELP, PRESETS, preset_config
 from dspark_core.training.trainer import TrainConfig
+from dspark_core.training.warm_start import Parent, parent_settings
 
 
 def core_field(cls: type, name: str):
@@ -97,14 +98,21 @@ class DraftTrainingConfig(CoreConfig):
     qk_norm: bool = core_field(TrainConfig, "qk_norm")
     sample_from_anchor: bool | None = core_field(TrainConfig, "sample_from_anchor")
     seed: int = core_field(TrainConfig, "seed")
+    continue_from: str = Field(default="auto", description=(
+        "Where training starts: 'auto' (continue from the base model's champion when it is this drafter, else from "
+        "this drafter's newest registered version, else from scratch; a version of another shape than the "
+        "settings here is skipped), 'none' (from scratch), or the path of a draft checkpoint or export"))
 
-    def training_config(self, target, algorithm: str) -> TrainConfig:
-        """The library config for `target`: the preset, with the fields set away from their defaults over it."""
+    def training_config(self, target, algorithm: str, parent: Parent | None = None) -> TrainConfig:
+        """The library config for `target`: the preset, with the fields set away from their defaults over it; with
+        a `parent` to continue from, its shape (depth, block, head, vocabulary, layers) under those fields."""
         if self.preset not in PRESETS:
             raise dg.Failure(f"unknown training preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         changed = {name: tuple(v) if isinstance(v, list) else v for name, v in self.model_dump().items()
-                   if name != "preset" and v != default_of(TrainConfig, name)}
-        return preset_config(self.preset, target, algorithm=algorithm, **changed)
+                   if name not in ("preset", "continue_from") and v != default_of(TrainConfig, name)}
+        if parent is not None:  # (the partition's drafter, which `auto` matched to the parent's)
+            changed = {**parent_settings(parent), **changed, "warm_start": str(parent.path)}
+        return preset_config(self.preset, target, **{**changed, "algorithm": algorithm})
 
 
 class ExportDraftConfig(CoreConfig):

@@ -87,6 +87,15 @@ def training_metadata(report: TrainReport) -> dict[str, Any]:
     }
 
 
+def lineage_metadata(report: TrainReport, parent_version: str | None) -> dict[str, Any]:
+    """Where a draft came from: the registered version it continued from (or none), its generation, and what
+    its whole line has trained."""
+    parent = report.parent or {}
+    return {"parent_version": parent_version or "none", "parent_path": parent.get("path", "none"),
+            "generation": report.generation, "cumulative_steps": report.cumulative_steps,
+            "cumulative_tokens": report.cumulative_tokens}
+
+
 def suite_evaluation_metadata(report: SuiteReport, drafter: str, plot: Path) -> dict[str, Any]:
     """What the UI shows of one drafter's suite evaluation; `tau` is the macro mean the champion rule compares."""
     overall = report.overall(drafter)

@@ -113,6 +113,10 @@ class Tracking:
         flat = flatten(params)
         self.client.log_batch(run_id, params=[Param(k, v) for k, v in sorted(flat.items())])
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
@@ -247,6 +251,23 @@ class Tracking:
         self.client.set_model_version_tag(name, current.version, ROLLED_BACK, "true")
         self.client.set_registered_model_alias(name, CHAMPION, previous.version)
         return str(current.version), str(previous.version)
+
+    def warm_start_version(self, base_model: str, drafter: str):
+        """The version a new `drafter` draft for `base_model` continues from: the champion when it is that
+        drafter, else the drafter's newest registered version that was not rolled back; None when there is none."""
+        champion = self.champion(base_model)
+        if champion is not None and champion.tags.get("drafter") == drafter:
+            return champion
+        mine = [v for v in self.versions(base_model) if v.tags.get("drafter") == drafter and ROLLED_BACK not in v.tags]
+        return mine[-1] if mine else None
+
+    def version_with_weights(self, base_model: str, weights_sha256: str) -> str | None:
+        """The registered version holding exactly these weights, if any."""
+        found = [v for v in self.versions(base_model) if v.tags.get(WEIGHTS_SHA) == weights_sha256]
+        return str(found[-1].version) if found else None
+
+    def describe_version(self, base_model: str, version: str, description: str) -> None:
+        self.client.update_model_version(registered_model_name(base_model), version, description=description)
 
     def local_path(self, version) -> Path:
         """A local directory holding the version's exported draft (downloaded if the store is remote)."""

@@ -493,3 +493,31 @@ def test_transfer_report_evaluates_drafts_on_a_derived_base_model(platform, mate
     assert ("retrain_requested" in registered_models()[derived]) == under
     assert _check_passed(result, "derived_models_keep_their_drafts_tau") == (not under)
     assert meta["duckdb_rows"] > 0 and meta["heat_map"]
+
+
+def test_retraining_continues_from_the_champion_and_records_the_lineage(platform, materialized, capsys):
+    """A second training run of a drafter whose draft is champion grows from it (warm_start 'auto'): the
+    checkpoint, the MLflow run, the registered version and `dspark drafts list` say from which version."""
+    key, tracking = platform.key("dspark"), platform.mlflow.tracking()
+    champion = str(tracking.champion(platform.slug).version)
+    first = platform.metadata("draft_checkpoint", key)
+    platform.config = {**SMALL, "draft_checkpoint": {**SMALL["draft_checkpoint"], "steps": 4}}
+    try:
+        result = platform.materialize(dg.AssetSelection.assets("draft_checkpoint", "calibrated_draft", "exported_draft"),
+                                      key, ["draft_checkpoint", "calibrated_draft", "exported_draft"])
+    finally:
+        platform.config = SMALL
+    assert result.success
+    second = platform.metadata("draft_checkpoint", key)
+    assert second["path"] != first["path"] and second["parent_version"] == champion
+    assert (first["generation"], second["generation"]) == (0, 1)
+    assert second["cumulative_steps"] == first["cumulative_steps"] + 4 == 10
+    run = tracking.client.get_run(second["mlflow_run_id"])
+    assert run.data.tags["dspark.parent_version"] == champion and run.data.params["parent_version"] == champion
+    exported = platform.metadata("exported_draft", key)
+    assert exported["parent_version"] == champion and exported["draft_version"] != champion
+    version = tracking.client.get_model_version(f"dspark-draft-{platform.slug}", exported["draft_version"])
+    assert version.tags["dspark.parent_version"] == champion and version.tags["dspark.cumulative_steps"] == "10"
+    assert f"continued from version {champion}" in version.description
+    code, out, _ = run_cli(["drafts", "list", platform.slug, "--tracking-uri", platform.mlflow.tracking_uri], capsys)
+    assert code == 0 and f"v{champion}" in out and "scratch" in out

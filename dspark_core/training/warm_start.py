@@ -25,11 +25,15 @@ from dspark_core.drafters.checkpoint import load_draft, read_draft_config, shape
 from dspark_core.errors import DsparkError
 from dspark_core.paths import settled_directory
 
-__all__ = ["Parent", "SHAPE_SETTINGS", "load_parent_weights", "parent_settings", "read_parent"]
+__all__ = ["Parent", "SHAPE_SETTINGS", "load_parent_weights", "parent_settings", "read_parent", "shape_conflict"]
 
 #: TrainConfig settings that fix the module's shape: a continuation takes its parent's unless given explicitly
 SHAPE_SETTINGS = ("algorithm", "num_layers", "block_size", "head", "head_rank", "head_vocab", "draft_vocab_size",
                   "mask_token", "qk_norm", "anchor_state", "sample_from_anchor")
+
+#: module fields fitted after training (the confidence head's calibration): they belong to the parent's weights,
+#: so a continuation starts without them and is calibrated again
+CALIBRATION_FIELDS = ("confidence_temperatures", "confidence_shifts")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,19 @@ def parent_settings(parent: Parent) -> dict:
     return settings
 
 
+def shape_conflict(parent: Parent, settings: dict) -> str | None:
+    """Why a run with TrainConfig `settings` cannot grow from `parent` (the first setting that differs from the
+    parent's shape), or None."""
+    for name, value in parent_settings(parent).items():
+        if name in settings and settings[name] is not None and _comparable(settings[name]) != _comparable(value):
+            return f"its {name} is {value!r}, the run's is {settings[name]!r}"
+    return None
+
+
+def _comparable(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def load_parent_weights(model: DraftModule, parent: Parent, target) -> torch.Tensor:
     """Copy `parent`'s trained weights into `model` (built for `target`, at its own precision) and return the
     parent's draft vocabulary; refuse a parent that cannot run on `target` or whose module differs."""
@@ -92,7 +109,7 @@ def load_parent_weights(model: DraftModule, parent: Parent, target) -> torch.Ten
         raise DsparkError(f"cannot warm-start from {parent.path} on {target.spec!r}: {mismatch}")
     source, _ = load_draft(parent.path)
     theirs, ours = source.config.to_dict(), model.config.to_dict()
-    for key in sorted(set(theirs) | set(ours)):
+    for key in sorted((set(theirs) | set(ours)) - set(CALIBRATION_FIELDS)):
         if theirs.get(key) != ours.get(key):
             raise DsparkError(f"cannot warm-start from {parent.path}: its {key} is {theirs.get(key)!r}, this run "
                               f"builds {ours.get(key)!r}; drop the option that sets it (a continuation keeps its "
