@@ -3,14 +3,17 @@
 import dagster as dg
 
 from assets.target_feature_cache import target_feature_cache
+from dspark_core.drafters.checkpoint import shape_mismatch
+from dspark_core.models.derive import parent_spec
 from dspark_core.models.registry import spec_for
+from dspark_core.models.spec import slugify
 from dspark_core.recipes.training import train
 from dspark_core.training.warm_start import SHAPE_SETTINGS, Parent, read_parent, shape_conflict
 from pipelines.config import DraftTrainingConfig
 from pipelines.metadata import lineage_metadata, mlflow_link, run_tags, training_metadata, training_progress, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource, TargetLoader
-from pipelines.tracking import Tracking
+from pipelines.tracking import Tracking, version_label
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[target_feature_cache], group_name="training",
@@ -54,14 +57,19 @@ def _parent(context: dg.AssetExecutionContext, config: DraftTrainingConfig, trac
         parent = read_parent(config.continue_from)
         sha = parent.lineage()["weights_sha256"]
         return parent, tracking.version_with_weights(base_model, sha)
-    version = tracking.warm_start_version(base_model, drafter)
+    owner, version = base_model, tracking.warm_start_version(base_model, drafter)
+    if version is None and (origin := parent_spec(target.spec)):  # a derived model grows from its parent's draft
+        owner = slugify(origin)
+        version = tracking.warm_start_version(owner, drafter)
     if version is None:
         context.log.info(f"no registered {drafter} draft for {base_model}: training from scratch")
         return None, None
+    label = version_label(base_model, owner, str(version.version))
     parent = read_parent(tracking.local_path(version))
     fresh = config.training_config(target, drafter)
-    if conflict := shape_conflict(parent, {name: getattr(fresh, name) for name in SHAPE_SETTINGS}):
-        context.log.warning(f"not continuing from version {version.version} ({conflict}): training from scratch")
+    if conflict := (shape_mismatch(parent.config, target) or
+                    shape_conflict(parent, {name: getattr(fresh, name) for name in SHAPE_SETTINGS})):
+        context.log.warning(f"not continuing from version {label} ({conflict}): training from scratch")
         return None, None
-    context.log.info(f"continuing from version {version.version} of {base_model}'s drafts")
-    return parent, str(version.version)
+    context.log.info(f"continuing from version {label}")
+    return parent, label

@@ -4,12 +4,13 @@ import dagster as dg
 
 from assets.calibrated_draft import calibrated_draft
 from dspark_core.drafters.checkpoint import read_draft_config
+from dspark_core.models.spec import slugify
 from dspark_core.recipes.export import export
 from pipelines.config import ExportDraftConfig
 from pipelines.metadata import upstream, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource
-from pipelines.tracking import registered_model_name
+from pipelines.tracking import registered_model_name, version_label
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[calibrated_draft], group_name="serving", kinds={"safetensors", "mlflow"})
@@ -25,7 +26,11 @@ def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig,
     tracking = mlflow.tracking()
     training = read_draft_config(checkpoint)["training"]
     parent = training.get("parent") or {}
-    parent_version = tracking.version_with_weights(base_model, parent["weights_sha256"]) if parent else None
+    parent_version = None
+    if parent:  # the parent may be a draft of another base model (this one's parent model)
+        owner = slugify(parent.get("target") or base_model)
+        found = tracking.version_with_weights(owner, parent["weights_sha256"])
+        parent_version = version_label(base_model, owner, found) if found else None
     lineage = {"dspark.parent_version": parent_version or "none", "dspark.generation": str(training.get("generation", 0)),
                "dspark.cumulative_steps": str(training.get("cumulative_steps", training.get("steps_done", ""))),
                "dspark.cumulative_tokens": str(training.get("cumulative_tokens", ""))}

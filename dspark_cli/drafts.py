@@ -44,7 +44,7 @@ def list_command(base_model: str = typer.Argument(..., help="Base model key (see
             when += " (rolled back)"
         parent = v.tags.get("dspark.parent_version", "")
         table.add_row(str(v.version), v.tags.get("drafter", ""), v.tags.get("format", ""), v.tags.get(TAU_TAG, "")[:6],
-                      "scratch" if parent == "none" else f"v{parent}" if parent else "",
+                      "scratch" if parent == "none" else parent.replace(":", " v") if ":" in parent else f"v{parent}" if parent else "",
                       v.tags.get("dspark.cumulative_steps", ""), when, "★" if champion is not None and champion.version == v.version else "", (v.run_id or "")[:8])
     console.print(table)
 

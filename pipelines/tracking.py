@@ -48,6 +48,11 @@ def registered_model_name(base_model: str) -> str:
     return f"dspark-draft-{base_model}"
 
 
+def version_label(base_model: str, owner: str, version: str) -> str:
+    """How a draft of `base_model` names a version of `owner`'s drafts: "3", or "parent-model:3" across models."""
+    return version if owner == base_model else f"{owner}:{version}"
+
+
 def tau_tag(eval_id: str) -> str:
     """The tag holding τ measured one particular way: comparisons only ever use τ measured alike."""
     return f"{TAU_TAG}.{hashlib.sha256(eval_id.encode()).hexdigest()[:12]}"

@@ -521,3 +521,20 @@ def test_retraining_continues_from_the_champion_and_records_the_lineage(platform
     assert f"continued from version {champion}" in version.description
     code, out, _ = run_cli(["drafts", "list", platform.slug, "--tracking-uri", platform.mlflow.tracking_uri], capsys)
     assert code == 0 and f"v{champion}" in out and "scratch" in out
+
+
+def test_a_derived_model_grows_its_first_draft_from_its_parents(platform, materialized, tiny_target):
+    """A newly registered variant (same shapes) has no draft of its own: its first one continues from its
+    parent model's champion, and says so."""
+    from dspark_core.models.derive import DeriveConfig, derive_model
+
+    derive_model(tiny_target, "tiny-platform-q4", DeriveConfig(bits=4), overwrite=True)
+    derived = register_model("derived:tiny-platform-q4", prompts=str(platform.root / "prompts.jsonl"))
+    platform.instance.add_dynamic_partitions("base_model", [derived])
+    champion = str(platform.mlflow.tracking().champion(platform.slug).version)
+    for name in DATA:
+        assert platform.asset(name, derived).success, name
+    key = model_drafter_key(derived, "dspark")
+    assert platform.asset("draft_checkpoint", key).success
+    grown = platform.metadata("draft_checkpoint", key)
+    assert grown["parent_version"] == f"{platform.slug}:{champion}" and grown["generation"] >= 1
