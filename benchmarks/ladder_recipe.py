@@ -105,7 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rungs", default="", help="run only these rungs (comma-separated names; default: all)")
     parser.add_argument("--depths", default="", help="DSpark depths to run at the reference recipe, e.g. 1,2,3,4,5")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ladder.json"))
+    parser.add_argument("--draft-cost", type=Path, default=None, help="instead of training: time the draft round of "
+                        "every run in this results file again, all drafts back to back on the same prompts (what "
+                        "a quiet machine says; timings taken while training ran beside them are noisy), and write "
+                        "them into it")
+    parser.add_argument("--repeats", type=int, default=5, help="with --draft-cost: rounds of timing per draft")
     args = parser.parse_args(argv)
+    if args.draft_cost:
+        return remeasure_draft_cost(args.draft_cost, args.target, args.repeats)
 
     target = load_target(args.target)
     train_cache = FeatureCache(args.cache, target_revision=target.revision, split="train")
@@ -153,20 +160,71 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def checkpoint_of(entry: dict, cache: FeatureCache) -> Path:
+    """Where a results entry's run wrote its draft (the run directory is keyed by what it trained)."""
+    config = config_of(entry["settings"])
+    key = hashlib.sha256(effective(config, cache).encode() + str(cache.path).encode()).hexdigest()[:10]
+    return dspark_home() / "ladder" / f"{entry['drafter']}-{entry['rung']}-{key}" / "draft"
+
+
+def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:
+    """Every draft of a ladder results file decodes the same held-out prompts greedily, `repeats` times in
+    turn (so that a slower spell of the machine falls on all of them); the median draft ms per round of each
+    is written beside its entry (`quiet_draft_ms_per_round`), with the equal-draft-cost table redone from it."""
+    from dspark_core.decoding import GenerationConfig, SpeculativeEngine
+    from dspark_core.drafters.checkpoint import load_drafter
+
+    saved = json.loads(path.read_text())
+    target = load_target(target_spec)
+    cache = FeatureCache(saved["cache"], target_revision=target.revision, split="train")
+    prompts = eval_prompts(target, load_suite("heldout-v1").selected(6).records)
+    drafters = [load_drafter(checkpoint_of(entry, cache), target) for entry in saved["results"]]
+    timings: list[list[float]] = [[] for _ in drafters]
+    for _ in range(repeats):
+        for drafter, times in zip(drafters, timings):
+            stats = SpeculativeEngine(target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32)).stats
+            times.append(stats.draft_ms_per_round)
+    for entry, times in zip(saved["results"], timings):
+        entry["quiet_draft_ms_per_round"] = sorted(times)[len(times) // 2]
+        console.print(f"{entry['drafter']:<7} {entry['rung']:<20} {entry['quiet_draft_ms_per_round']:.1f} ms/round "
+                      f"(γ {entry['settings'].get('block_size', 4)}; {', '.join(f'{t:.1f}' for t in times)})",
+                      highlight=False)
+    saved["draft_cost_command"] = "python benchmarks/ladder_recipe.py " + shlex.join(sys.argv[1:])
+    saved["draft_cost_machine"] = provenance()["machine"]
+    saved["equal_draft_cost"] = equal_draft_cost(saved["results"])
+    write_json_atomic(path, saved)
+    return 0
+
+
+#: rungs at which DSpark and DFlash train the reference recipe but for depth (the rungs after `anchors` change
+#: nothing for them but the depth), and `--depths` runs
+AT_REFERENCE_BUT_DEPTH = ("anchors", "losses", "depth-5")
+
+
+def draft_ms(entry: dict) -> float | None:
+    """A run's draft ms per round: timed on a quiet machine when it was (`--draft-cost`), else while decoding."""
+    if "quiet_draft_ms_per_round" in entry:
+        return entry["quiet_draft_ms_per_round"]
+    return entry["greedy"]["draft_ms_per_round"] if "greedy" in entry else None
+
+
 def equal_draft_cost(results: list[dict]) -> list[dict]:
-    """DSpark at each depth against Eagle3's reference rung: draft ms per round (decoded greedily), the ratio, and
-    the two τ (greedy held-out and decoded)."""
-    eagle3 = next((r for r in results if r["drafter"] == "eagle3" and r["rung"] == "soft-ce" and "greedy" in r), None)
+    """DSpark (and DFlash) at each depth of the reference recipe against Eagle3's reference rung: draft ms per
+    round, the ratio, and the τ of each (greedy held-out, and decoded when it was)."""
+    eagle3 = next((r for r in results if r["drafter"] == "eagle3" and r["rung"] == "soft-ce"), None)
+    if eagle3 is None or draft_ms(eagle3) is None:
+        return []
     rows = []
     for r in results:
-        if r["rung"].startswith("reference-depth-") and "greedy" in r and eagle3:
-            rows.append({"depth": int(r["rung"].rsplit("-", 1)[1]),
-                         "draft_ms_per_round": r["greedy"]["draft_ms_per_round"],
-                         "eagle3_draft_ms_per_round": eagle3["greedy"]["draft_ms_per_round"],
-                         "cost_ratio": r["greedy"]["draft_ms_per_round"] / eagle3["greedy"]["draft_ms_per_round"],
+        at_reference = r["rung"] in AT_REFERENCE_BUT_DEPTH or r["rung"].startswith("reference-depth-")
+        if r["drafter"] in ("dspark", "dflash") and at_reference and draft_ms(r) is not None:
+            rows.append({"drafter": r["drafter"], "depth": int(r["settings"].get("num_layers", 1)),
+                         "draft_ms_per_round": draft_ms(r), "eagle3_draft_ms_per_round": draft_ms(eagle3),
+                         "cost_ratio": draft_ms(r) / draft_ms(eagle3),
                          "val_tau": r["val_tau"], "eagle3_val_tau": eagle3["val_tau"],
-                         "decoded_tau": r["greedy"]["tau"], "eagle3_decoded_tau": eagle3["greedy"]["tau"]})
-    return rows
+                         "decoded_tau": r.get("greedy", {}).get("tau"),
+                         "eagle3_decoded_tau": eagle3.get("greedy", {}).get("tau")})
+    return sorted(rows, key=lambda row: (row["drafter"], row["depth"]))
 
 
 def report(argv, target, train_cache, validation, results) -> dict:
@@ -188,7 +246,7 @@ def print_table(results: list[dict]) -> None:
                       " ".join("-" if a is None else f"{a:.2f}" for a in r["val_accept"]),
                       f"{r['greedy']['tau']:.2f}" if "greedy" in r else "",
                       f"{r['sampled']['tau']:.2f}" if "sampled" in r else "",
-                      f"{r['greedy']['draft_ms_per_round']:.1f}" if "greedy" in r else "")
+                      f"{draft_ms(r):.1f}" if draft_ms(r) is not None else "")
     console.print(table)
 
 
