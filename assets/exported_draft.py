@@ -4,13 +4,12 @@ import dagster as dg
 
 from assets.calibrated_draft import calibrated_draft
 from dspark_core.drafters.checkpoint import read_draft_config
-from dspark_core.models.spec import slugify
 from dspark_core.recipes.export import export
 from pipelines.config import ExportDraftConfig
 from pipelines.metadata import upstream, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource
-from pipelines.tracking import registered_model_name, version_label
+from pipelines.tracking import registered_model_name
 
 
 @dg.asset(partitions_def=model_drafter_partitions, deps=[calibrated_draft], group_name="serving", kinds={"safetensors", "mlflow"})
@@ -24,25 +23,12 @@ def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig,
     training_run = upstream(context, "draft_checkpoint", str(context.partition_key))["mlflow_run_id"]
     report = export(checkpoint, config.to_core())
     tracking = mlflow.tracking()
-    training = read_draft_config(checkpoint)["training"]
-    parent = training.get("parent") or {}
-    parent_version = None
-    if parent:  # the parent may be a draft of another base model (this one's parent model)
-        owner = slugify(parent.get("target") or base_model)
-        found = tracking.version_with_weights(owner, parent["weights_sha256"])
-        parent_version = version_label(base_model, owner, found) if found else None
-    lineage = {"dspark.parent_version": parent_version or "none", "dspark.generation": str(training.get("generation", 0)),
-               "dspark.cumulative_steps": str(training.get("cumulative_steps", training.get("steps_done", ""))),
-               "dspark.cumulative_tokens": str(training.get("cumulative_tokens", ""))}
+    lineage = tracking.lineage(base_model, read_draft_config(checkpoint)["training"])
     version, reused = tracking.register_export(base_model, report.path, training_run, report.weights_sha256, {
         "drafter": drafter, "format": report.format, "checkpoint": str(checkpoint), "dagster.run_id": context.run.run_id,
-        **lineage})
+        **lineage.tags})
     if not reused:
-        tracking.describe_version(base_model, version, (
-            f"{drafter} draft, generation {lineage['dspark.generation']}, "
-            f"{lineage['dspark.cumulative_steps']} training steps over its line; "
-            + (f"continued from version {parent_version}." if parent_version else
-               f"continued from {parent['path']}." if parent else "trained from scratch.")))
+        tracking.describe_version(base_model, version, f"{drafter} draft, {lineage.description}")
     context.log.info(f"version {version} of {registered_model_name(base_model)}" + (" (these weights, registered before)" if reused else ""))
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(report.path)),
@@ -50,7 +36,7 @@ def exported_draft(context: dg.AssetExecutionContext, config: ExportDraftConfig,
         "registered_model": registered_model_name(base_model),
         "draft_version": version,
         "weights_sha256": report.weights_sha256,
-        "parent_version": parent_version or "none",
+        "parent_version": lineage.parent_version or "none",
         "size_mib": report.size_mib,
         "mlflow_run": dg.MetadataValue.url(tracking.run_url(training_run) or tracking.uri),
     })

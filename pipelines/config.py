@@ -59,6 +59,9 @@ class PromptDatasetConfig(CoreConfig):
     limit: int | None = core_field(PromptsConfig, "limit")
     validation_fraction: float = core_field(PromptsConfig, "validation_fraction")
     seed: int = core_field(PromptsConfig, "seed")
+    grow: bool = core_field(PromptsConfig, "grow")
+    max_prompts: int | None = core_field(PromptsConfig, "max_prompts")
+    at_cap: str = core_field(PromptsConfig, "at_cap")
 
 
 class TargetResponsesConfig(CoreConfig):

@@ -13,10 +13,12 @@ import hashlib
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from dspark_core.errors import DsparkError
+from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home
 from dspark_core.recipes.champion import Champion, Contender
 
@@ -46,6 +48,16 @@ def default_artifact_root() -> Path:
 
 def registered_model_name(base_model: str) -> str:
     return f"dspark-draft-{base_model}"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a registered draft came from: the version it grew from (None: from scratch or unregistered), the
+    version tags saying so, and a sentence for the version's description."""
+
+    parent_version: str | None
+    tags: dict[str, str]
+    description: str
 
 
 def version_label(base_model: str, owner: str, version: str) -> str:
@@ -270,6 +282,24 @@ class Tracking:
         """The registered version holding exactly these weights, if any."""
         found = [v for v in self.versions(base_model) if v.tags.get(WEIGHTS_SHA) == weights_sha256]
         return str(found[-1].version) if found else None
+
+    def lineage(self, base_model: str, training: dict) -> "Lineage":
+        """A draft's lineage as the registry records it, from its checkpoint's `training` config: the registered
+        version it grew from (looked up by its weights; across base models "model:version"), its generation and
+        its line's totals."""
+        parent = training.get("parent") or {}
+        parent_version = None
+        if parent:  # the parent may be a draft of another base model (this one's parent model)
+            owner = slugify(parent.get("target") or base_model)
+            found = self.version_with_weights(owner, parent["weights_sha256"])
+            parent_version = version_label(base_model, owner, found) if found else None
+        generation = int(training.get("generation", 0))
+        steps = training.get("cumulative_steps", training.get("steps_done", ""))
+        tags = {"dspark.parent_version": parent_version or "none", "dspark.generation": str(generation),
+                "dspark.cumulative_steps": str(steps), "dspark.cumulative_tokens": str(training.get("cumulative_tokens", ""))}
+        origin = (f"continued from version {parent_version}." if parent_version else
+                  f"continued from {parent['path']}." if parent else "trained from scratch.")
+        return Lineage(parent_version, tags, f"generation {generation}, {steps} training steps over its line; {origin}")
 
     def describe_version(self, base_model: str, version: str, description: str) -> None:
         self.client.update_model_version(registered_model_name(base_model), version, description=description)

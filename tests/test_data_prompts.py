@@ -148,3 +148,59 @@ def test_prompt_domains_are_checked_where_the_settings_are_made_and_steer_in_tur
     assert [domain for domain, _ in openings] == ["code", "math", "code", "math"]
     assert all(text in DOMAIN_OPENINGS[domain] for domain, text in openings)
     assert _openings(SelfGenerationConfig(), attempt=0, batch=2) == [("", ""), ("", "")]
+
+
+def test_a_growing_dataset_adds_new_prompts_each_round_and_never_a_duplicate_or_a_suite_prompt(tmp_path, monkeypatch):
+    """Each round asks the source for prompts from the next seed (here a stand-in for the model's own writing
+    whose prompts overlap from seed to seed), keeps only unseen ones, and leaves out evaluation-suite prompts."""
+    from dspark_core.data import sources
+    from dspark_core.data.prompts import PromptRecord, read_prompt_file, split_of
+    from dspark_core.evaluation.suites import load_suite
+    from dspark_core.recipes.prompts import prepare_prompts
+
+    suite_prompt = load_suite("heldout-v1").records[0]
+    seeds = []
+
+    def writes(target, config):  # seed s writes prompts s .. s+5 (so consecutive seeds share 5 of 6)
+        seeds.append(config.seed)
+        return [PromptRecord.create([("user", f"Question {i} about rivers?")], "chat") for i in
+                range(config.seed, config.seed + 6)] + [suite_prompt]
+
+    monkeypatch.setattr(sources, "self_generated_prompts", writes)
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path))
+    config = sources.PromptsConfig(dataset="grown", source="self", count=6, grow=True, seed=10)
+    reports = [prepare_prompts(config, target=lambda: None) for _ in range(3)]
+    assert seeds == [10, 11, 12]
+    assert [r["added"] for r in reports[-1].rounds] == [6, 1, 1]
+    assert reports[-1].rounds[-1]["total"] == 8 and "round 2: 1 new prompts" in reports[-1].summary
+    pairs = read_prompt_file(reports[-1].path)
+    ids = [record.id for record, _ in pairs]
+    assert len(ids) == len(set(ids)) == 8 and suite_prompt.id not in ids
+    assert all(split == split_of(record.id, config.validation_fraction) for record, split in pairs)
+
+    # at the cap: 'stop' adds nothing more, 'drop-oldest' lets the newest in
+    stopped = prepare_prompts(sources.replace(config, max_prompts=8), target=lambda: None)
+    assert stopped.rounds[-1]["added"] == 0 and stopped.rounds[-1]["total"] == 8
+    rolled = prepare_prompts(sources.replace(config, max_prompts=8, at_cap="drop-oldest"), target=lambda: None)
+    kept = [record.user_turns[0] for record, _ in read_prompt_file(rolled.path)]
+    # (seed 14: the round at the cap used seed 13) two new prompts, the two oldest out
+    assert rolled.rounds[-1]["dropped"] == 2 and kept[0] == "Question 12 about rivers?"
+    assert kept[-1] == "Question 19 about rivers?"
+
+    # other source settings start the dataset anew
+    fresh = prepare_prompts(sources.replace(config, domains=("math",)), target=lambda: None)
+    assert len(fresh.rounds) == 1
+
+
+def test_a_dataset_written_in_one_go_becomes_round_zero_of_a_growing_one(tmp_path, monkeypatch):
+    from dspark_core.data import sources
+    from dspark_core.data.prompts import PromptRecord
+    from dspark_core.recipes.prompts import prepare_prompts
+
+    monkeypatch.setattr(sources, "self_generated_prompts", lambda target, config: [
+        PromptRecord.create([("user", f"Task {config.seed}-{i}")], "code") for i in range(4)])
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path))
+    once = sources.PromptsConfig(dataset="adopted", source="self", count=4)
+    assert prepare_prompts(once, target=lambda: None).counts == prepare_prompts(once, target=lambda: None).counts
+    grown = prepare_prompts(sources.replace(once, grow=True), target=lambda: None)
+    assert [(r["round"], r["seed"], r["added"]) for r in grown.rounds] == [(0, 0, 4), (1, 1, 4)]

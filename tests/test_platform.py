@@ -339,6 +339,9 @@ def test_weekly_schedule_requests_one_run_per_registered_model(tmp_path):
         requests = weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when))
         assert sorted(r.partition_key for r in requests) == sorted(registered_models())
         assert len({r.run_key for r in requests}) == len(requests)
+        assert all(r.run_config["ops"]["prompt_dataset"]["config"]["grow"] is True for r in requests)
+    from pipelines.definitions import defs
+    dg.validate_run_config(defs.resolve_job_def("prepare_base_model"), requests[0].run_config)  # the job takes it
 
 
 # --- metrics store, registry, CLI ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,12 @@ class PromptsConfig:
     prompt_column: str | None = setting(None, "For hf: sources, a plain-text prompt column")
     messages_column: str | None = setting(None, "For hf: sources, a chat-messages column")
     on_error: str = setting("skip", "Malformed lines: 'skip' (reported) or 'raise'", choices=("skip", "raise"))
+    grow: bool = setting(False, "Each preparation adds new prompts to the dataset instead of writing it anew (source "
+                                "'self': `count` more, from the next seed); duplicates and evaluation-suite prompts "
+                                "are left out, the split stays by content hash")
+    max_prompts: int | None = setting(None, "With grow: the most prompts the dataset holds; empty: no cap", min=1)
+    at_cap: str = setting("stop", "With grow, at max_prompts: 'stop' (add no more) or 'drop-oldest' (the oldest "
+                                  "prompts make room for new ones)", choices=("stop", "drop-oldest"))
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -76,15 +83,25 @@ def collect_prompts(config: PromptsConfig, target: Callable[[], TargetModel] | N
     return records, report
 
 
-def prepare_prompt_file(path: Path, config: PromptsConfig,
-                        target: Callable[[], TargetModel] | None = None) -> tuple[dict[str, int], LoadReport | None]:
-    """Write `path` (prompts with their split) from `config`, or reuse it when it was written from the same
-    source and settings (recorded next to it). Returns (counts per split, load report; None when reused)."""
-    # As JSON sees them (tuples become lists), so that the stored copy compares equal.
+def _source_settings(config: PromptsConfig) -> dict:
+    """The settings a prompt file was written from, as JSON sees them (tuples become lists, so that the stored
+    copy compares equal); an edited source file is a new source."""
     settings = json.loads(json.dumps({**asdict(config), "source": config.source_or_default}))
     source = Path(config.source_or_default)
-    if source.is_file():  # an edited file is a new source
+    if source.is_file():
         settings["source_sha256"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    return settings
+
+
+def prepare_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], TargetModel] | None = None, *,
+                        exclude: frozenset[str] = frozenset()) -> tuple[dict[str, int], LoadReport | None]:
+    """Write `path` (prompts with their split) from `config`, or reuse it when it was written from the same
+    source and settings (recorded next to it); with `config.grow`, add to it (`grow_prompt_file`). Prompts whose
+    id is in `exclude` (an evaluation suite's) are left out of a grown file. Returns (counts per split, load
+    report; None when reused)."""
+    if config.grow:
+        return grow_prompt_file(path, config, target, exclude=exclude)
+    settings = _source_settings(config)
     settings_path = path.with_name(path.stem + ".settings.json")
     if path.exists() and settings_path.exists() and json.loads(settings_path.read_text()) == settings:
         counts = {"train": 0, "validation": 0}
@@ -96,3 +113,57 @@ def prepare_prompt_file(path: Path, config: PromptsConfig,
     counts = write_prompts(records, path, config.validation_fraction)
     write_json_atomic(settings_path, settings)
     return counts, report
+
+
+#: settings that may change from one round of a growing dataset to the next without starting it anew
+_GROWTH_SETTINGS = ("seed", "count", "limit", "grow", "max_prompts", "at_cap", "on_error")
+
+
+def grow_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], TargetModel] | None = None, *,
+                     exclude: frozenset[str] = frozenset()) -> tuple[dict[str, int], LoadReport]:
+    """One round of a growing dataset: collect prompts (source 'self': from seed `config.seed` + the round's
+    number, so each round writes new ones), keep those neither in the file already nor in `exclude`, append them,
+    and apply the cap. `<stem>.rounds.json` records the source settings and every round (seed, added, dropped,
+    total); a file written from other source settings, or without rounds, starts anew."""
+    rounds_path = path.with_name(path.stem + ".rounds.json")
+    settings = {key: value for key, value in _source_settings(config).items() if key not in _GROWTH_SETTINGS}
+    history = json.loads(rounds_path.read_text()) if rounds_path.exists() and path.exists() else None
+    written_once = path.with_name(path.stem + ".settings.json")
+    if history is None and path.exists() and written_once.exists() and {
+            key: value for key, value in json.loads(written_once.read_text()).items()
+            if key not in _GROWTH_SETTINGS} == settings:  # a file written in one go from this source: its round 0
+        existing = [record for record, _ in read_prompt_file(path)]
+        rounds = [{"round": 0, "seed": json.loads(written_once.read_text())["seed"], "added": len(existing),
+                   "dropped": 0, "total": len(existing), "at": None}]
+    elif history is None or history.get("settings") != settings:
+        existing, rounds = [], []
+    else:
+        existing, rounds = [record for record, _ in read_prompt_file(path)], list(history["rounds"])
+    seed = config.seed + len(rounds)
+    cap = config.max_prompts
+    if cap is not None and len(existing) >= cap and config.at_cap == "stop":
+        report = LoadReport(kept=0)
+        new = []
+    else:
+        collected, report = collect_prompts(replace(config, seed=seed), target)
+        known = {record.id for record in existing} | set(exclude)
+        new = [record for record in collected if record.id not in known]
+        report.duplicates += len(collected) - len(new)
+    combined = existing + new
+    if cap is not None and len(combined) > cap:  # 'stop' keeps what is there, 'drop-oldest' what is newest
+        combined = combined[:cap] if config.at_cap == "stop" else combined[-cap:]
+    kept = {record.id for record in combined}
+    added = sum(record.id in kept for record in new)
+    report.kept = added
+    written_once.unlink(missing_ok=True)  # no longer a file written in one go
+    counts = write_prompts(combined, path, config.validation_fraction)
+    rounds.append({"round": len(rounds), "seed": seed, "added": added, "dropped": len(existing) + added - len(combined),
+                   "total": len(combined), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    write_json_atomic(rounds_path, {"settings": settings, "rounds": rounds})
+    return counts, report
+
+
+def prompt_rounds(path: Path) -> list[dict]:
+    """The rounds a growing dataset's prompt file went through (empty for a file written in one go)."""
+    rounds_path = path.with_name(path.stem + ".rounds.json")
+    return json.loads(rounds_path.read_text())["rounds"] if rounds_path.exists() else []
