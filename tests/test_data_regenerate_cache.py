@@ -230,3 +230,35 @@ def test_a_shard_cut_short_by_a_full_disk_leaves_no_partial_file(tiny_target, re
     reference = build_feature_cache(tiny_target, responses, tmp_path / "ref", _config(), progress=False)
     assert [e["sha256"] for e in manifest["shards"]] == [e["sha256"] for e in reference["shards"]]
     assert not list((tmp_path / "c").glob(".*.tmp"))
+
+
+def test_a_cache_of_a_grown_dataset_computes_only_the_new_conversations(tiny_target, responses, tmp_path, monkeypatch):
+    """The dataset grew from 5 to 8 conversations: rebuilding its cache runs the target over the 3 new ones only,
+    copies the features of the 5 it had, and ends equal to a cache built from scratch; an update killed half-way
+    resumes and leaves no earlier version behind."""
+    first = build_feature_cache(tiny_target, responses[:5], tmp_path / "c", _config(), progress=False)
+    assert first["copied_samples"] == 0
+    computed = []
+    original = tiny_target.forward_features
+
+    def counting(ids, **kwargs):
+        computed.extend(ids.shape[0] * [None])
+        return original(ids, **kwargs)
+
+    monkeypatch.setattr(tiny_target, "forward_features", counting)
+    killer = _fail_on_third_shard(monkeypatch, KeyboardInterrupt("killed"))
+    with pytest.raises(KeyboardInterrupt):
+        build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert (tmp_path / "c.previous" / "manifest.json").exists()  # the earlier version is kept until the end
+    monkeypatch.setattr(cache_module, "_shard_tensors", killer)
+    grown = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert grown["num_samples"] == 8 and not (tmp_path / "c.previous").exists()
+    assert len(computed) == 3 and grown["copied_samples"] == 5
+    monkeypatch.setattr(tiny_target, "forward_features", original)
+    scratch = build_feature_cache(tiny_target, responses, tmp_path / "ref", _config(), progress=False)
+    a, b = FeatureCache(tmp_path / "c"), FeatureCache(tmp_path / "ref")
+    assert [a[i].id for i in range(len(a))] == [b[i].id for i in range(len(b))]
+    for i in range(len(a)):
+        assert torch.equal(a[i].input_ids, b[i].input_ids)
+        assert torch.allclose(a[i].layers, b[i].layers, atol=1e-5) and torch.allclose(a[i].lse, b[i].lse, atol=1e-5)
+    assert scratch["samples_hash"] == grown["samples_hash"]

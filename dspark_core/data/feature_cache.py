@@ -212,16 +212,49 @@ def write_feature_cache(
     candidates = {int(index): entry for index, entry in state["candidates"].items()}
     reusable = _verified_on_every_rank(world, out_dir, shards, candidates)
     todo = [index for index in range(len(shards)) if index not in reusable]
+    previous = None
+    if (previous_dir(out_dir) / MANIFEST_FILE).exists():  # an update: rank 0 verifies what will be copied
+        with world.main_first():
+            previous = PreviousFeatures(FeatureCache(previous_dir(out_dir), verify=world.is_main))
     mine = world.shard(todo)  # the shards left, dealt round-robin: a resumed job is balanced too
     bar = tqdm(total=sum(_tokens(shards[i]) for i in mine), unit="tok", disable=not (progress and world.is_main),
                desc="caching target features" + (f" (rank 0 of {world.size})" if world.size > 1 else ""))
-    built = {index: _build_shard(target, shards[index], index, out_dir, config, spec, world, bar) for index in mine}
+    built = {index: _build_shard(target, shards[index], index, out_dir, config, spec, world, bar, previous)
+             for index in mine}
     bar.close()
     for built_elsewhere in world.gather(built):  # every rank finished its share (a failed rank stopped the job)
         built.update(built_elsewhere)
     entries = [reusable[index] if index in reusable else built[index] for index in range(len(shards))]
-    return world.on_main(lambda: _write_manifest(out_dir, spec, samples, entries, target, world,
-                                                        source=source, extra=extra))
+    copied = sum(entry.get("copied_samples", 0) for entry in entries)
+    manifest = world.on_main(lambda: _write_manifest(out_dir, spec, samples, entries, target, world, source=source,
+                                                     extra={**(extra or {}), "copied_samples": copied}))
+    world.on_main(lambda: shutil.rmtree(previous_dir(out_dir), ignore_errors=True))  # the update is complete
+    return manifest
+
+
+def previous_dir(out_dir: Path) -> Path:
+    """Where a cache being updated for new data keeps its earlier version until the new one is complete."""
+    return out_dir.with_name(out_dir.name + ".previous")
+
+
+class PreviousFeatures:
+    """An earlier version of a cache, by sample: the features of a sample whose tokens (and assistant mask) are
+    unchanged are copied from it rather than computed again."""
+
+    def __init__(self, cache: "FeatureCache"):
+        self.cache = cache
+        self.rows = {sample_id: index for index, (_, _, sample_id, _) in enumerate(cache._index)}
+
+    def features(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(layers, last hidden, log-sum-exp) of `sample` as the earlier cache holds them, or None."""
+        row = self.rows.get(sample["id"])
+        if row is None:
+            return None
+        old = self.cache[row]
+        if (old.lse is None or old.input_ids.tolist() != list(sample["ids"])
+                or old.loss_mask.tolist() != [bool(m) for m in sample["mask"]]):
+            return None
+        return old.layers, old.last_hidden, old.lse
 
 
 def _tokens(shard: list[dict]) -> int:
@@ -240,10 +273,17 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
     if manifest_path.exists():
         existing = json.loads(manifest_path.read_text())
         if {k: existing.get(k) for k in spec} == spec:
+            shutil.rmtree(previous_dir(out_dir), ignore_errors=True)  # left by an update killed after its manifest
             return {"finished": existing, "candidates": {}}
-        raise DsparkError(
+        if {k: existing.get(k) for k in spec if k != "samples_hash"} == {k: v for k, v in spec.items() if k != "samples_hash"}:
+            # the same cache of other data (a dataset that grew): set it aside, build anew and copy the features
+            # of every sample it already holds instead of running the target on it again
+            shutil.rmtree(previous_dir(out_dir), ignore_errors=True)
+            os.replace(out_dir, previous_dir(out_dir))
+        else:
+            raise DsparkError(
             f"{out_dir} already holds a feature cache for {existing.get('target')!r} (layers {existing.get('layer_ids')}) "
-            f"built from other data or settings; use another directory or delete it"
+            f"built from other settings; use another directory or delete it"
         )
     candidates = _unfinished_shards(out_dir)
     if any(recorded_spec != spec for recorded_spec, _ in candidates.values()):
@@ -300,10 +340,13 @@ def _verified_on_every_rank(world: World, out_dir: Path, shards: list[list[dict]
 
 
 def _build_shard(target: TargetModel, shard: list[dict], index: int, out_dir: Path, config: CacheConfig, spec: dict,
-                 world: World, bar) -> dict:
-    """Compute and write one shard atomically, then its progress file (this rank's alone); returns its entry."""
+                 world: World, bar, previous: PreviousFeatures | None = None) -> dict:
+    """Compute (or copy from `previous`) and write one shard atomically, then its progress file (this rank's
+    alone); returns its entry."""
     name = _shard_file(index)
-    tensors = _shard_tensors(target, shard, config, bar)
+    copied = {row: found for row, sample in enumerate(shard)
+              if previous is not None and (found := previous.features(sample)) is not None}
+    tensors = _shard_tensors(target, shard, config, bar, copied)
     tmp = out_dir / f".{name}.tmp"
     try:
         save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
@@ -319,6 +362,7 @@ def _build_shard(target: TargetModel, shard: list[dict], index: int, out_dir: Pa
         "sha256": _sha256(out_dir / name),
         "rank": world.rank,  # which rank of how many built it (reused shards keep the rank of their build)
         "ranks": world.size,
+        "copied_samples": len(copied),
     }
     write_json_atomic(out_dir / PROGRESS_DIR / f"shard-{index:05d}.json", {"spec": spec, "index": index, "entry": entry})
     return entry
@@ -353,19 +397,25 @@ def _write_manifest(out_dir: Path, spec: dict, samples: list[dict], entries: lis
 
 
 @torch.inference_mode()
-def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, bar) -> dict[str, torch.Tensor]:
+def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, bar,
+                   copied: dict[int, tuple] | None = None) -> dict[str, torch.Tensor]:
+    """The shard's tensors; the samples in `copied` (row -> features from an earlier cache) are not computed."""
     dtype = _DTYPES[config.dtype]
-    layers_out, hidden_out, lse_out = [], [], []
+    copied = copied or {}
+    rows = {row: copied[row] for row in copied}
+    todo = [row for row in range(len(shard)) if row not in copied]
+    for row in copied:
+        bar.update(len(shard[row]["ids"]))
     start = 0
-    while start < len(shard):
+    while start < len(todo):
         # Grow the batch while padded tokens stay within the budget.
         end, longest = start, 0
-        while end < len(shard):
-            longest_next = max(longest, len(shard[end]["ids"]))
+        while end < len(todo):
+            longest_next = max(longest, len(shard[todo[end]]["ids"]))
             if end > start and longest_next * (end - start + 1) > config.batch_tokens:
                 break
             longest, end = longest_next, end + 1
-        batch = shard[start:end]
+        batch = [shard[row] for row in todo[start:end]]
         ids = torch.zeros(len(batch), longest, dtype=torch.long)
         attention = torch.zeros(len(batch), longest, dtype=torch.long)
         for row, sample in enumerate(batch):
@@ -373,16 +423,16 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
             attention[row, : len(sample["ids"])] = 1
         features = target.forward_features(ids, attention_mask=attention, layer_ids=config.layer_ids, with_logits=False)
         fused = torch.cat(features.layers, dim=-1)
-        for row, sample in enumerate(batch):
+        for place, (row, sample) in enumerate(zip(todo[start:end], batch)):
             n = len(sample["ids"])
-            layers_out.append(fused[row, :n].to("cpu", dtype))
-            stored = features.last_hidden[row, :n].to(dtype)
-            hidden_out.append(stored.to("cpu"))
+            stored = features.last_hidden[place, :n].to(dtype)
             # The normalizer of the target's distribution, from the hidden state as stored: with it, training
             # needs the LM head's rows of the draft vocabulary only, not all of them.
-            lse_out.append(torch.cat([target.lm_logsumexp(chunk) for chunk in stored.split(1024)]).cpu())
+            lse = torch.cat([target.lm_logsumexp(chunk) for chunk in stored.split(1024)]).cpu()
+            rows[row] = (fused[place, :n].to("cpu", dtype), stored.to("cpu"), lse)
             bar.update(n)
         start = end
+    layers_out, hidden_out, lse_out = zip(*(rows[row] for row in range(len(shard))))
     lengths = torch.tensor([len(s["ids"]) for s in shard], dtype=torch.long)
     return {
         "input_ids": torch.tensor([t for s in shard for t in s["ids"]], dtype=torch.int32),

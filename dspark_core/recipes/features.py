@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,8 @@ class FeatureCacheReport:
     target_revision: str
     #: True when a finished cache of the same data and settings was already there
     reused: bool
+    #: samples whose features were copied from the cache's earlier version (a dataset that grew) rather than computed
+    copied_samples: int = 0
 
 
 def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True,
@@ -41,7 +45,7 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
     responses_manifest, conversations = read_responses(responses)
     layers = config.layers_for(target.num_layers)
     out = layout.cache_dir(dataset, target.spec, layers, config.dtype)
-    reused = (out / "manifest.json").exists()
+    before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
     manifest = build_feature_cache(
         target, conversations, out, config, progress=progress,
         source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]}, world=world,
@@ -49,7 +53,9 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
     return FeatureCacheReport(
         path=out, layer_ids=list(manifest["layer_ids"]), samples=manifest["num_samples"], tokens=manifest["num_tokens"],
         assistant_tokens=manifest["assistant_tokens"], shards=len(manifest["shards"]), dtype=manifest["dtype"],
-        size_mib=round(manifest["bytes"] / 2**20, 1), target_revision=manifest["target_revision"], reused=reused,
+        size_mib=round(manifest["bytes"] / 2**20, 1), target_revision=manifest["target_revision"],
+        reused=before is not None and before.get("created_at") == manifest.get("created_at"),
+        copied_samples=int(manifest.get("copied_samples", 0)) if before != manifest else 0,
     )
 
 
