@@ -525,6 +525,15 @@ def test_retraining_continues_from_the_champion_and_records_the_lineage(platform
     code, out, _ = run_cli(["drafts", "list", platform.slug, "--tracking-uri", platform.mlflow.tracking_uri], capsys)
     assert code == 0 and f"v{champion}" in out and "scratch" in out
 
+    # the longitudinal view: each evaluated draft against the steps its line had trained
+    assert platform.asset("speculative_eval", key).success and platform.asset("metrics_history", None).success
+    columns, rows = platform.metrics_db.store().tau_by_training()
+    mine = [dict(zip(columns, row)) for row in rows if row[0] == platform.slug and row[1] == "dspark"]
+    assert [(r["draft_version"], r["cumulative_steps"]) for r in mine] == [(champion, 6), (exported["draft_version"], 10)]
+    assert all(r["cumulative_tokens"] > 0 and r["tau"] >= 1.0 for r in mine)
+    history = platform.metadata("metrics_history", None)
+    assert "data:image/png;base64," in history["tau_over_training"] and "cumulative_steps" in history["tau_by_training"]
+
 
 def test_a_derived_model_grows_its_first_draft_from_its_parents(platform, materialized, tiny_target):
     """A newly registered variant (same shapes) has no draft of its own: its first one continues from its

@@ -139,3 +139,24 @@ def sweep_curves(lengths: list[float], series: dict[str, list[float | None]], pa
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def tau_over_training(series: dict[str, list[tuple[float, float, str | None]]], path: Path,
+                      title: str = "τ against the training its line of drafts had") -> Path:
+    """One line per name (base model · drafter · benchmark): (cumulative training steps, τ, version) per
+    evaluated draft; each point is labelled with its registered version."""
+    figure, axis = plt.subplots(figsize=(6, 3.4))
+    for name, points in series.items():
+        points = sorted(points)
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+            for steps, tau, version in points:
+                if version:
+                    axis.annotate(f"v{version}", (steps, tau), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    axis.set_xlabel("training steps over the draft's line (cumulative)")
+    axis.set_ylabel("τ (accepted tokens per round)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if series:
+        axis.legend(fontsize=8)
+    return _save(figure, path)

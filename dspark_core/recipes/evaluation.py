@@ -153,7 +153,23 @@ class EvalReport:
                 for k, (rate, eligible) in enumerate(rates, start=1):
                     if rate is not None:
                         add(metric, rate, eligible, position=k)
+        # what the draft's whole line had trained when it was measured (the longitudinal view: tau_by_training)
+        for metric, value in self.line_totals().items():
+            rows.append(replace(shared, domain="all", context_bucket="all", metric=metric, position=None,
+                                value=float(value), n=None))
         return rows
+
+    def line_totals(self) -> dict[str, int]:
+        """Steps and tokens trained over the line of drafts the evaluated draft grew from, itself included."""
+        if self.draft_path is None or not Path(self.draft_path).is_dir():
+            return {}
+        try:
+            training = read_draft_config(self.draft_path).get("training") or {}
+        except DsparkError:  # not a checkpoint of ours: nothing known of its training
+            return {}
+        steps = training.get("cumulative_steps", training.get("steps_done"))
+        totals = {"cumulative_steps": steps, "cumulative_tokens": training.get("cumulative_tokens")}
+        return {metric: int(value) for metric, value in totals.items() if value is not None}
 
     def acceptance_plot(self, path: Path) -> Path:
         overall = self.overall

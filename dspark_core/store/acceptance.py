@@ -187,6 +187,15 @@ class MetricsStore:
             "SELECT strftime(day, '%Y-%m-%d') AS day, base_model, drafter, benchmark, domain, tau, rounds "
             "FROM tau_over_time ORDER BY day DESC, base_model, drafter, domain LIMIT ?", [limit])
 
+    def tau_by_training(self, temperature: float | None = 0.0) -> tuple[list[str], list[tuple]]:
+        """τ and speed-up of each evaluated draft against the steps and tokens its line had trained, oldest
+        line first."""
+        where, params = _filters(temperature=temperature)
+        return self.query(
+            "SELECT base_model, drafter, draft_version, benchmark, CAST(cumulative_steps AS BIGINT) AS cumulative_steps, "
+            "CAST(cumulative_tokens AS BIGINT) AS cumulative_tokens, round(tau, 4) AS tau, round(speedup, 3) AS speedup "
+            "FROM tau_by_training" + where + " ORDER BY base_model, drafter, benchmark, cumulative_steps", params)
+
     def acceptance_curves(self, base_model: str | None = None, metric: str = "cond_accept",
                           temperature: float | None = 0.0) -> dict[tuple[str, str, str], dict[int, float]]:
         """Latest per-position acceptance: {(base model, drafter, benchmark): {position k: rate}}."""

@@ -109,12 +109,28 @@ DECODING_BENCHMARK_COLUMNS = (
 _DECODING_BENCHMARKS = "CREATE TABLE IF NOT EXISTS decoding_benchmarks (\n  " + ",\n  ".join(
     f"{name} {kind}" for name, kind in DECODING_BENCHMARK_COLUMNS) + "\n)"
 
+#: migration 4: τ and speed-up of every evaluation of a draft against what its line of drafts had trained (the
+#: `cumulative_steps` / `cumulative_tokens` rows each evaluation of a trained draft records)
+_TAU_BY_TRAINING = """CREATE OR REPLACE VIEW tau_by_training AS
+    SELECT base_model, drafter, draft_version, benchmark, temperature, schedule, concurrency,
+           min(recorded_at) AS recorded_at,
+           max(value) FILTER (WHERE metric = 'cumulative_steps') AS cumulative_steps,
+           max(value) FILTER (WHERE metric = 'cumulative_tokens') AS cumulative_tokens,
+           max(value) FILTER (WHERE metric = 'tau') AS tau,
+           max(value) FILTER (WHERE metric = 'speedup') AS speedup
+    FROM acceptance_metrics
+    WHERE domain = 'all' AND context_bucket = 'all' AND position IS NULL
+    GROUP BY measurement_key, base_model, drafter, draft_version, benchmark, temperature, schedule, concurrency
+    HAVING max(value) FILTER (WHERE metric = 'cumulative_steps') IS NOT NULL
+    ORDER BY base_model, drafter, benchmark, cumulative_steps, recorded_at"""
+
 #: (version, statements); append new migrations, never edit applied ones
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [_TABLE, "CREATE INDEX IF NOT EXISTS acceptance_measurement ON acceptance_metrics (measurement_key)", *_VIEWS]),
     (2, [*(f"ALTER TABLE acceptance_metrics ADD COLUMN IF NOT EXISTS {name} {kind}" for name, kind in _V2_COLUMNS),
          *(_with_schedule(view) for view in _VIEWS)]),
     (3, [_DECODING_BENCHMARKS]),
+    (4, [_TAU_BY_TRAINING]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
