@@ -46,10 +46,13 @@ $(VLLM_STAMP): Makefile
 
 # Main job on the embedded default: register the packaged SmolLM2 and materialize the whole Dagster asset
 # graph for it on CPU (data -> cache -> DSpark/DFlash/Eagle3 -> export -> eval), then print the eval table.
-# Idempotent: a second run reuses what is materialized. DRAFTERS=dspark limits the drafter partitions.
+# A run completes what is missing; once everything is there, a run is the next cycle of continual training
+# (more prompts, drafts continued from the latest ones). ARGS=--no-continue only prints the report.
+# DRAFTERS=dspark limits the drafter partitions.
 DRAFTERS ?= dspark,dflash,eagle3
+ARGS ?=
 run: setup
-	$(PY) -m pipelines.main --drafters $(DRAFTERS)
+	$(PY) -m pipelines.main --drafters $(DRAFTERS) $(ARGS)
 
 # Dagster UI (http://127.0.0.1:3000) and MLflow UI (http://127.0.0.1:5000), localhost only.
 ui: setup

@@ -2,8 +2,11 @@
 materializes the whole asset graph for it in the platform's Dagster instance ($DSPARK_HOME/dagster),
 one drafter partition after the other, and prints the evaluation table and where to look next.
 
-Idempotent: a stage whose last asset is already materialized for the partition is skipped, and the
-stages that do run reuse what is on disk (prompts, responses, cache, finished training)."""
+A stage whose last asset is already materialized for the partition is skipped, and the stages that do run reuse
+what is on disk (prompts, responses, cache, finished training). Once every stage is there, running it again is
+the next cycle of continual training: the dataset grows by new prompts (only they are answered and cached), and
+each drafter continues from its latest registered draft; the champion rule decides as ever (`--no-continue`: only
+print the report)."""
 
 import argparse
 import sys
@@ -37,14 +40,31 @@ def _materialized(instance: dg.DagsterInstance, asset: str, partition: str, *, r
     return run is None or run.is_success
 
 
-def _run_stage(defs, instance, assets: list[str], partition_key, label: str) -> tuple[bool, bool]:
+#: what a new cycle asks of the data stage: new prompts added to the dataset
+GROW = {"ops": {"prompt_dataset": {"config": {"grow": True}}}}
+
+
+def stale_drafters(instance: dg.DagsterInstance, slug: str, drafters: list[str]) -> list[str]:
+    """The drafters not evaluated since the base model's feature cache was last materialized (never, or on
+    older data): what a run must still train before it may start a new cycle."""
+    def latest(asset: str, partition: str) -> int | None:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1).records
+        return records[0].storage_id if records else None
+
+    cache = latest(DATA_STAGE[-1], slug) or 0
+    return [d for d in drafters if (latest("speculative_eval", str(model_drafter_key(slug, d))) or -1) < cache]
+
+
+def _run_stage(defs, instance, assets: list[str], partition_key, label: str, config: dict | None = None) -> tuple[bool, bool]:
     """Materialize `assets` (with their checks) for one partition. Returns (everything succeeded, only
     blocking checks failed) — a check that refuses a draft is a result, not an error."""
     started = time.perf_counter()
     console.rule(f"[bold]{label}")
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*assets), partition_key=partition_key,
-        instance=instance, resources=defs.resources, run_config=QUIET, raise_on_error=False, tags={"dspark/origin": "make run"})
+        instance=instance, resources=defs.resources, run_config={**QUIET, **(config or {})}, raise_on_error=False,
+        tags={"dspark/origin": "make run"})
     failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"
                     and not any(e.step_key.endswith(check) for check in failed_checks)]
@@ -62,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="base model spec to register and run (default: packaged SmolLM2)")
     parser.add_argument("--drafters", default=",".join(ALGORITHMS), help="comma-separated drafter partitions")
+    parser.add_argument("--no-continue", action="store_true", help="when everything is already trained and evaluated, "
+                        "print the report instead of running the next cycle (more prompts, drafts continued)")
     args = parser.parse_args(argv)
     drafters = [d.strip() for d in args.drafters.split(",") if d.strip()]
     unknown = sorted(set(drafters) - set(ALGORITHMS))
@@ -80,21 +102,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # The data stage must have succeeded with its checks: a cache that failed its check is never trained on.
     data_ok = _materialized(instance, DATA_STAGE[-1], slug, run_succeeded=True)
-    if data_ok:
+    stale = stale_drafters(instance, slug, drafters) if data_ok else drafters
+    complete = data_ok and not stale
+    next_cycle = complete and not args.no_continue
+    if next_cycle:
+        console.print(f"[bold]everything for {slug} is trained and evaluated: next cycle[/] — the dataset grows by new "
+                      f"prompts and each drafter continues from its latest registered draft (--no-continue: report only)")
+        data_ok, _ = _run_stage(defs, instance, DATA_STAGE, slug, f"data for {slug} (grown)", GROW)
+    elif data_ok:
         console.print(f"data for {slug}: already materialized, reused")
     else:
         data_ok, _ = _run_stage(defs, instance, DATA_STAGE, slug, f"data for {slug}")
     ok = data_ok
-    if data_ok:
+    if data_ok and (next_cycle or not complete):
         for drafter in drafters:
             key = model_drafter_key(slug, drafter)
-            if _materialized(instance, "speculative_eval", str(key)):
+            if not next_cycle and drafter not in stale:
                 console.print(f"{drafter}: already trained and evaluated, reused")
                 continue
             # A failing blocking check (not lossless, worse than the champion) stops this drafter's chain only.
             ok = _run_stage(defs, instance, DRAFT_STAGE, key, f"{drafter} for {slug}")[1] and ok
         ok = _run_stage(defs, instance, ["metrics_history"], None, "metrics_history")[0] and ok
     print_report(slug, drafters)
+    print_growth(slug)
     console.print(f"total {(time.perf_counter() - started) / 60:.1f} min")
     return 0 if ok else 1
 
@@ -135,6 +165,26 @@ def print_report(slug: str, drafters: list[str]) -> None:
         "                                MLflow UI  http://127.0.0.1:5000 (training/eval runs, draft registry)\n"
         f"  .venv/bin/dspark sql \"SELECT * FROM latest_tau\"       metrics in {store.path}\n"
         f"  .venv/bin/dspark drafts list {slug}              registered drafts and the champion")
+
+
+def print_growth(slug: str) -> None:
+    """Each drafter's evaluated versions against the training steps of their line: the curve cycles move."""
+    from pipelines.resources import MetricsDatabase
+
+    store = MetricsDatabase().store()
+    if not store.path.exists():
+        return
+    columns, rows = store.tau_by_training(temperature=0.0)
+    lines: dict[str, list[str]] = {}
+    for row in (dict(zip(columns, r)) for r in rows if r[0] == slug):
+        if row["tau"] is not None:
+            lines.setdefault(row["drafter"], []).append(
+                f"v{row['draft_version']} {row['tau']:.2f} ({row['cumulative_steps']} steps"
+                + (f", {row['speedup']:.2f}x)" if row["speedup"] is not None else ")"))
+    if any(len(points) > 1 for points in lines.values()):
+        console.print("[bold]τ as drafts continued[/] (each evaluated version, by training steps over its line)")
+        for drafter, points in sorted(lines.items()):
+            console.print(f"  {drafter:<7} " + " → ".join(points), highlight=False)
 
 
 if __name__ == "__main__":

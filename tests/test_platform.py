@@ -177,6 +177,13 @@ def test_full_graph_end_to_end_through_the_jobs(platform, materialized):
     assert len(versions) == 2  # another drafter's weights, another registered version
 
 
+def test_make_run_completes_drafters_evaluated_before_the_latest_cache_before_a_new_cycle(platform, materialized):
+    """The job above materialized the cache again and evaluated eagle3 after it; dspark's evaluation is older."""
+    from pipelines.main import stale_drafters
+
+    assert stale_drafters(platform.instance, platform.slug, ["dspark", "eagle3", "dflash"]) == ["dspark", "dflash"]
+
+
 def test_rematerializing_does_not_duplicate_metrics(platform, materialized):
     store = platform.metrics_db.store()
     count = "SELECT count(*), count(DISTINCT measurement_key) FROM acceptance_metrics WHERE drafter = 'dspark'"
