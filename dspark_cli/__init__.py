@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -41,10 +43,37 @@ app.command("profile")(profile_command)
 app.command("sql")(sql_command)
 
 
+#: the signal that interrupted the command, if one did (typer turns the KeyboardInterrupt it raises into an exit
+#: code, which would otherwise tell Ctrl-C and SIGTERM apart from nothing)
+_received: list[int] = []
+
+
+def _interrupt(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    """An interrupted command exits non-zero (130 for Ctrl-C, 143 for SIGTERM, the shell's 128 + signal), so that
+    `dspark train ... && dspark export ...` stops there, and says that rerunning it resumes."""
+    signum = _received[0] if _received else signal.SIGINT
+    command = " ".join(sys.argv[1:3]) or "the command"
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold yellow]interrupted[/] ({'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}): `dspark "
+        f"{escape(command)}` did not finish. What it wrote completely is kept; run the same command again to resume",
+        highlight=False)
+    sys.exit(128 + int(signum))
+
+
 def main() -> None:
-    """Console-script entry: user errors print one clear line and exit 2, without a traceback."""
+    """Console-script entry: user errors print one clear line and exit 2, without a traceback; an interruption
+    (Ctrl-C, SIGTERM: schedulers and Kubernetes send it) exits 130 / 143 and says how to resume."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # an exit code (typer's for Ctrl-C: 130), or the command's return value
+    except KeyboardInterrupt:
+        _interrupted()
     except DsparkError as exc:
         record_rank_error(exc)  # under torchrun: what the launcher reports for this rank
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
@@ -63,14 +92,20 @@ def main() -> None:
             f"[bold red]error:[/] the disk is full ({escape(str(exc))}); free some space and run the same command again: "
             f"what was written completely is kept and the rest resumes", highlight=False)
         sys.exit(2)
-    except (typer.Exit, typer.Abort) as exc:  # pragma: no cover - typer control flow
+    except (typer.Abort, click.exceptions.Abort) as exc:  # click turns Ctrl-C at a prompt into Abort
+        if _received or isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            _interrupted()
+        sys.exit(1)
+    except typer.Exit as exc:  # pragma: no cover - typer control flow
         sys.exit(getattr(exc, "exit_code", 1))
     except Exception as exc:
         # usage errors (a bad option value, a value out of range): typer's own, or click's where typer uses it
-        import click
-
         if isinstance(exc, (typer.TyperException, click.exceptions.ClickException)) and hasattr(exc, "show"):
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2))
         record_rank_error(exc)
         raise
+    if _received:
+        _interrupted()
+    if isinstance(code, int) and code != 0:
+        sys.exit(code)

@@ -290,3 +290,33 @@ def test_anchors_beyond_a_batchs_candidates_cost_nothing_and_change_nothing(tiny
         logits = model(batch.layers, batch.input_ids, batch.lengths, exact.anchors)[0]
         with_padding = model(batch.layers, batch.input_ids, batch.lengths, padded)[0]
     assert torch.allclose(logits, with_padding[:, :most], atol=1e-5)
+
+
+@pytest.mark.parametrize("sent, code, name", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_an_interrupted_run_fails_loudly_and_the_same_command_resumes(greedy_cache, tmp_path, sent, code, name):
+    """Ctrl-C or SIGTERM during `dspark train`: a non-zero exit (the shell's 128 + signal), a line saying what was
+    interrupted and that rerunning resumes — so `dspark train ... && dspark export ...` stops there."""
+    from dspark_core.data import layout
+    from dspark_core.paths import settled_directory
+
+    cache_dir = layout.cache_dir("resume", TINY, (0, 1, 2), "float32")
+    if not cache_dir.exists():
+        cache_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(greedy_cache.path, cache_dir)
+    out = tmp_path / "run"
+    process = subprocess.Popen(_train_cli(Path(os.environ["DSPARK_HOME"]), out, 400), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads((settled_directory(out / "state") / "state.json").read_text())["step"] >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    process.send_signal(sent)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err[-2000:]
+    assert f"interrupted ({name}): `dspark train" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    assert not (out / "draft").exists()  # nothing claims to be finished
