@@ -15,8 +15,9 @@ from pipelines.resources import TargetLoader
 def target_feature_cache(context: dg.AssetExecutionContext, config: FeatureCacheConfig, targets: TargetLoader) -> dg.MaterializeResult:
     """Run the base model over every conversation and store the chosen decoder layers' outputs and the
     pre-LM-head state as safetensors shards with a manifest (revision, layers, tokenizer hash, checksums).
-    Resumable per shard; reused when built from the same data and settings; when the dataset grew, only the new
-    conversations run through the model (the others' features are copied from the cache's earlier version)."""
+    Resumable per shard; reused when built from the same data and settings (its shards verified first: missing or
+    damaged ones are built again); when the dataset grew, only the new conversations run through the model (the
+    others' features are copied from the cache's earlier version)."""
     slug = context.partition_key
     dataset = upstream(context, "target_responses", slug)["dataset"]
     report = build_cache(targets.load_for_data(spec_for(slug)), dataset, config.to_core())
@@ -31,5 +32,6 @@ def target_feature_cache(context: dg.AssetExecutionContext, config: FeatureCache
         "size_mib": report.size_mib,
         "reused": report.reused,
         "copied_samples": report.copied_samples,
+        "rebuilt_shards": report.rebuilt_shards,
         "target_revision": report.target_revision,
     })

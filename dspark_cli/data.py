@@ -133,9 +133,14 @@ def cache_command(
     nproc: Optional[int] = nproc_option(),
     estimate: bool = typer.Option(False, "--estimate", help="Only say how large the cache would be and whether the "
                                   "disk holds it (else: train with --online-features); builds nothing."),
+    force: bool = typer.Option(False, "--force", help="Build every shard anew (the finished cache stays readable "
+                               "until the new one is complete). Without it a finished cache is verified and only "
+                               "missing or damaged shards are built again."),
 ) -> None:
     """Run the target over every conversation and store the chosen layers' outputs and the pre-LM-head state.
-    With several ranks (--nproc, or under torchrun) each rank computes its share of the shards."""
+    A finished cache is reused after verifying its shards; missing or damaged ones are rebuilt; a dataset that
+    grew computes only its new conversations. With several ranks (--nproc, or under torchrun) each rank computes
+    its share of the shards."""
     config = CacheConfig(layer_ids=comma_ints(layer_ids) or (), num_layers=num_layers, dtype=dtype,
                          max_length=max_length, shard_tokens=shard_tokens)
     if estimate:
@@ -150,10 +155,12 @@ def cache_command(
     with process_group() as world:
         with world.main_first():  # rank 0 imports the snapshot (once) before the other ranks read it
             model = load_target(target, dtype=target_dtype, for_data=True, device=rank_device(None))
-        report = build_cache(model, dataset, config, world=world)
+        report = build_cache(model, dataset, config, world=world, force=force)
     if world.is_main:
         _summary("feature cache", {"written to": report.path, "samples": report.samples, "tokens": report.tokens,
                                    "assistant tokens": report.assistant_tokens, "layers": report.layer_ids,
                                    "size": f"{report.size_mib} MiB", "shards": report.shards,
-                                   "reused": report.reused})
+                                   "reused": report.reused, "shards built again (damaged, missing or left by an "
+                                   "interrupted build)": report.rebuilt_shards,
+                                   "samples copied from its earlier version": report.copied_samples})
 

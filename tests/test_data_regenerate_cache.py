@@ -262,3 +262,35 @@ def test_a_cache_of_a_grown_dataset_computes_only_the_new_conversations(tiny_tar
         assert torch.equal(a[i].input_ids, b[i].input_ids)
         assert torch.allclose(a[i].layers, b[i].layers, atol=1e-5) and torch.allclose(a[i].lse, b[i].lse, atol=1e-5)
     assert scratch["samples_hash"] == grown["samples_hash"]
+
+
+def test_building_again_repairs_exactly_the_damaged_shards_and_force_rebuilds_all(tiny_target, responses, tmp_path,
+                                                                                 monkeypatch):
+    """A shard deleted, one cut short and one bit-flipped: the build the error message names verifies what it
+    would reuse and builds exactly those three again, ending with the cache an undamaged build writes."""
+    reference = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert len(reference["shards"]) >= 4 and reference["rebuilt_shards"] == 0
+    root = tmp_path / "c"
+    (root / "shard-00000.safetensors").unlink()
+    cut = root / "shard-00001.safetensors"
+    cut.write_bytes(cut.read_bytes()[:100])
+    flipped = root / "shard-00002.safetensors"
+    data = bytearray(flipped.read_bytes())
+    data[-10] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError):
+        FeatureCache(root)
+    built = []
+    original = cache_module._shard_tensors
+    monkeypatch.setattr(cache_module, "_shard_tensors", lambda target, shard, *a, **k: built.append(shard[0]["id"])
+                        or original(target, shard, *a, **k))
+    repaired = build_feature_cache(tiny_target, responses, root, _config(), progress=False)
+    assert repaired["rebuilt_shards"] == 3 and len(built) == 3
+    assert [e["sha256"] for e in repaired["shards"]] == [e["sha256"] for e in reference["shards"]]
+    assert len(FeatureCache(root)) == 8
+    built.clear()
+    again = build_feature_cache(tiny_target, responses, root, _config(), progress=False)
+    assert built == [] and again["created_at"] == repaired["created_at"]  # intact: reused as it is
+    forced = build_feature_cache(tiny_target, responses, root, _config(), progress=False, force=True)
+    assert len(built) == len(reference["shards"]) and forced["copied_samples"] == 0
+    assert not (tmp_path / "c.previous").exists()

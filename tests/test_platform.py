@@ -205,19 +205,34 @@ def _check_passed(result, name: str) -> bool:
     return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}[name]
 
 
-def test_cache_check_fails_on_a_corrupt_shard_and_a_foreign_manifest(platform, materialized, tmp_path, tiny_target):
+def test_cache_check_fails_on_a_corrupt_shard_and_a_foreign_manifest(platform, materialized, tmp_path, tiny_target,
+                                                                     monkeypatch):
+    import assets.target_feature_cache as cache_asset
     from dspark_core.evaluation.checks import cache_problems
     from pipelines.sensors import train_drafters_on_new_cache
 
     cache = Path(platform.metadata("target_feature_cache", platform.slug)["path"])
     shard = next(cache.glob("*.safetensors"))
     original = shard.read_bytes()
+    # bit rot before a build: the build verifies what it would reuse and builds that shard again
+    shard.write_bytes(original[:-64] + bytes(64))
+    result = platform.asset("target_feature_cache", platform.slug)
+    assert result.success and platform.metadata("target_feature_cache", platform.slug)["rebuilt_shards"] == 1
+    assert shard.read_bytes() == original
     cursor = str(platform.instance.fetch_materializations(dg.AssetKey("target_feature_cache"), limit=1).records[0].storage_id)
+    built = cache_asset.build_cache
+
+    def build_then_rot(*args, **kwargs):  # bit rot between the build and its check: the check must see it
+        report = built(*args, **kwargs)
+        shard.write_bytes(original[:-64] + bytes(64))
+        return report
+
+    monkeypatch.setattr(cache_asset, "build_cache", build_then_rot)
     try:
-        shard.write_bytes(original[:-64] + bytes(64))  # bit rot: same size, other bytes
-        result = platform.asset("target_feature_cache", platform.slug)  # the build reuses the cache as it is
+        result = platform.asset("target_feature_cache", platform.slug)
         assert not _check_passed(result, "feature_cache_matches_base_model") and not result.success
     finally:
+        monkeypatch.setattr(cache_asset, "build_cache", built)
         shard.write_bytes(original)
     # the training sensor does not start drafts on a cache whose run failed its blocking check...
     context = dg.build_sensor_context(instance=platform.instance, cursor=cursor)

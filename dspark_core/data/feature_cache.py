@@ -124,8 +124,10 @@ def build_feature_cache(
     source: dict | None = None,
     progress: bool = True,
     world: World | None = None,
+    force: bool = False,
 ) -> dict:
-    """Tokenize conversations (assistant-token mask), run the target, and write the cache. Returns the manifest.
+    """Tokenize conversations (assistant-token mask), run the target, and write the cache (or reuse, repair,
+    resume or update it; `force`: anew). Returns the manifest.
 
     Under a process group (`world`, by default the one this process joined) every rank calls it with the same
     conversations: each builds its share of the shards, and every rank returns the merged manifest."""
@@ -136,7 +138,8 @@ def build_feature_cache(
     check_ranks_fit(world, samples, config.shard_tokens, Path(out_dir))  # before the lock: nothing is touched
     with world.exclusive(Path(out_dir), "building a feature cache"):
         return write_feature_cache(target, samples, out_dir, config, source=source, progress=progress, world=world,
-                                   extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)})
+                                   extra={"dropped_without_assistant_tokens": len(conversations) - len(samples)},
+                                   force=force)
 
 
 def plan_shards(samples: list[dict], shard_tokens: int) -> list[list[dict]]:
@@ -180,9 +183,13 @@ def write_feature_cache(
     progress: bool = True,
     extra: dict | None = None,
     world: World | None = None,
+    force: bool = False,
 ) -> dict:
     """Run the target over token sequences and write the cache; returns the manifest. Each sample is
     {"id", "split", "ids": token ids, "mask": 1 where the token is one the draft learns to predict}.
+
+    A finished cache of the same data is reused once its shards are verified (checksums); missing or damaged
+    shards are built again, the rest kept. `force` builds everything anew.
 
     Several ranks (`world`; every rank passes the same samples) split the shards still to build between them;
     rank 0 alone inspects the directory first and writes the manifest last. The caller holds the directory
@@ -206,14 +213,18 @@ def write_feature_cache(
     }
     check_ranks_fit(world, samples, config.shard_tokens, out_dir)
     shards = plan_shards(samples, config.shard_tokens)
+    if force:  # everything anew: the finished cache is set aside (readable until the new one is complete)
+        world.on_main(lambda: _set_aside(out_dir))
     state = world.on_main(lambda: _inspect_directory(out_dir, spec, samples, target, config))
     if state["finished"] is not None:
         return state["finished"]  # already built from the same data with the same settings
     candidates = {int(index): entry for index, entry in state["candidates"].items()}
     reusable = _verified_on_every_rank(world, out_dir, shards, candidates)
     todo = [index for index in range(len(shards)) if index not in reusable]
+    # shards built again beside reused ones: a repair of damaged shards, or a resumed build
+    extra = {**(extra or {}), "rebuilt_shards": len(todo) if state.get("resumed") else 0}
     previous = None
-    if (previous_dir(out_dir) / MANIFEST_FILE).exists():  # an update: rank 0 verifies what will be copied
+    if not force and (previous_dir(out_dir) / MANIFEST_FILE).exists():  # an update: rank 0 verifies what is copied
         with world.main_first():
             previous = PreviousFeatures(FeatureCache(previous_dir(out_dir), verify=world.is_main))
     mine = world.shard(todo)  # the shards left, dealt round-robin: a resumed job is balanced too
@@ -230,6 +241,12 @@ def write_feature_cache(
                                                      extra={**(extra or {}), "copied_samples": copied}))
     world.on_main(lambda: shutil.rmtree(previous_dir(out_dir), ignore_errors=True))  # the update is complete
     return manifest
+
+
+def _set_aside(out_dir: Path) -> None:
+    if (out_dir / MANIFEST_FILE).exists():
+        shutil.rmtree(previous_dir(out_dir), ignore_errors=True)
+        os.replace(out_dir, previous_dir(out_dir))
 
 
 def previous_dir(out_dir: Path) -> Path:
@@ -270,12 +287,24 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
     None; "candidates": {shard index: entry} of the finished shards of an unfinished build}. Refuses a
     directory holding another cache, and a disk without room for the rest of the build."""
     manifest_path = out_dir / MANIFEST_FILE
+    repairing = False
     if manifest_path.exists():
         existing = json.loads(manifest_path.read_text())
         if {k: existing.get(k) for k in spec} == spec:
             shutil.rmtree(previous_dir(out_dir), ignore_errors=True)  # left by an update killed after its manifest
-            return {"finished": existing, "candidates": {}}
-        if {k: existing.get(k) for k in spec if k != "samples_hash"} == {k: v for k, v in spec.items() if k != "samples_hash"}:
+            damaged = _damaged_shards(out_dir, existing)
+            if not damaged:
+                return {"finished": existing, "candidates": {}}
+            # a repair: the manifest goes first (no reader trusts the damaged cache), the intact shards become
+            # this build's finished ones, and only the damaged shards are built again
+            intact = {index: entry for index, entry in enumerate(existing["shards"]) if entry["file"] not in damaged}
+            (out_dir / PROGRESS_DIR).mkdir(exist_ok=True)
+            for index, entry in intact.items():
+                write_json_atomic(out_dir / PROGRESS_DIR / f"shard-{index:05d}.json",
+                                  {"spec": spec, "index": index, "entry": entry})
+            (out_dir / MANIFEST_FILE).unlink()
+            repairing = True
+        elif {k: existing.get(k) for k in spec if k != "samples_hash"} == {k: v for k, v in spec.items() if k != "samples_hash"}:
             # the same cache of other data (a dataset that grew): set it aside, build anew and copy the features
             # of every sample it already holds instead of running the target on it again
             shutil.rmtree(previous_dir(out_dir), ignore_errors=True)
@@ -305,7 +334,14 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
             f"free space, choose fewer layers / a shorter max length or another directory, or train without a cache: "
             f"`dspark train ... --online-features` computes the features batch by batch"
         )
-    return {"finished": None, "candidates": {index: entry for index, (_, entry) in candidates.items()}}
+    return {"finished": None, "candidates": {index: entry for index, (_, entry) in candidates.items()},
+            "resumed": repairing or bool(candidates)}
+
+
+def _damaged_shards(out_dir: Path, manifest: dict) -> list[str]:
+    """The shard files of a finished cache that are missing or whose bytes no longer match their checksum."""
+    return [entry["file"] for entry in manifest["shards"]
+            if not (out_dir / entry["file"]).is_file() or _sha256(out_dir / entry["file"]) != entry["sha256"]]
 
 
 def _unfinished_shards(out_dir: Path) -> dict[int, tuple[dict, dict]]:

@@ -34,10 +34,12 @@ class FeatureCacheReport:
     reused: bool
     #: samples whose features were copied from the cache's earlier version (a dataset that grew) rather than computed
     copied_samples: int = 0
+    #: shards built again beside reused ones: damaged or missing shards repaired, or the rest of a resumed build
+    rebuilt_shards: int = 0
 
 
 def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True,
-                world: World | None = None) -> FeatureCacheReport:
+                world: World | None = None, force: bool = False) -> FeatureCacheReport:
     """Build (or reuse, or resume) the cache of `dataset`'s responses under its target folder. Under a process
     group (`world`, by default the one this process joined) every rank calls it and builds its share of the
     shards; every rank gets the same report."""
@@ -49,6 +51,7 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
     manifest = build_feature_cache(
         target, conversations, out, config, progress=progress,
         source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]}, world=world,
+        force=force,
     )
     return FeatureCacheReport(
         path=out, layer_ids=list(manifest["layer_ids"]), samples=manifest["num_samples"], tokens=manifest["num_tokens"],
@@ -56,6 +59,7 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
         size_mib=round(manifest["bytes"] / 2**20, 1), target_revision=manifest["target_revision"],
         reused=before is not None and before.get("created_at") == manifest.get("created_at"),
         copied_samples=int(manifest.get("copied_samples", 0)) if before != manifest else 0,
+        rebuilt_shards=int(manifest.get("rebuilt_shards", 0)) if before != manifest else 0,
     )
 
 
