@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 
@@ -69,7 +70,8 @@ def main() -> None:
     """Console-script entry: user errors print one clear line and exit 2, without a traceback; an interruption
     (Ctrl-C, SIGTERM: schedulers and Kubernetes send it) exits 130 / 143 and says how to resume."""
     signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # a rank: torchrun's SIGTERM stops it after another rank failed,
+        signal.signal(signal.SIGTERM, _interrupt)  # and the launcher names the rank that failed first
     try:
         code = app(standalone_mode=False)  # an exit code (typer's for Ctrl-C: 130), or the command's return value
     except KeyboardInterrupt:

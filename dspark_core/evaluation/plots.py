@@ -147,7 +147,7 @@ def tau_over_training(series: dict[str, list[tuple[float, float, str | None]]], 
     evaluated draft; each point is labelled with its registered version."""
     figure, axis = plt.subplots(figsize=(6, 3.4))
     for name, points in series.items():
-        points = sorted(points)
+        points = sorted((p for p in points if p[0] is not None and p[1] is not None), key=lambda p: (p[0], p[1]))
         if points:
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
             for steps, tau, version in points:
