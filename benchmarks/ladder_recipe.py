@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_suite("heldout-v1").selected(args.decode * 3).records
         prompts = eval_prompts(target, records)
     baselines: dict = {}
-    results = []
+    results, started_at = [], provenance()  # the code the runs ran, not what was committed while they ran
     for run in plan:
         config = config_of(run["settings"])
         key = hashlib.sha256(effective(config, train_cache).encode() + str(train_cache.path).encode()).hexdigest()[:10]
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({entry['train_minutes']:.1f} min, {config.steps} steps)" +
                       (f"; decoded τ greedy {entry['greedy']['tau']:.2f}, T=1 {entry['sampled']['tau']:.2f}, draft "
                        f"{entry['greedy']['draft_ms_per_round']:.1f} ms/round" if prompts else ""), highlight=False)
-        write_json_atomic(args.out, report(argv, target, train_cache, validation, results))
+        write_json_atomic(args.out, report(argv, target, train_cache, validation, results, started_at))
     print_table(results)
     return 0
 
@@ -227,9 +227,10 @@ def equal_draft_cost(results: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["drafter"], row["depth"]))
 
 
-def report(argv, target, train_cache, validation, results) -> dict:
+def report(argv, target, train_cache, validation, results, source: dict) -> dict:
+    """The results file; `source` is the code's provenance when the runs started (the commit they ran)."""
     arguments = sys.argv[1:] if argv is None else argv
-    return {"command": "python benchmarks/ladder_recipe.py " + shlex.join(arguments), **provenance(),
+    return {"command": "python benchmarks/ladder_recipe.py " + shlex.join(arguments), **source,
             "target": target.spec, "revision": target.revision,
             "device": str(target.device), "cache": str(train_cache.path), "train_sequences": len(train_cache),
             "validation_sequences": len(validation), "results": results,
