@@ -260,7 +260,7 @@ class PreviousFeatures:
 
     def __init__(self, cache: "FeatureCache"):
         self.cache = cache
-        self.rows = {sample_id: index for index, (_, _, sample_id, _) in enumerate(cache._index)}
+        self.rows = {sample_id: index for index, sample_id in enumerate(cache.sample_ids())}
 
     def features(self, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(layers, last hidden, log-sum-exp) of `sample` as the earlier cache holds them, or None."""
@@ -438,7 +438,7 @@ def _shard_tensors(target: TargetModel, shard: list[dict], config: CacheConfig, 
     """The shard's tensors; the samples in `copied` (row -> features from an earlier cache) are not computed."""
     dtype = _DTYPES[config.dtype]
     copied = copied or {}
-    rows = {row: copied[row] for row in copied}
+    rows = dict(copied)
     todo = [row for row in range(len(shard)) if row not in copied]
     for row in copied:
         bar.update(len(shard[row]["ids"]))
@@ -560,6 +560,10 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._index)
+
+    def sample_ids(self) -> list[str]:
+        """The ids of the samples, in index order."""
+        return [sample_id for _, _, sample_id, _ in self._index]
 
     def _open(self, file: str):
         if file not in self._handles:
