@@ -6,11 +6,11 @@ import errno
 import os
 import signal
 import sys
+import warnings
 
 import click
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.calibrate import calibrate_command
 from dspark_cli.data import data_app
@@ -19,6 +19,7 @@ from dspark_cli.eval import eval_command
 from dspark_cli.export import export_command
 from dspark_cli.generate import generate_command
 from dspark_cli.models import models_app
+from dspark_cli.output import literal
 from dspark_cli.profile import profile_command
 from dspark_cli.serve import serve_command
 from dspark_cli.sql import sql_command
@@ -27,6 +28,7 @@ from dspark_cli.train import train_command
 from dspark_cli.transfer import transfer_command
 from dspark_core.distributed import record_rank_error
 from dspark_core.errors import DsparkError
+from dspark_core.schemas import UnknownFieldsWarning
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train and evaluate speculative-decoding draft modules.")
 app.add_typer(models_app, name="models")
@@ -61,15 +63,28 @@ def _interrupted() -> None:
     command = " ".join(sys.argv[1:3]) or "the command"
     Console(stderr=True, soft_wrap=True).print(
         f"[bold yellow]interrupted[/] ({'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'}): `dspark "
-        f"{escape(command)}` did not finish. What it wrote completely is kept; run the same command again to resume",
+        f"{literal(command)}` did not finish. What it wrote completely is kept; run the same command again to resume",
         highlight=False)
     sys.exit(128 + int(signum))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning about the user's files (fields this version ignores) as one line of its own; others as Python
+    shows them."""
+    if issubclass(category, UnknownFieldsWarning):
+        Console(stderr=True, soft_wrap=True).print(f"[yellow]warning:[/] {literal(message)}", highlight=False)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
 
 
 def main() -> None:
     """Console-script entry: user errors print one clear line and exit 2, without a traceback; an interruption
     (Ctrl-C, SIGTERM: schedulers and Kubernetes send it) exits 130 / 143 and says how to resume."""
     signal.signal(signal.SIGINT, _interrupt)
+    warnings.showwarning = _show_warning
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # a rank: torchrun's SIGTERM stops it after another rank failed,
         signal.signal(signal.SIGTERM, _interrupt)  # and the launcher names the rank that failed first
     try:
@@ -78,20 +93,20 @@ def main() -> None:
         _interrupted()
     except DsparkError as exc:
         record_rank_error(exc)  # under torchrun: what the launcher reports for this rank
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {literal(str(exc))}", highlight=False)
         sys.exit(2)
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR):
             # a path the user chose (an --out, a --db, a home directory) that cannot be written or read
             Console(stderr=True, soft_wrap=True).print(
-                f"[bold red]error:[/] cannot use {escape(str(exc.filename or 'a path'))}: {escape(exc.strerror or str(exc))}; "
+                f"[bold red]error:[/] cannot use {literal(str(exc.filename or 'a path'))}: {literal(exc.strerror or str(exc))}; "
                 f"choose a path you can write (or fix its permissions) and run the command again", highlight=False)
             sys.exit(2)
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             record_rank_error(exc)
             raise
         Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/] the disk is full ({escape(str(exc))}); free some space and run the same command again: "
+            f"[bold red]error:[/] the disk is full ({literal(str(exc))}); free some space and run the same command again: "
             f"what was written completely is kept and the rest resumes", highlight=False)
         sys.exit(2)
     except (typer.Abort, click.exceptions.Abort) as exc:  # click turns Ctrl-C at a prompt into Abort

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.options import core_option, report_table
+from dspark_cli.output import literal
 from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import suite_records
 from dspark_core.models import load_target
@@ -47,17 +47,17 @@ def calibrate_command(
     prompts = eval_prompts(model, suite_records(config.suite), config.max_prompts)
     report = calibrate(model, drafter, prompts, config, out=out, progress=True)
     if report.skipped:
-        console.print(escape(report.skipped))
+        console.print(literal(report.skipped))
         return
     columns, rows = report.table()
     console.print(report_table(f"{report.algorithm} confidence calibration: fit on {report.fit_prompts} prompts, "
                                f"reported on {report.test_prompts} ({report.rounds} rounds)", columns, rows, digits=3))
     plot = report.plot(report.calibrated_path.parent / "calibration-reliability.png")
-    console.print(f"calibrated draft: {escape(str(report.calibrated_path))}\nreliability diagrams: {escape(str(plot))}")
+    console.print(f"calibrated draft: {literal(str(report.calibrated_path))}\nreliability diagrams: {literal(str(plot))}")
     if report_file:
         write_json_atomic(report_file, {**report.to_dict(), "target": model.spec, "recorded_at": now_utc().isoformat()})
-        console.print(f"report: {escape(str(report_file))}")
+        console.print(f"report: {literal(str(report_file))}")
     if record:
         store = MetricsStore(database or dspark_home() / "metrics.duckdb")
         written = store.record(report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc()))
-        console.print(f"recorded {written} rows in {escape(str(store.path))}")
+        console.print(f"recorded {written} rows in {literal(str(store.path))}")

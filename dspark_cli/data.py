@@ -6,23 +6,24 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from dspark_cli.options import comma_ints, comma_words, core_option
+from dspark_cli.output import literal
 from dspark_cli.ranks import nproc_option, relaunched
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.regenerate import RegenerationConfig
-from dspark_core.models.target import load_target_without_weights
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.device import DATA_DTYPE_HELP
-from dspark_core.errors import DsparkError
 from dspark_core.distributed import process_group, rank_device
-from dspark_core.settings import help_of
+from dspark_core.errors import DsparkError
 from dspark_core.models import load_target
+from dspark_core.models.target import load_target_without_weights
 from dspark_core.recipes.features import build_cache, estimate_cache
 from dspark_core.recipes.prompts import prepare_prompts
 from dspark_core.recipes.responses import generate_responses
+from dspark_core.settings import help_of
+
 
 def _data_target(spec: str, dtype: str):
     return load_target(spec, dtype=dtype, for_data=True)
@@ -37,7 +38,7 @@ def _summary(title: str, rows: dict) -> None:
     table.add_column("", style="bold")
     table.add_column("")
     for key, value in rows.items():
-        table.add_row(key, escape(str(value)))
+        table.add_row(key, literal(str(value)))
     console.print(table)
 
 
@@ -65,7 +66,7 @@ def prompts_command(
                            validation_fraction=validation_fraction)
     report = prepare_prompts(config, target=(lambda: _data_target(target, target_dtype)) if target else None)
     for problem in report.malformed[:20]:
-        console.print(f"[yellow]skipped[/] {escape(problem)}", highlight=False)
+        console.print(f"[yellow]skipped[/] {literal(problem)}", highlight=False)
     if len(report.malformed) > 20:
         console.print(f"[yellow]... and {len(report.malformed) - 20} more malformed lines[/]")
     _summary("prompts", {"written to": report.path, "train": report.counts["train"],

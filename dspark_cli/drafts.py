@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dspark_cli.output import cell, literal
+
 drafts_app = typer.Typer(no_args_is_help=True, help="Registered draft versions and the champion alias (MLflow).")
 console = Console(width=max(Console().width, 120))  # the table needs the room, even when piped
 _URI = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the SQLite store under $DSPARK_HOME).")
@@ -31,10 +33,10 @@ def list_command(base_model: str = typer.Argument(..., help="Base model key (see
     tracking = _tracking(tracking_uri)
     versions = tracking.versions(base_model)
     if not versions:
-        console.print(f"no drafts registered as {registered_model_name(base_model)!r}")
+        console.print(f"no drafts registered as {literal(repr(registered_model_name(base_model)))}", highlight=False)
         return
     champion = tracking.champion(base_model)
-    table = Table(title=registered_model_name(base_model))
+    table = Table(title=cell(registered_model_name(base_model)))
     for column in ("version", "drafter", "format", "τ", "grew from", "steps (line)", "promoted", "champion", "run"):
         table.add_column(column, no_wrap=True)
     for v in versions:
@@ -43,9 +45,11 @@ def list_command(base_model: str = typer.Argument(..., help="Base model key (see
         if v.tags.get(ROLLED_BACK):
             when += " (rolled back)"
         parent = v.tags.get("dspark.parent_version", "")
-        table.add_row(str(v.version), v.tags.get("drafter", ""), v.tags.get("format", ""), v.tags.get(TAU_TAG, "")[:6],
-                      "scratch" if parent == "none" else parent.replace(":", " v") if ":" in parent else f"v{parent}" if parent else "",
-                      v.tags.get("dspark.cumulative_steps", ""), when, "★" if champion is not None and champion.version == v.version else "", (v.run_id or "")[:8])
+        table.add_row(*map(cell, (
+            v.version, v.tags.get("drafter", ""), v.tags.get("format", ""), v.tags.get(TAU_TAG, "")[:6],
+            "scratch" if parent == "none" else parent.replace(":", " v") if ":" in parent else f"v{parent}" if parent else "",
+            v.tags.get("dspark.cumulative_steps", ""), when, "★" if champion is not None and champion.version == v.version else "",
+            (v.run_id or "")[:8])))
     console.print(table)
 
 
@@ -59,14 +63,14 @@ def promote_command(base_model: str = typer.Argument(...), version: str = typer.
     if version not in {str(v.version) for v in tracking.versions(base_model)}:
         raise DsparkError(f"{base_model!r} has no registered draft version {version!r}; see `dspark drafts list {base_model}`")
     tracking.promote(base_model, version)
-    console.print(f"champion of {base_model}: version {version}")
+    console.print(f"champion of {literal(base_model)}: version {literal(version)}", highlight=False)
 
 
 @drafts_app.command("rollback")
 def rollback_command(base_model: str = typer.Argument(...), tracking_uri: Optional[str] = _URI) -> None:
     """Move BASE_MODEL's champion alias back to the previously promoted version (base weights untouched)."""
     old, new = _tracking(tracking_uri).rollback(base_model)
-    console.print(f"champion of {base_model}: version {old} -> {new}")
+    console.print(f"champion of {literal(base_model)}: version {literal(old)} -> {literal(new)}", highlight=False)
 
 
 def champion_path(base_model: str, tracking_uri: str | None = None):

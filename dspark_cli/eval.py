@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.options import core_option, report_table, transposed
+from dspark_cli.output import literal
 from dspark_core.data import layout
 from dspark_core.data.sources import PromptsConfig
 from dspark_core.drafters.checkpoint import read_draft_config
@@ -111,16 +111,16 @@ def eval_command(
     console.print(report_table("conditional acceptance by block position (whole suite)", *report.position_table()))
     for label in report.labels:
         if report.greedy_identical(label) is not None:
-            console.print(f"greedy output identical to autoregressive ({escape(label)}): "
+            console.print(f"greedy output identical to autoregressive ({literal(label)}): "
                           f"[bold]{report.greedy_identical(label)}[/]")
     result_file = out or dspark_home() / "reports" / f"eval-{slugify(model.spec)}-{now_utc():%Y%m%dT%H%M%S}.json"
     result_file.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result_file, {"command": command_line(), **provenance(), **report.to_json()})
-    console.print(f"tables written to {escape(str(result_file))}")
+    console.print(f"tables written to {literal(str(result_file))}")
     if record:
         run_ids = _log_mlflow(report, tracking_uri, result_file)
         store = MetricsStore(database or dspark_home() / "metrics.duckdb")
         written = store.record(report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc(),
                                                       mlflow_run_ids=run_ids))
-        console.print(f"recorded {written} rows in {escape(str(store.path))} and {len(run_ids)} MLflow runs")
+        console.print(f"recorded {written} rows in {literal(str(store.path))} and {len(run_ids)} MLflow runs")
 

@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.options import core_option
+from dspark_cli.output import literal
 from dspark_core.recipes.export import ExportConfig, export
 
 console = Console()
@@ -23,5 +23,5 @@ def export_command(
 ) -> None:
     """Export a draft checkpoint; loading the export back gives bit-identical logits."""
     report = export(checkpoint, ExportConfig(format=fmt), out=out)
-    console.print(f"[green]exported[/] {escape(str(checkpoint))} -> {escape(str(report.path))} ({report.format}, "
+    console.print(f"[green]exported[/] {literal(str(checkpoint))} -> {literal(str(report.path))} ({report.format}, "
                   f"{report.size_mib} MiB, weights sha256 {report.weights_sha256[:12]})")

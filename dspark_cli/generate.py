@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_cli.options import core_option
+from dspark_cli.output import cell
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.metrics import tau
 from dspark_core.decoding.scheduler import ScheduleConfig
@@ -99,13 +100,13 @@ def generate_command(
         return
     for number, request in enumerate(report["requests"], start=1):
         title = f"{model.spec} · drafter {report['drafter']}" + (f" · request {number}" if len(batch) > 1 else "")
-        console.rule(title)
-        console.print(request["text"], highlight=False, markup=False)
+        console.rule(cell(title))
+        console.print(cell(request["text"]), highlight=False)
     console.rule()
     table = Table(title="decoding statistics")
     table.add_column("metric")
     for name in results:
-        table.add_column(name, justify="right")
+        table.add_column(cell(name), justify="right")
     for label, getter in _ROWS:
         table.add_row(label, *(getter(r.stats) for r in results.values()))
     console.print(table)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_cli.options import core_option
+from dspark_cli.output import cell, literal
 from dspark_core.models import PACKAGED_MODELS, find_imported, list_snapshots, load_target, resolve_snapshot
 from dspark_core.models.derive import DeriveConfig, check_derived_name, derive_model
 from dspark_core.models.registry import register_model, registered_models
@@ -28,17 +29,17 @@ def list_models() -> None:
         aliases.add_column(column)
     for alias, model in PACKAGED_MODELS.items():
         imported = find_imported(alias)
-        aliases.add_row(alias, "yes" if model.is_installed() else f"no ({model.install_hint()})",
-                        imported.path.name if imported else "-", model.description)
+        aliases.add_row(cell(alias), cell("yes" if model.is_installed() else f"no ({model.install_hint()})"),
+                        cell(imported.path.name if imported else "-"), cell(model.description))
     console.print(aliases)
-    snapshots = Table(title=f"Imported snapshots in {dspark_home() / 'models' / 'snapshots'}")
+    snapshots = Table(title=cell(f"Imported snapshots in {dspark_home() / 'models' / 'snapshots'}"))
     snapshots.add_column("spec", no_wrap=True)
     for column in ("type", "layers", "d", "V", "revision", "imported"):
         snapshots.add_column(column)
     for snap in list_snapshots():
         i = snap.info
-        snapshots.add_row(i["spec"], i["model_type"], str(i["num_layers"]), str(i["hidden_size"]),
-                          str(i["vocab_size"]), i["revision"][:8], i["created_at"][:10])
+        snapshots.add_row(*map(cell, (i["spec"], i["model_type"], i["num_layers"], i["hidden_size"], i["vocab_size"],
+                                      i["revision"][:8], str(i["created_at"])[:10])))
     console.print(snapshots)
 
 
@@ -48,9 +49,10 @@ def import_model(
     refresh: bool = typer.Option(False, help="Re-import even if a snapshot exists."),
 ) -> None:
     """Import SPEC once into a content-addressed safetensors snapshot (later loads take seconds)."""
-    with console.status(f"importing {spec} (the first import of a GGUF file takes a while)..."):
+    with console.status(f"importing {literal(spec)} (the first import of a GGUF file takes a while)..."):
         snap = resolve_snapshot(spec, refresh=refresh)
-    console.print(f"[green]imported[/] {spec} -> {snap.path}  (revision {snap.revision[:12]})")
+    console.print(f"[green]imported[/] {literal(spec)} -> {literal(snap.path)}  (revision {literal(snap.revision[:12])})",
+                  highlight=False)
 
 
 @models_app.command("show")
@@ -68,7 +70,8 @@ def register(
 ) -> None:
     """Add SPEC to the registered base models (the pipelines' partitions); idempotent."""
     slug = register_model(spec, prompts)
-    console.print(f"registered {spec} as [bold]{slug}[/]; {len(registered_models())} base model(s) registered")
+    console.print(f"registered {literal(spec)} as [bold]{literal(slug)}[/]; {len(registered_models())} base model(s) "
+                  f"registered", highlight=False)
 
 
 @models_app.command("derive")
@@ -98,8 +101,8 @@ def derive(
     report = derive_model(load_target(parent, device=device, dtype="float32"), name, config, overwrite=overwrite,
                           progress=True)
     stats = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in report.stats.items())
-    console.print(f"[green]derived[/] {report.spec} from {parent} by {method} in {report.seconds:.0f} s ({stats}) "
-                  f"-> {report.path}")
+    console.print(f"[green]derived[/] {literal(report.spec)} from {literal(parent)} by {literal(method)} in "
+                  f"{report.seconds:.0f} s ({literal(stats)}) -> {literal(report.path)}", highlight=False)
     if register:
         slug = register_model(report.spec)
-        console.print(f"registered {report.spec} as [bold]{slug}[/]")
+        console.print(f"registered {literal(report.spec)} as [bold]{literal(slug)}[/]", highlight=False)

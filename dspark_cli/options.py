@@ -49,14 +49,15 @@ def comma_ints(value: str | None) -> tuple[int, ...] | None:
 def report_table(title: str, columns: list[str], rows: list[list], digits: int = 2):
     """A right-aligned rich table of a report's (columns, rows): None as '–', floats with `digits` decimals, the
     rest as text (never read as markup)."""
-    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=escape(title))
+    from dspark_cli.output import cell
+
+    table = Table(title=cell(title))
     for column in columns:
-        table.add_column(escape(column), justify="right")
+        table.add_column(cell(column), justify="right")
     for row in rows:
-        table.add_row(*("–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v)) for v in row))
+        table.add_row(*(cell("–" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else v) for v in row))
     return table
 
 

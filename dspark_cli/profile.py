@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from dspark_cli.options import comma_ints, core_option, report_table
+from dspark_cli.output import cell
 from dspark_core.decoding.step_cost import ProfileConfig, ensure_profile
 from dspark_core.models import load_target
 
@@ -42,4 +43,4 @@ def profile_command(
     relative = profile.relative_to_single_step()[0]
     console.print("one request, cost in autoregressive steps: "
                   + "  ".join(f"{w} tok {r:.2f}" for w, r in zip(profile.widths, relative)), highlight=False)
-    console.print(f"{'measured now (' + reason + ')' if reason else 'stored'}: {profile.path}", highlight=False)
+    console.print(cell(f"{'measured now (' + reason + ')' if reason else 'stored'}: {profile.path}"), highlight=False)

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
+from dspark_cli.output import literal
 from dspark_core.errors import DsparkError
 
 console = Console(soft_wrap=True)
@@ -52,8 +52,17 @@ def serve_command(
     from dspark_core.models.snapshot import resolve_snapshot
     from dspark_core.models.spec import slugify
     from dspark_core.paths import dspark_home
-    from dspark_core.serving.vllm import (ServeConfig, VllmServer, check_port_free, read_served_draft, refusal,
-                                          require_vllm_python, serve_argv, speculators_export, vllm_platform)
+    from dspark_core.serving.vllm import (
+        ServeConfig,
+        VllmServer,
+        check_port_free,
+        read_served_draft,
+        refusal,
+        require_vllm_python,
+        serve_argv,
+        speculators_export,
+        vllm_platform,
+    )
 
     snapshot = resolve_snapshot(target)
     draft, draft_label = None, "none (autoregressive)"
@@ -87,11 +96,11 @@ def serve_command(
         typer.echo(server.command)
         return
     if host not in LOCALHOST:
-        console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who reaches this machine can query "
+        console.print(f"[yellow]warning:[/] listening on {literal(host)}: anyone who reaches this machine can query "
                       f"the model (no authentication)")
     check_port_free(host, port)
-    console.print(f"starting vLLM ({platform}) for {escape(target)} · draft {escape(draft_label)} · log "
-                  f"{escape(str(log_path))}")
+    console.print(f"starting vLLM ({platform}) for {literal(target)} · draft {literal(draft_label)} · log "
+                  f"{literal(str(log_path))}")
     # Ctrl-C, and a service manager's SIGTERM, stop vLLM in order (also where a background shell ignored SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: signal.default_int_handler(signal.SIGINT, None))
@@ -107,9 +116,9 @@ def serve_command(
 
 
 def _how_to_query(url: str, name: str) -> str:
-    return (f"[bold green]serving[/] {escape(name)} at {url}/v1 (OpenAI API) · Ctrl-C stops it\n"
+    return (f"[bold green]serving[/] {literal(name)} at {url}/v1 (OpenAI API) · Ctrl-C stops it\n"
             f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' -d "
-            f"'{{\"model\": \"{escape(name)}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}], "
+            f"'{{\"model\": \"{literal(name)}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}], "
             f"\"max_tokens\": 64, \"temperature\": 0}}'\n"
             f"  spec-decode counters: curl -s {url}/metrics | grep spec_decode\n"
             f"  training data from it: dspark data regenerate ... --server {url}")

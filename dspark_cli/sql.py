@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from dspark_cli.output import cell
 from dspark_core.paths import dspark_home
 from dspark_core.store import MetricsStore
 
@@ -28,14 +28,14 @@ def sql_command(
     columns, rows = store.query(query)
     if as_json:
         for row in rows[:limit]:
-            print(json.dumps(dict(zip(columns, row)), default=str))
+            print(json.dumps(dict(zip(columns, row)), default=str))  # JSON escapes control characters
         return
     table = Table(show_lines=False)
     for column in columns:
-        table.add_column(Text(column), overflow="fold")
+        table.add_column(cell(column), overflow="fold")
     for row in rows[:limit]:
-        # values as plain text: a stored '[/]' must not be read as terminal markup
-        table.add_row(*(Text("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row))
+        # values as plain text: a stored '[/]' is not markup, a stored escape sequence does not reach the terminal
+        table.add_row(*(cell("NULL" if v is None else f"{v:.4g}" if isinstance(v, float) else v) for v in row))
     console.print(table)
     shown = min(len(rows), limit)
     console.print(f"{len(rows)} row(s)" + (f", first {shown} shown" if shown < len(rows) else ""))

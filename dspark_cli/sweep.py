@@ -7,9 +7,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.options import comma_ints, core_option, report_table
+from dspark_cli.output import literal
 from dspark_core.data import layout
 from dspark_core.data.regenerate import read_responses
 from dspark_core.data.sources import PromptsConfig
@@ -73,7 +73,7 @@ def sweep_command(
     result.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, {"command": command_line(), **provenance(), **report.to_json()})
     plot = report.plot(result.with_suffix(".png"))
-    console.print(f"results {escape(str(result))}, plot {escape(str(plot))}")
+    console.print(f"results {literal(str(result))}, plot {literal(str(plot))}")
     if record:
         written = MetricsStore(dspark_home() / "metrics.duckdb").record(
             report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc()))

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_cli.options import comma_ints, core_option, one_of
+from dspark_cli.output import cell, literal
 from dspark_cli.ranks import nproc_option, relaunched
 from dspark_core.data.feature_cache import CacheConfig
 from dspark_core.data.layout import responses_dir as responses_dir_of
@@ -121,19 +122,20 @@ def train_command(
             report = train(model, cache, config, out_dir=out, parallel=parallel)
     if not world.is_main:
         return
-    table = Table(title=f"trained {report.algorithm} for {target}", show_header=False)
+    table = Table(title=cell(f"trained {report.algorithm} for {target}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("")
-    table.add_row("checkpoint", str(report.checkpoint))
+    table.add_row("checkpoint", cell(report.checkpoint))
     table.add_row("steps", str(report.steps))
     if warm_start is not None:
-        table.add_row("grew from", f"{warm_start} (now {report.cumulative_steps} steps over its whole line)")
+        table.add_row("grew from", cell(f"{warm_start} (now {report.cumulative_steps} steps over its whole line)"))
     for key in ("loss", "loss_ce", "loss_tv", "loss_conf", "expected_tau"):
         if key in report.final_metrics:
             table.add_row(key, f"{report.final_metrics[key]:.4f}")
     table.add_row("acceptance per position", " ".join("–" if a is None else f"{a:.2f}" for _, a in report.analytic_acceptance))
     console.print(table)
-    console.print(f"decode with it: dspark generate --target {target} --drafter {report.checkpoint} --prompt ...")
+    console.print(f"decode with it: dspark generate --target {literal(target)} --drafter {literal(report.checkpoint)} "
+                  f"--prompt ...", highlight=False)
 
 
 #: the command's parameter names of TrainConfig / LossWeights fields whose names differ

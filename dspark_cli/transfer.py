@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from dspark_cli.options import core_option, report_table
+from dspark_cli.output import literal
 from dspark_core.models import load_target
 from dspark_core.models.derive import parent_slugs
 from dspark_core.models.registry import request_retraining
@@ -66,11 +66,11 @@ def transfer_command(
     result.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(result, {"command": command_line(), **provenance(), **report.to_json()})
     plot = report.heat_map(result.with_suffix(".png"))
-    console.print(f"results {escape(str(result))}, heat map {escape(str(plot))}")
+    console.print(f"results {literal(str(result))}, heat map {literal(str(plot))}")
     for slug, reason in report.retraining_needed().items():
         if request:
             request_retraining(specs[slug], reason)
-        console.print(f"[yellow]{escape(slug)} needs drafts of its own[/]: {escape(reason)}"
+        console.print(f"[yellow]{literal(slug)} needs drafts of its own[/]: {literal(reason)}"
                       + ("; retraining requested" if request else "; --request-retraining asks the platform for it"))
     if record:
         from pipelines.tracking import Tracking

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -53,6 +55,11 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
     discarded. With `replace`, an existing `final` is swapped out (renamed to `<name>.old`, then removed);
     `recover_directory` finishes a swap interrupted between the two renames.
     """
+    if final.is_symlink():  # replacing it would replace the link, and leave what it points to half-handled
+        from dspark_core.errors import DsparkError
+
+        raise DsparkError(f"{final} is a symbolic link (to {os.readlink(final)}); give the directory it points to, "
+                          f"or another path")
     final.parent.mkdir(parents=True, exist_ok=True)
     if replace:
         recover_directory(final)  # an earlier replacement killed between its two renames
@@ -107,10 +114,12 @@ def exclusive_writer(directory: Path, what: str) -> Iterator[None]:
 
 def _holder(holder_file: Path) -> str:
     """' (pid N, `command`, since T)' from the holder's description, or '' when it has none yet."""
+    from dspark_core.schemas import FileShapeError, LockHolderFile, read_json
+
     try:
-        holder = json.loads(holder_file.read_text())
+        holder = read_json(holder_file, LockHolderFile, fix="")
         return f" (pid {holder['pid']}, `{holder['command']}`, since {holder['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileShapeError:
         return ""
 
 
@@ -137,3 +146,18 @@ def recover_directory(final: Path) -> None:
     if not final.exists() and old.exists():
         old.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' `save_file`, with a full disk (or quota) raised as the OSError it is, so that it is reported
+    as one ("the disk is full ...; free space and run again") rather than as a serialization error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:  # "Error while serializing: I/O error: No space left on device (os error 28)"
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None or int(code.group(1)) not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None

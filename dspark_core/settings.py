@@ -8,6 +8,7 @@ here instead of repeating them, so the three can never disagree.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 #: γ a draft is trained for: block positions, tokens proposed per round. The one place this default lives.
@@ -23,17 +24,19 @@ DEFAULT_BLOCK_SIZE = 4
 DEFAULT_DECODE_BLOCK_SIZE = 2
 
 _HELP = "help"
-_BOUNDS = ("min", "max", "above", "below", "choices")
+_BOUNDS = ("min", "max", "above", "below", "choices", "distinct")
 
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=dataclasses.MISSING, min: float | None = None,
             max: float | None = None, above: float | None = None, below: float | None = None,
-            choices: tuple | None = None) -> Any:
+            choices: tuple | None = None, distinct: bool | None = None) -> Any:
     """A dataclass field with a default (or a default factory), a one-line help text and its valid values:
-    `min` / `max` inclusive, `above` / `below` exclusive, or one of `choices`. `check_settings` enforces them, the CLI
-    options and the Dagster config fields declare them too."""
+    `min` / `max` inclusive, `above` / `below` exclusive, or one of `choices`; for a list of numbers the bounds hold
+    for each, and `distinct` says no value may repeat. `check_settings` enforces them, the CLI options and the
+    Dagster config fields declare them too."""
     metadata = {_HELP: help, **{key: value for key, value in
-                                (("min", min), ("max", max), ("above", above), ("below", below), ("choices", choices)) if value is not None}}
+                                (("min", min), ("max", max), ("above", above), ("below", below), ("choices", choices),
+                                 ("distinct", distinct)) if value is not None}}
     if factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -45,30 +48,47 @@ def bounds_of(cls: type, name: str) -> dict[str, Any]:
 
 
 def check_settings(config: Any) -> None:
-    """Raise one ConfigError naming the first setting of `config` outside its declared values (NaN never is
-    valid). Config dataclasses call this first thing in `__post_init__`, before anything is written."""
+    """Raise one ConfigError naming the first setting of `config` outside its declared values (NaN and infinity
+    never are valid: no setting means "unbounded" by them). Config dataclasses call this first thing in
+    `__post_init__`, before anything is written."""
     from dspark_core.errors import ConfigError
 
     for item in dataclasses.fields(config):
         value, bounds = getattr(config, item.name), bounds_of(type(config), item.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{item.name} must be a finite number, got {value}")
         if value is None or not bounds:
             continue
         if "choices" in bounds:
             if value not in bounds["choices"]:
                 raise ConfigError(f"{item.name} must be one of {', '.join(map(str, bounds['choices']))}, got {value!r}")
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, (list, tuple)):
+            if bounds.get("distinct") and len(set(value)) < len(value):
+                repeated = sorted({v for v in value if list(value).count(v) > 1})
+                raise ConfigError(f"{item.name} lists {', '.join(map(str, repeated))} more than once, got "
+                                  f"{','.join(map(str, value))}; give each value once")
+            for element in value:
+                _check_number(item.name, element, bounds)
             continue
-        if value != value:
-            raise ConfigError(f"{item.name} must be a number, got {value}")
-        if "min" in bounds and value < bounds["min"]:
-            raise ConfigError(f"{item.name} must be >= {bounds['min']}, got {value}")
-        if "above" in bounds and value <= bounds["above"]:
-            raise ConfigError(f"{item.name} must be > {bounds['above']}, got {value}")
-        if "max" in bounds and value > bounds["max"]:
-            raise ConfigError(f"{item.name} must be <= {bounds['max']}, got {value}")
-        if "below" in bounds and value >= bounds["below"]:
-            raise ConfigError(f"{item.name} must be < {bounds['below']}, got {value}")
+        _check_number(item.name, value, bounds)
+
+
+def _check_number(name: str, value: Any, bounds: dict) -> None:
+    from dspark_core.errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if "min" in bounds and value < bounds["min"]:
+        raise ConfigError(f"{name} must be >= {bounds['min']}, got {value}")
+    if "above" in bounds and value <= bounds["above"]:
+        raise ConfigError(f"{name} must be > {bounds['above']}, got {value}")
+    if "max" in bounds and value > bounds["max"]:
+        raise ConfigError(f"{name} must be <= {bounds['max']}, got {value}")
+    if "below" in bounds and value >= bounds["below"]:
+        raise ConfigError(f"{name} must be < {bounds['below']}, got {value}")
 
 
 def _field(cls: type, name: str) -> dataclasses.Field:

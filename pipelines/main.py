@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(BASE_MODEL, slug):
         instance.add_dynamic_partitions(BASE_MODEL, [slug])
-    console.print(f"base model [bold]{args.model}[/] (partition {slug}); Dagster instance {home}")
+    console.print(f"base model [bold]{literal(args.model)}[/] (partition {slug}); Dagster instance {literal(home)}",
+                  highlight=False)
 
     # The data stage must have succeeded with its checks: a cache that failed its check is never trained on.
     data_ok = _materialized(instance, DATA_STAGE[-1], slug, run_succeeded=True)
@@ -163,7 +164,7 @@ def print_report(slug: str, drafters: list[str]) -> None:
         "[bold]where to look[/]\n"
         "  make ui                       Dagster UI http://127.0.0.1:3000 (asset graph, metadata, checks)\n"
         "                                MLflow UI  http://127.0.0.1:5000 (training/eval runs, draft registry)\n"
-        f"  .venv/bin/dspark sql \"SELECT * FROM latest_tau\"       metrics in {store.path}\n"
+        f"  .venv/bin/dspark sql \"SELECT * FROM latest_tau\"       metrics in {literal(store.path)}\n"
         f"  .venv/bin/dspark drafts list {slug}              registered drafts and the champion")
 
 

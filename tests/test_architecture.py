@@ -21,7 +21,7 @@ PACKAGES = ("dspark_core", "dspark_cli", "pipelines", "assets", "benchmarks")
 # Lower rank = lower layer. An import may only go to the same or a lower rank, and between two different
 # packages of the same rank not at all.
 _CORE_BASE = {"dspark_core", "dspark_core.errors", "dspark_core.settings", "dspark_core.paths", "dspark_core.device",
-              "dspark_core.provenance", "dspark_core.numerics", "dspark_core.distributed"}
+              "dspark_core.provenance", "dspark_core.numerics", "dspark_core.distributed", "dspark_core.schemas"}
 _PLATFORM_COMPOSITION = {"checks", "jobs", "sensors", "schedules", "definitions", "main", "ui"}
 _RANKS = {
     "dspark_core.models": 1, "dspark_core.store": 1,

@@ -294,3 +294,19 @@ def test_building_again_repairs_exactly_the_damaged_shards_and_force_rebuilds_al
     forced = build_feature_cache(tiny_target, responses, root, _config(), progress=False, force=True)
     assert len(built) == len(reference["shards"]) and forced["copied_samples"] == 0
     assert not (tmp_path / "c.previous").exists()
+
+
+@pytest.mark.parametrize("damage", ["[1, 2", '{"format_version": 1, "shards": 5}'])
+def test_a_damaged_manifest_is_repaired_by_building_again(tiny_target, responses, tmp_path, damage):
+    """A manifest cut short or of the wrong shape: reading the cache names it and the command that repairs it;
+    building again rebuilds the cache (nothing the manifest listed can be trusted) and it reads as before."""
+    from dspark_core.schemas import FileShapeError
+
+    reference = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    (tmp_path / "c" / "manifest.json").write_text(damage)
+    with pytest.raises(FileShapeError, match=r"manifest.json: .*rebuild it with `dspark data cache`"):
+        FeatureCache(tmp_path / "c")
+    repaired = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
+    assert repaired["rebuilt_shards"] == len(reference["shards"])
+    assert [e["sha256"] for e in repaired["shards"]] == [e["sha256"] for e in reference["shards"]]
+    assert len(FeatureCache(tmp_path / "c")) == reference["num_samples"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import run_cli
+
 from dspark_core.data.prompts import PromptRecord
 from dspark_core.data.regenerate import RegenerationConfig, regenerate_responses
 from dspark_core.errors import DsparkError
@@ -105,11 +105,11 @@ def test_a_second_writer_of_a_dataset_or_run_directory_is_refused(tiny_target, t
     import subprocess
     import sys
 
-    from dspark_core.drafters.checkpoint import save_draft
-    from dspark_core.export import export_draft
     from test_drafters import _model
 
     from dspark_core.data.feature_cache import CacheConfig, FeatureCache, build_feature_cache
+    from dspark_core.drafters.checkpoint import save_draft
+    from dspark_core.export import export_draft
     from dspark_core.training.trainer import TrainConfig, train_draft
 
     conversation = {"id": "c", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
@@ -241,16 +241,23 @@ def test_prompt_lines_that_are_not_utf8_or_too_long_are_malformed_lines_not_cras
 
 
 def test_a_damaged_responses_file_or_draft_config_is_one_line(capsys, tiny_target, tmp_path):
+    from test_drafters import _model
+
     from dspark_core.data.regenerate import read_responses
     from dspark_core.drafters.checkpoint import load_draft, save_draft
-    from test_drafters import _model
 
     out = tmp_path / "r"
     regenerate_responses(tiny_target, _prompts("bees", "owls"), out, SAMPLED, progress=False)
     with open(out / "responses.jsonl", "a") as handle:
         handle.write("{not json\n")
-    with pytest.raises(DsparkError, match="responses.jsonl:3 is not a response line"):
+    with pytest.raises(DsparkError, match=r"responses.jsonl:3: not valid JSON .*run `dspark data regenerate` again"):
         read_responses(out)
+    # the command the error names repairs it: the damaged line goes, every prompt keeps exactly one answer
+    before = (out / "responses.jsonl").read_text().splitlines()[:2]
+    manifest = regenerate_responses(tiny_target, _prompts("bees", "owls"), out, SAMPLED, progress=False)
+    assert manifest["removed_damaged"] == ["responses.jsonl:3"]
+    assert (out / "responses.jsonl").read_text().splitlines() == before
+    assert len(read_responses(out)[1]) == 2
     save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
     config = json.loads((tmp_path / "draft" / "config.json").read_text())
     config["module"]["attention_sinks"] = 4  # a field this version does not know
@@ -282,8 +289,9 @@ def test_a_locked_metrics_database_waits_then_fails_cleanly(tmp_path, caplog):
 
 
 def test_exporting_into_an_earlier_export_replaces_its_weights(capsys, tiny_target, tmp_path):
-    from dspark_core.drafters.checkpoint import save_draft, weights_sha256
     from test_drafters import _model
+
+    from dspark_core.drafters.checkpoint import save_draft, weights_sha256
 
     save_draft(_model(tiny_target), tmp_path / "a", target=tiny_target)
     save_draft(_model(tiny_target, head="gated"), tmp_path / "b", target=tiny_target)
@@ -353,6 +361,12 @@ BAD_INPUTS = [  # (arguments, what the one line must say); each once ended, or c
     (["profile", "--target", "TINY", "--device", "cuda:x"], "unknown device 'cuda:x'"),
     (["models", "derive", "TINY", "--name", "x", "--method", "finetune", "--text", "/nonexistent"],
      "neither a file nor a directory"),
+    (["data", "prompts", "--target", "TINY", "--dataset", "d" * 300], "has 300 characters; use at most 100"),
+    (["data", "cache", "--target", "TINY", "--dataset", "x", "--layer-ids", "1,1"], "layer_ids lists 1 more than once"),
+    (["data", "regenerate", "--target", "TINY", "--dataset", "x", "--temperature", "inf"],
+     "temperature must be a finite number"),
+    (["train", "--target", "TINY", "--dataset", "x", "--lr", "inf"], "learning_rate must be a finite number"),
+    (["train", "--target", "TINY", "--dataset", "x", "--draft-layers", "0,0"], "layer_ids lists 0 more than once"),
 ]
 
 
@@ -390,3 +404,52 @@ def test_concurrent_registrations_lose_no_model(tmp_path):
     assert all(w.wait(timeout=120) == 0 for w in workers)
     models = json.loads((tmp_path / "models" / "registered.json").read_text())
     assert len(models) == 32 and all("retrain_requested" in entry for entry in models.values())
+
+
+def test_text_from_users_and_files_is_printed_as_it_is(capsys, tmp_path, monkeypatch, metrics_db):
+    """Rich markup and terminal escape sequences in a model path or a stored value: printed literally (control
+    characters as escapes), the command succeeds, and what it wrote is what it reported."""
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path / "home"))
+    hostile = tmp_path / "m[/red]\x1b[31mx[bold]"
+    hostile.mkdir(parents=True)
+    (hostile / "config.json").write_text("{}")
+    code, out, err = run_cli(["models", "register", str(hostile)], capsys)
+    assert code == 0, err
+    assert "m[/red]\\x1b[31mx[bold]" in out.replace("\n", "") and "\x1b" not in out
+    assert json.loads((tmp_path / "home" / "models" / "registered.json").read_text()).popitem()[1]["spec"] == str(hostile)
+    with duckdb.connect(str(metrics_db)) as connection:
+        connection.execute("INSERT INTO notes VALUES (chr(27) || '[2J' || chr(7) || 'cleared', 3)")
+    code, out, err = run_cli(["sql", "SELECT text FROM notes WHERE n = 3", "--db", str(metrics_db)], capsys)
+    assert code == 0, err
+    assert "\\x1b[2J\\x07cleared" in out and "\x1b" not in out and "\x07" not in out
+    code, _, err = run_cli(["drafts", "promote", "a\x1b[5m[/]", "1", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                           capsys)
+    assert code == 2 and "\x1b" not in err and "a\\x1b[5m[/]" in err.replace("\n", "")
+
+
+@pytest.mark.filterwarnings("default::dspark_core.schemas.UnknownFieldsWarning")
+def test_unknown_fields_of_a_dspark_file_are_one_warning_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "models").mkdir(parents=True)
+    (tmp_path / "home" / "models" / "registered.json").write_text(json.dumps(
+        {"m": {"spec": "smollm2-135m", "registerd_at": "typo"}}))
+    code, _, err = run_cli(["models", "register", "smollm2-135m"], capsys)
+    assert code == 0
+    assert "warning:" in err and "'registerd_at'" in err and "Traceback" not in err and "UnknownFieldsWarning" not in err
+
+
+def test_an_export_path_that_is_a_link_is_refused_and_nothing_is_lost(capsys, tiny_target, tmp_path):
+    from dspark_core.drafters.checkpoint import save_draft, weights_sha256
+    from test_drafters import _model
+
+    save_draft(_model(tiny_target), tmp_path / "draft", target=tiny_target)
+    code, _, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf", "--out", str(tmp_path / "first")], capsys)
+    assert code == 0, err
+    before = weights_sha256(tmp_path / "first")
+    (tmp_path / "link").symlink_to(tmp_path / "first")
+    code, _, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf", "--out", str(tmp_path / "link")], capsys)
+    assert code == 2 and "is a symbolic link" in err and "Traceback" not in err
+    assert (tmp_path / "link").is_symlink() and weights_sha256(tmp_path / "first") == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]
+    code, _, err = run_cli(["export", str(tmp_path / "draft"), "--format", "hf", "--out", str(tmp_path / "first")], capsys)
+    assert code == 0, err

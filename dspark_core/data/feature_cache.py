@@ -28,18 +28,27 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from dspark_core.data.chat import tokenize_conversations
 from dspark_core.distributed import World, current_world
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
-from dspark_core.paths import write_json_atomic
+from dspark_core.paths import save_tensors, write_json_atomic
+from dspark_core.schemas import (
+    CacheManifestFile,
+    FileShapeError,
+    JsonObject,
+    ShardEntry,
+    ShardProgressFile,
+    checked,
+    read_json,
+)
 from dspark_core.settings import check_settings, setting
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+_REBUILD = "the cache is damaged: rebuild it with `dspark data cache` (it rebuilds only what is damaged)"
 #: one file per finished shard of an unfinished build
 PROGRESS_DIR = "progress"
 #: the unfinished build's record of single-process builds before ranks existed (still resumed from)
@@ -85,7 +94,8 @@ def estimate_cache_bytes(num_tokens: int, hidden_size: int, num_layers: int, dty
 class CacheConfig:
     """Which target features are cached, and how."""
 
-    layer_ids: tuple[int, ...] = setting((), "Decoder layers to cache; empty: `num_layers` spread over the depth")
+    layer_ids: tuple[int, ...] = setting((), "Decoder layers to cache; empty: `num_layers` spread over the depth",
+                                         min=0, distinct=True)
     num_layers: int = setting(5, "How many layers to spread over the depth when layer_ids is empty", min=1)
     dtype: str = setting("bfloat16", "Storage dtype: bfloat16, float16 or float32", choices=("bfloat16", "float16", "float32"))
     max_length: int = setting(1024, "Truncate conversations to this many tokens", min=2)
@@ -288,8 +298,13 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
     directory holding another cache, and a disk without room for the rest of the build."""
     manifest_path = out_dir / MANIFEST_FILE
     repairing = False
+    if manifest_path.exists() and _damaged_manifest(manifest_path):
+        # nothing it lists can be trusted: every shard is built again (the progress files of a repair, if any,
+        # still say which shards are intact)
+        manifest_path.unlink()
+        repairing = True
     if manifest_path.exists():
-        existing = json.loads(manifest_path.read_text())
+        existing = read_json(manifest_path, JsonObject, fix=_REBUILD)  # checked by _damaged_manifest
         if {k: existing.get(k) for k in spec} == spec:
             shutil.rmtree(previous_dir(out_dir), ignore_errors=True)  # left by an update killed after its manifest
             damaged = _damaged_shards(out_dir, existing)
@@ -338,6 +353,17 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
             "resumed": repairing or bool(candidates)}
 
 
+def _damaged_manifest(path: Path) -> bool:
+    """Whether a cache's manifest is unreadable or not of the current format's shape."""
+    try:
+        manifest = read_json(path, JsonObject, fix=_REBUILD)
+        if manifest.get("format_version") == FORMAT_VERSION:
+            checked(manifest, CacheManifestFile, where=path, fix=_REBUILD)
+    except FileShapeError:
+        return True
+    return False
+
+
 def _damaged_shards(out_dir: Path, manifest: dict) -> list[str]:
     """The shard files of a finished cache that are missing or whose bytes no longer match their checksum."""
     return [entry["file"] for entry in manifest["shards"]
@@ -350,13 +376,20 @@ def _unfinished_shards(out_dir: Path) -> dict[int, tuple[dict, dict]]:
     found = {}
     legacy = out_dir / LEGACY_PROGRESS_FILE
     if legacy.exists():
-        recorded = json.loads(legacy.read_text())
-        for entry in recorded.get("shards", []):
+        try:
+            recorded = read_json(legacy, JsonObject, fix="")
+        except FileShapeError:
+            recorded = {}  # its shards are simply built again
+        for entry in recorded.get("shards", []) if isinstance(recorded.get("shards"), list) else []:
+            try:
+                checked(entry, ShardEntry, where=legacy, fix="")
+            except FileShapeError:
+                continue
             found[int(entry["file"].removeprefix("shard-").removesuffix(".safetensors"))] = (recorded.get("spec"), entry)
     for path in sorted((out_dir / PROGRESS_DIR).glob("shard-*.json")):
         try:
-            recorded = json.loads(path.read_text())
-        except json.JSONDecodeError:
+            recorded = read_json(path, ShardProgressFile, fix="")
+        except FileShapeError:
             continue  # cannot happen with atomic writes; if it does, that shard is simply built again
         found[recorded["index"]] = (recorded["spec"], recorded["entry"])
     return found
@@ -385,7 +418,7 @@ def _build_shard(target: TargetModel, shard: list[dict], index: int, out_dir: Pa
     tensors = _shard_tensors(target, shard, config, bar, copied)
     tmp = out_dir / f".{name}.tmp"
     try:
-        save_file(tensors, str(tmp), metadata={"target_revision": str(target.revision)})
+        save_tensors(tensors, tmp, metadata={"target_revision": str(target.revision)})
     except BaseException:
         tmp.unlink(missing_ok=True)  # a half-written shard (a full disk) must not hold the space a rerun needs
         raise
@@ -525,13 +558,11 @@ class FeatureCache:
             raise DsparkError(
                 f"{self.path} is not a finished feature cache ({'the build was interrupted; rerun it to resume' if partial else 'no manifest.json'})"
             )
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CorruptCacheError(f"{manifest_path} is not valid JSON ({exc}); rebuild the cache") from exc
+        self.manifest = read_json(manifest_path, JsonObject, fix=_REBUILD)
         m = self.manifest
         if m.get("format_version") != FORMAT_VERSION:
             raise CacheMismatchError(f"{self.path} has cache format {m.get('format_version')}, expected {FORMAT_VERSION}; rebuild it")
+        checked(m, CacheManifestFile, where=manifest_path, fix=_REBUILD)
         if target_revision is not None and m["target_revision"] != target_revision:
             raise CacheMismatchError(
                 f"feature cache {self.path} was built for target {m['target']!r} (revision {str(m['target_revision'])[:12]}), "

@@ -15,11 +15,15 @@ from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home
 
 _DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MAX_DATASET_NAME = 100
 
 
 def check_dataset_name(dataset: str) -> str:
     """A dataset name is its folder's name, so two different names never share a folder: lowercase letters,
     digits, '.', '_' and '-', starting with a letter or digit."""
+    if len(dataset or "") > MAX_DATASET_NAME:  # a folder name, and part of others: file systems stop at 255 bytes
+        raise ConfigError(f"dataset name {dataset[:40]!r}... has {len(dataset)} characters; use at most "
+                          f"{MAX_DATASET_NAME}")
     if not _DATASET_NAME.fullmatch(dataset or ""):
         hint = slugify(dataset or "")
         raise ConfigError(f"dataset name {dataset!r} is not usable as a folder name as it is; use lowercase letters, "

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from dspark_core.errors import DsparkError
+from dspark_core.schemas import PromptLine, parse_line
 
 ROLES_KEPT = ("system", "user")
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "system": "system", "gpt": "assistant", "assistant": "assistant",
@@ -67,6 +68,11 @@ class LoadReport:
 def _text(value, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a non-empty string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape such as "\ud800": not text
+        raise ValueError(f"{what} holds a lone surrogate (\\u{ord(value[exc.start]):04x} at character {exc.start}), "
+                         f"which is not Unicode text; fix the escape") from None
     return value.strip()
 
 
@@ -255,10 +261,8 @@ def read_prompt_file(path: Path) -> list[tuple[PromptRecord, str]]:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-                messages = tuple((m["role"], m["content"]) for m in obj["messages"])
-                pairs.append((PromptRecord(obj["id"], messages, obj["source"]), obj["split"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise MalformedDataError(f"{path}:{number}: not a dspark prompt line ({exc}); regenerate the file") from exc
+            obj = parse_line(line, PromptLine, where=f"{path}:{number}",
+                             fix="the prompt file is damaged: delete it and prepare the data again")
+            messages = tuple((m["role"], m["content"]) for m in obj["messages"])
+            pairs.append((PromptRecord(obj["id"], messages, obj["source"]), obj["split"]))
     return pairs

@@ -41,10 +41,14 @@ from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.packaged import PACKAGED_MODELS
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import exclusive_writer, write_json_atomic
+from dspark_core.schemas import FileShapeError, ResponseLine, ResponsesManifestFile, parse_line, read_json
 from dspark_core.settings import bounds_of, check_settings, setting
 
 RESPONSES_FILE = "responses.jsonl"
 MANIFEST_FILE = "manifest.json"
+_REDO_LINE = ("the line is damaged: run `dspark data regenerate` again with the same settings (it drops damaged lines "
+              "and answers their prompts again)")
+_REDO_MANIFEST = "the manifest is damaged: delete the directory and run `dspark data regenerate` again"
 #: the answers of one rank of a multi-rank run, until rank 0 merges them into RESPONSES_FILE
 PART_PATTERN = "responses.part-*.jsonl"
 
@@ -108,8 +112,10 @@ class RegenerationConfig:
         )
 
 
-def _read_answered(path: Path) -> list[tuple[str, str]]:
-    """(id, line) of every answered prompt, in file order; truncates a trailing partial line left by a killed run."""
+def _read_answered(path: Path, damaged: list[str] | None = None) -> list[tuple[str, str]]:
+    """(id, line) of every answered prompt, in file order; truncates a trailing partial line left by a killed run.
+    A damaged line (not a response line) is an error, unless `damaged` collects it (file:line) for the caller to
+    drop: its prompt is then simply answered again."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -121,9 +127,11 @@ def _read_answered(path: Path) -> list[tuple[str, str]]:
     for number, line in enumerate(data[:cut].decode("utf-8", errors="replace").splitlines(), start=1):
         if line.strip():
             try:
-                answered.append((json.loads(line)["id"], line))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DsparkError(f"{path}:{number} is not a response line ({exc}); delete the file to start over") from exc
+                answered.append((parse_line(line, ResponseLine, where=f"{path}:{number}", fix=_REDO_LINE)["id"], line))
+            except FileShapeError:
+                if damaged is None:
+                    raise
+                damaged.append(f"{path.name}:{number}")
     return answered
 
 
@@ -132,7 +140,7 @@ def _answer_files(out_dir: Path) -> list[Path]:
     return [out_dir / RESPONSES_FILE, *sorted(out_dir.glob(PART_PATTERN))]
 
 
-def _consolidate(out_dir: Path, answered: list[tuple[str, str]], current: set[str]) -> int:
+def _consolidate(out_dir: Path, answered: list[tuple[str, str]], current: set[str], *, rewrite: bool = False) -> int:
     """Keep the first answer to every prompt still in the dataset, all in responses.jsonl (parts merged in and
     removed), rewriting it atomically when anything changes; returns the number of lines dropped (answers to
     prompts no longer there, repeats)."""
@@ -142,7 +150,7 @@ def _consolidate(out_dir: Path, answered: list[tuple[str, str]], current: set[st
             kept[rid] = line
     dropped = len(answered) - len(kept)
     parts = _answer_files(out_dir)[1:]
-    if dropped or parts:
+    if dropped or parts or rewrite:
         _replace_lines(out_dir / RESPONSES_FILE, kept.values())
         for part in parts:
             part.unlink()
@@ -226,16 +234,17 @@ def _begin(job: ExitStack, target: TargetModel, prompts, out_dir: Path, settings
     out_dir.mkdir(parents=True, exist_ok=True)
     job.enter_context(exclusive_writer(out_dir, "regenerating responses"))
     manifest_path = out_dir / MANIFEST_FILE
-    answered = [pair for path in _answer_files(out_dir) for pair in _read_answered(path)]
+    damaged: list[str] = []  # lines a disk or an editor damaged: dropped, and their prompts answered again
+    answered = [pair for path in _answer_files(out_dir) for pair in _read_answered(path, damaged)]
     if manifest_path.exists() and answered:
-        previous = json.loads(manifest_path.read_text())
+        previous = read_json(manifest_path, ResponsesManifestFile, fix=_REDO_MANIFEST)
         if previous.get("target_revision") != target.revision or previous.get("settings") != settings:
             raise DsparkError(
                 f"{out_dir} holds responses from {previous.get('target')!r} with settings {previous.get('settings')}; "
                 f"these would be mixed with new ones from {target.spec!r} with {settings}. Use another output "
                 f"directory or delete this one"
             )
-    dropped = _consolidate(out_dir, answered, {r.id for r, _ in prompts})
+    dropped = _consolidate(out_dir, answered, {r.id for r, _ in prompts}, rewrite=bool(damaged))
     manifest = {
         "target": target.spec,
         "target_revision": target.revision,
@@ -245,6 +254,7 @@ def _begin(job: ExitStack, target: TargetModel, prompts, out_dir: Path, settings
         "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "removed_stale_or_repeated": dropped,
+        "removed_damaged": damaged,
     }
     if server:
         manifest["server"] = {"url": server.url, "model": server.model, "checked_by": server.token_check,
@@ -515,16 +525,13 @@ def read_responses(out_dir: Path) -> tuple[dict, list[dict]]:
     manifest_path = out_dir / MANIFEST_FILE
     if not manifest_path.exists():
         raise DsparkError(f"{out_dir} has no {MANIFEST_FILE}; run `dspark data regenerate` first")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path, ResponsesManifestFile, fix=_REDO_MANIFEST)
     if manifest.get("status") != "complete":
         raise DsparkError(f"regeneration in {out_dir} did not finish (status {manifest.get('status')!r}); rerun it to resume")
     conversations = []
     with open(out_dir / RESPONSES_FILE, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if line.strip():
-                try:
-                    conversations.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DsparkError(f"{out_dir / RESPONSES_FILE}:{number} is not a response line ({exc}); the file was "
-                                      f"damaged: delete that line and run `dspark data regenerate` again to redo it") from None
+                conversations.append(parse_line(line, ResponseLine, where=f"{out_dir / RESPONSES_FILE}:{number}",
+                                                fix=_REDO_LINE))
     return manifest, conversations

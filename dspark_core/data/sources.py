@@ -12,12 +12,19 @@ from typing import Callable
 
 from dspark_core.data.layout import check_dataset_name
 from dspark_core.data.prompts import (
-    LoadReport, PromptRecord, deduplicate, load_hf_dataset, read_jsonl, read_prompt_file, write_prompts,
+    LoadReport,
+    PromptRecord,
+    deduplicate,
+    load_hf_dataset,
+    read_jsonl,
+    read_prompt_file,
+    write_prompts,
 )
 from dspark_core.data.selfgen import SelfGenerationConfig, check_domains, self_generated_prompts
 from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import write_json_atomic
+from dspark_core.schemas import FileShapeError, PromptRoundsFile, PromptSettingsFile, read_json
 from dspark_core.settings import check_settings, setting
 
 SOURCE_FORMS = "a .jsonl file | hf:NAME_OR_PATH | self"
@@ -103,7 +110,7 @@ def prepare_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], 
         return grow_prompt_file(path, config, target, exclude=exclude)
     settings = _source_settings(config)
     settings_path = path.with_name(path.stem + ".settings.json")
-    if path.exists() and settings_path.exists() and json.loads(settings_path.read_text()) == settings:
+    if path.exists() and settings_path.exists() and _read_settings(settings_path) == settings:
         counts = {"train": 0, "validation": 0}
         for _, split in read_prompt_file(path):
             counts[split] += 1
@@ -116,6 +123,8 @@ def prepare_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], 
 
 
 #: settings that may change from one round of a growing dataset to the next without starting it anew
+_REDO = ("the record of a growing dataset's rounds is damaged: restore it, or delete it and the prompt file to "
+         "start the dataset anew")
 _GROWTH_SETTINGS = ("seed", "count", "limit", "grow", "max_prompts", "at_cap", "on_error")
 
 
@@ -127,13 +136,13 @@ def grow_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], Tar
     total); a file written from other source settings, or without rounds, starts anew."""
     rounds_path = path.with_name(path.stem + ".rounds.json")
     settings = {key: value for key, value in _source_settings(config).items() if key not in _GROWTH_SETTINGS}
-    history = json.loads(rounds_path.read_text()) if rounds_path.exists() and path.exists() else None
+    history = read_json(rounds_path, PromptRoundsFile, fix=_REDO) if rounds_path.exists() and path.exists() else None
     written_once = path.with_name(path.stem + ".settings.json")
     if history is None and path.exists() and written_once.exists() and {
-            key: value for key, value in json.loads(written_once.read_text()).items()
+            key: value for key, value in _read_settings(written_once).items()
             if key not in _GROWTH_SETTINGS} == settings:  # a file written in one go from this source: its round 0
         existing = [record for record, _ in read_prompt_file(path)]
-        rounds = [{"round": 0, "seed": json.loads(written_once.read_text())["seed"], "added": len(existing),
+        rounds = [{"round": 0, "seed": _read_settings(written_once)["seed"], "added": len(existing),
                    "dropped": 0, "total": len(existing), "at": None}]
     elif history is None or history.get("settings") != settings:
         existing, rounds = [], []
@@ -166,4 +175,13 @@ def grow_prompt_file(path: Path, config: PromptsConfig, target: Callable[[], Tar
 def prompt_rounds(path: Path) -> list[dict]:
     """The rounds a growing dataset's prompt file went through (empty for a file written in one go)."""
     rounds_path = path.with_name(path.stem + ".rounds.json")
-    return json.loads(rounds_path.read_text())["rounds"] if rounds_path.exists() else []
+    return read_json(rounds_path, PromptRoundsFile, fix=_REDO)["rounds"] if rounds_path.exists() else []
+
+
+def _read_settings(path: Path) -> dict:
+    """The settings a prompt file was written from in one go; a damaged record matches no settings, so the file
+    is written again."""
+    try:
+        return read_json(path, PromptSettingsFile, fix="")
+    except FileShapeError:
+        return {"seed": None}

@@ -14,7 +14,6 @@ measured with; `ensure_profile` rebuilds one that is missing or measured under o
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -29,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dspark_core.decoding.kv_cache import BatchedKVCache
-from dspark_core.errors import ConfigError, DsparkError
+from dspark_core.errors import ConfigError
 from dspark_core.models.spec import slugify
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.schemas import StepCostProfileFile, read_json
 from dspark_core.settings import check_settings, setting
 
 _FORMAT = 1
@@ -197,11 +197,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def load_profile(path: Path) -> StepCostProfile:
-    try:
-        return StepCostProfile.from_dict(json.loads(Path(path).read_text()), path=Path(path))
-    except (OSError, ValueError, TypeError) as exc:
-        raise DsparkError(f"step-cost profile {path} is unreadable ({exc}); delete it or run `dspark profile "
-                          f"--rebuild`") from None
+    data = read_json(Path(path), StepCostProfileFile, fix="delete it or run `dspark profile --rebuild`")
+    return StepCostProfile.from_dict({name: data[name] for name in StepCostProfileFile.model_fields}, path=Path(path))
 
 
 def ensure_profile(target: TargetModel, config: ProfileConfig = ProfileConfig(), *, rebuild: bool = False,

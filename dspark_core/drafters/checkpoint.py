@@ -17,18 +17,20 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import dspark_core
 from dspark_core.drafters.base import DraftModule
 from dspark_core.drafters.registry import DrafterKind, drafter_kind
 from dspark_core.errors import DsparkError
-from dspark_core.paths import atomic_directory, settled_directory
+from dspark_core.paths import atomic_directory, save_tensors, settled_directory
+from dspark_core.schemas import DraftConfigFile, ExportRecordFile, ModelConfigFile, checked, read_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 EXPORT_FILE = "dspark_export.json"
 FORMAT = "dspark-draft"
+_REDO = "the draft directory is damaged: export or train it again"
 
 
 def save_draft(model: DraftModule, directory: Path, *, target, training: dict | None = None, extra: dict | None = None) -> Path:
@@ -53,7 +55,7 @@ def save_draft(model: DraftModule, directory: Path, *, target, training: dict | 
         **(extra or {}),
     }
     with atomic_directory(directory, replace=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        save_tensors(state, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return directory
 
@@ -66,15 +68,15 @@ def read_draft_config(directory: Path) -> dict:
     """The checkpoint config of a checkpoint, or of the checkpoint an export was made from."""
     directory = settled_directory(directory)
     if is_export(directory):
-        return _read_json(directory / EXPORT_FILE)["source"]
+        return read_json(directory / EXPORT_FILE, ExportRecordFile, fix=_REDO)["source"]
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise DsparkError(f"{directory} is not a draft checkpoint or export (no {CONFIG_FILE}); train one with "
                           f"`dspark train`")
-    config = _read_json(path)
+    config = read_json(path, ModelConfigFile, fix=_REDO)
     if config.get("format") != FORMAT:
         raise DsparkError(f"{directory} is not a dspark draft checkpoint (format {config.get('format')!r})")
-    return config
+    return checked(config, DraftConfigFile, where=path, fix=_REDO)
 
 
 def weights_sha256(directory: Path) -> str:
@@ -84,13 +86,6 @@ def weights_sha256(directory: Path) -> str:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DsparkError(f"cannot read {path} ({exc}); the draft directory is corrupt, export or train it again") from exc
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -152,11 +147,16 @@ def load_draft(directory: Path, target=None, *, check_target: bool = True) -> tu
         raise DsparkError(f"{directory}: its config does not describe a {config['algorithm']} draft this version of "
                           f"dspark can build ({exc}); train or export it again") from None
     state = _read_weights(directory)
-    if is_export(directory) and _read_json(directory / EXPORT_FILE)["format"] == "speculators":
+    if is_export(directory) and read_json(directory / EXPORT_FILE, ExportRecordFile, fix=_REDO)["format"] == "speculators":
         state = _from_speculators(state, kind, model)
     saved_dtype = next(v.dtype for v in state.values() if v.is_floating_point())
     model.to(saved_dtype)  # load at the saved precision, then convert: never round-trip through float32
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+        problem = " ".join(str(exc).split("\n")[1:2]).strip() or str(exc)
+        raise DsparkError(f"{directory}: its weights do not match its config ({problem}); the draft directory is "
+                          f"damaged: export or train it again") from None
     if target is not None:
         model.to(device=target.device, dtype=target.dtype)
         attach_target_weights(model, target)

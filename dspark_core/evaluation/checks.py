@@ -3,7 +3,6 @@ caller decides how to report them (a Dagster asset check, a CLI, a test)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from dspark_core.decoding.drafter import Drafter
 from dspark_core.errors import DsparkError
 from dspark_core.evaluation.speculative import EvalPrompt, EvalSettings, decode_prompts, mismatched_prompts
 from dspark_core.models.target import TargetModel
+from dspark_core.schemas import CacheManifestFile, FileShapeError, read_json
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 
 
@@ -40,9 +40,9 @@ def cache_problems(cache_path: Path, target: TargetModel) -> list[str]:
     if not manifest_path.is_file():
         return [f"{cache_path} has no {MANIFEST_FILE}"]
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        return [f"{manifest_path} is not valid JSON ({exc})"]
+        manifest = read_json(manifest_path, CacheManifestFile, fix="rebuild it with `dspark data cache`")
+    except FileShapeError as exc:
+        return [str(exc)]
     problems = []
     if manifest.get("target_revision") != target.revision:
         problems.append(f"built for revision {str(manifest.get('target_revision'))[:12]} of {manifest.get('target')!r}, "

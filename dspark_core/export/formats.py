@@ -24,13 +24,15 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dspark_core.drafters.checkpoint import CONFIG_FILE, EXPORT_FILE, WEIGHTS_FILE, is_export, read_draft_config
 from dspark_core.drafters.registry import drafter_kind
 from dspark_core.errors import DsparkError
 from dspark_core.models.snapshot import Snapshot, list_snapshots
-from dspark_core.paths import atomic_directory, exclusive_writer, remove_stale_temporaries, settled_directory
+from dspark_core.paths import (atomic_directory, exclusive_writer, remove_stale_temporaries, save_tensors,
+                               settled_directory)
+from dspark_core.schemas import ModelConfigFile, read_json
 
 FORMATS = ("hf", "speculators")
 HEAD_W1 = "head.embed.weight"  # DSpark's previous-token embedding (one row per draft token + 1, or per target token)
@@ -102,7 +104,7 @@ def _target_tensor(snapshot: Snapshot, name: str) -> torch.Tensor:
     """One of the target's tensors, read from its snapshot (`lm_head.weight` is the input embedding when tied)."""
     from safetensors import safe_open
 
-    if name == "lm_head.weight" and json.loads((snapshot.path / "config.json").read_text()).get("tie_word_embeddings"):
+    if name == "lm_head.weight" and _target_config(snapshot).get("tie_word_embeddings"):
         name = "embed_tokens.weight"
     with safe_open(str(snapshot.path / WEIGHTS_FILE), "pt") as weights:
         matches = sorted((n for n in weights.keys() if n.endswith(name)), key=len)
@@ -113,9 +115,14 @@ def _target_tensor(snapshot: Snapshot, name: str) -> torch.Tensor:
 
 def _target_max_positions(snapshot: Snapshot) -> int:
     """The verifier's context length, from its own config (a multimodal model's text part)."""
-    target = json.loads((snapshot.path / "config.json").read_text())
+    target = _target_config(snapshot)
     target = target.get("text_config", target) if "max_position_embeddings" not in target else target
     return int(target.get("max_position_embeddings") or 2048)
+
+
+def _target_config(snapshot: Snapshot) -> dict:
+    return read_json(snapshot.path / "config.json", ModelConfigFile,
+                     fix="the model snapshot is damaged: import it again with `dspark models import --refresh`")
 
 
 def _speculators_config(config: dict, verifier: dict, max_positions: int) -> dict:
@@ -213,7 +220,7 @@ def export_draft(checkpoint: Path, out: Path, fmt: str = "speculators") -> Path:
     with exclusive_writer(out, "writing an export"):
         remove_stale_temporaries(out)  # of exports killed mid-way (we hold the lock: none of them is live)
         with atomic_directory(out, replace=True) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": fmt})
+            save_tensors({k: v.contiguous() for k, v in tensors.items()}, tmp / WEIGHTS_FILE, metadata={"format": fmt})
             (tmp / CONFIG_FILE).write_text(json.dumps(exported, indent=2, sort_keys=True) + "\n")
             (tmp / EXPORT_FILE).write_text(json.dumps({"format": fmt, "source": config}, indent=2, sort_keys=True) + "\n")
     return out

@@ -24,6 +24,7 @@ from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.spec import DERIVED_PREFIX, slugify
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import atomic_directory, exclusive_writer, models_dir, remove_stale_temporaries
+from dspark_core.schemas import DerivedLineageFile, read_json
 from dspark_core.settings import check_settings, setting
 
 LINEAGE_FILE = "derived.json"
@@ -49,7 +50,7 @@ def derived_spec(name: str) -> str:
 def lineage(directory: Path) -> dict | None:
     """What `derived.json` records (parent spec and revision, method, settings), or None for other models."""
     path = directory / LINEAGE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, DerivedLineageFile, fix="the derived model is damaged: derive it again") if path.is_file() else None
 
 
 @dataclass(frozen=True)

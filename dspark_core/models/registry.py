@@ -17,6 +17,7 @@ from typing import Iterator
 from dspark_core.errors import ModelSpecError
 from dspark_core.models.spec import parse_spec, slugify
 from dspark_core.paths import models_dir, write_json_atomic
+from dspark_core.schemas import RegisteredModelsFile, read_json
 
 
 def _path():
@@ -27,10 +28,7 @@ def registered_models() -> dict[str, dict]:
     path = _path()
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelSpecError(f"{path} is not valid JSON ({exc}); fix or delete it and register the models again") from exc
+    return read_json(path, RegisteredModelsFile, fix="fix or delete it and register the models again")
 
 
 @contextmanager

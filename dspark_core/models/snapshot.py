@@ -24,6 +24,7 @@ from dspark_core.models.architecture import check_supported
 from dspark_core.models.packaged import locate_packaged
 from dspark_core.models.spec import ModelSource, parse_spec, slugify
 from dspark_core.paths import atomic_directory, models_dir, write_json_atomic
+from dspark_core.schemas import FileShapeError, SnapshotIndexFile, SnapshotRecordFile, read_json
 
 SNAPSHOT_FILE = "dspark_snapshot.json"
 _HASH_CHUNK = 8 * 1024 * 1024
@@ -61,8 +62,8 @@ def _read_index() -> dict:
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        return read_json(path, SnapshotIndexFile, fix="")
+    except FileShapeError:
         # The index is only a cache of spec -> snapshot; rebuilding it costs a hash, nothing is lost.
         return {}
 
@@ -96,7 +97,8 @@ def load_snapshot(path: Path) -> Snapshot:
     record = path / SNAPSHOT_FILE
     if not record.is_file():
         raise ModelSpecError(f"{path} is not a dspark model snapshot (no {SNAPSHOT_FILE}); re-import it with `dspark models import`")
-    return Snapshot(path=path, info=json.loads(record.read_text()))
+    return Snapshot(path=path, info=read_json(record, SnapshotRecordFile,
+                                              fix="the snapshot is damaged: import the model again with `dspark models import --refresh`"))
 
 
 def list_snapshots() -> list[Snapshot]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from dspark_core.data.regenerate import read_responses
 from dspark_core.distributed import World
 from dspark_core.errors import DsparkError
 from dspark_core.models.target import TargetModel
+from dspark_core.schemas import FileShapeError, JsonObject, read_json
 
 __all__ = ["CacheConfig", "CacheEstimate", "FeatureCacheReport", "build_cache", "estimate_cache", "find_cache"]
 
@@ -47,7 +46,7 @@ def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progr
     responses_manifest, conversations = read_responses(responses)
     layers = config.layers_for(target.num_layers)
     out = layout.cache_dir(dataset, target.spec, layers, config.dtype)
-    before = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else None
+    before = _manifest_before(out / "manifest.json")
     manifest = build_feature_cache(
         target, conversations, out, config, progress=progress,
         source={"responses": str(responses), "target_revision": responses_manifest["target_revision"]}, world=world,
@@ -114,3 +113,11 @@ def find_cache(target_spec: str, dataset: str, layer_ids: tuple[int, ...] | None
                           f"build one with `dspark data cache --target {target_spec} --dataset {dataset}`")
     raise DsparkError(f"dataset {dataset!r} has several feature caches for {target_spec!r} "
                       f"({', '.join(p.name for p in found)}); choose one with --layer-ids and --cache-dtype")
+
+
+def _manifest_before(path: Path) -> dict | None:
+    """The cache's manifest before a build (None: none, or one too damaged to read: the build repairs it)."""
+    try:
+        return read_json(path, JsonObject, fix="") if path.exists() else None
+    except FileShapeError:
+        return None

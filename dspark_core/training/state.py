@@ -11,11 +11,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from dspark_core.paths import atomic_directory, recover_directory
+from dspark_core.paths import atomic_directory, recover_directory, save_tensors
+from dspark_core.schemas import TrainingStateFile, read_json
 
 STATE_FILE = "state.json"
+DAMAGED_STATE = ("the saved training state is damaged: delete the run's state/ directory to start the run again from "
+                 "step 0 (or use another output directory)")
 
 
 def save_training_state(directory: Path, model_state: dict[str, torch.Tensor],
@@ -27,7 +30,7 @@ def save_training_state(directory: Path, model_state: dict[str, torch.Tensor],
             if torch.is_tensor(value):
                 tensors[f"optim.{name}.{key}"] = value.detach().cpu().contiguous()
     with atomic_directory(directory, replace=True) as tmp:
-        save_file(tensors, str(tmp / "tensors.safetensors"))
+        save_tensors(tensors, tmp / "tensors.safetensors")
         (tmp / STATE_FILE).write_text(json.dumps(progress, indent=2, sort_keys=True))
 
 
@@ -41,4 +44,4 @@ def load_training_state(directory: Path) -> tuple[dict, dict, dict]:
         if key.startswith("optim."):
             name, field = key[len("optim."):].rsplit(".", 1)
             optimizer_state.setdefault(name, {})[field] = value
-    return model_state, optimizer_state, json.loads((directory / STATE_FILE).read_text())
+    return model_state, optimizer_state, read_json(directory / STATE_FILE, TrainingStateFile, fix=DAMAGED_STATE)

@@ -32,15 +32,22 @@ from dspark_core.drafters.vocab import coverage, select_draft_vocab
 from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import recover_directory
+from dspark_core.schemas import FileShapeError, TrainingStateFile, TrainLogLine, parse_line, read_json
 from dspark_core.settings import DEFAULT_BLOCK_SIZE, check_settings, setting
 from dspark_core.training.anchors import block_targets, sample_anchors
 from dspark_core.training.losses import LossNormalizers, LossTerms, LossWeights, TargetDistribution, draft_losses
-from dspark_core.training.parallel import (ParallelConfig, accumulating, distribute, full_norm, full_state,
-                                           load_full_state, sharded)
-from dspark_core.training.state import load_training_state, save_training_state
+from dspark_core.training.parallel import (
+    ParallelConfig,
+    accumulating,
+    distribute,
+    full_norm,
+    full_state,
+    load_full_state,
+    sharded,
+)
+from dspark_core.training.state import DAMAGED_STATE, load_training_state, save_training_state
 from dspark_core.training.validation import held_out_acceptance
 from dspark_core.training.warm_start import load_parent_weights, read_parent
-
 
 #: rows of the target's LM head computed at once (bounds the [rows, vocabulary] temporaries)
 TARGET_ROWS_PER_CHUNK = 1024
@@ -92,7 +99,8 @@ class TrainConfig:
                                                     "slot does not (γ + 1 slots: the layout vLLM's dflash serves). "
                                                     "Empty: the algorithm's default (DSpark on, DFlash off)")
     #: target layers the draft reads (a subset of the cache's); None = the algorithm's choice from the cache
-    layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice")
+    layer_ids: tuple[int, ...] | None = setting(None, "Cache layers the draft reads; empty: the algorithm's choice",
+                                                min=0, distinct=True)
     init: str = setting("random", "Draft layers start 'random', or as copies of the target's top layers ('target'; "
                                   "DSpark/DFlash on Llama-style targets)", choices=("random", "target"))
     warm_start: str | None = setting(None, "Start from this draft (a checkpoint's `draft` folder or an export): its "
@@ -442,6 +450,14 @@ def train_draft(
                             world)
 
 
+def _logged_step(line: str) -> float:
+    """The step a metrics-log line records; inf for a damaged line (a kill mid-write), which a resume drops."""
+    try:
+        return parse_line(line, TrainLogLine, where="metrics.jsonl", fix="")["step"]
+    except FileShapeError:
+        return float("inf")
+
+
 def _prepare_run_directory(out_dir: Path) -> None:
     """Before any rank reads it: the directory exists, and a state replacement killed half-way is undone."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +472,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
     batcher = Batcher(len(cache), config.batch_size, config.seed)
     start, history, tokens_trained = 0, [], 0
     if (state_dir / "state.json").exists():
-        saved = json.loads((state_dir / "state.json").read_text())
+        saved = read_json(state_dir / "state.json", TrainingStateFile, fix=DAMAGED_STATE)
         if not same_settings(saved["config"], config) or saved["cache"] != str(cache.path):
             raise DsparkError(
                 f"{out_dir} holds a training run with other settings or data; use another output directory or delete it"
@@ -467,7 +483,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
         history = saved.get("history", [])
         tokens_trained = int(saved.get("tokens_trained", 0))
         if world.is_main and log_path.exists():  # keep the metrics log consistent with the resumed step
-            kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= start]
+            kept = [line for line in log_path.read_text(errors="replace").splitlines() if _logged_step(line) <= start]
             log_path.write_text("".join(line + "\n" for line in kept))
 
     bar = tqdm(total=config.steps, initial=start, desc=f"training {config.algorithm}",
