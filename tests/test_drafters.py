@@ -357,3 +357,53 @@ def test_training_forward_and_runtime_drafter_propose_the_same_block(tiny_target
                                         torch.tensor([[anchor]]))
         ranked = model.draft_vocab[logits[0, 0].argmax(-1)].tolist()
         assert ranked == proposal, (algorithm, anchor)
+
+
+@pytest.mark.parametrize("variant", ["dspark", "dspark-rnn", "dspark-anchor-state", "dflash", "dflash-fill-in", "eagle3"])
+def test_batched_drafting_proposes_what_one_request_at_a_time_does(tiny_target, variant):
+    """Requests with contexts of different lengths (one with none yet) and different limits, drafted in one
+    batched pass, get the blocks and confidences each gets drafted alone; greedy decoding with batched drafting
+    equals autoregressive decoding at 1 to 8 concurrent requests."""
+    from dspark_core.decoding.drafter import DraftRequest
+    from dspark_core.models.target import TargetFeatures
+
+    if variant == "eagle3":
+        model, algorithm = _eagle3(tiny_target), "eagle3"
+    else:
+        algorithm = variant.split("-")[0]
+        overrides = {"dspark-rnn": {"head": "rnn"}, "dspark-anchor-state": {"anchor_state": True},
+                     "dflash-fill-in": {"sample_from_anchor": False}}.get(variant, {})
+        model = _model(tiny_target, algorithm=algorithm, **overrides)
+    texts = ["the quick brown fox jumps over the lazy dog", "a", "one two three four five six seven eight nine ten",
+             "hello there", "numbers: 1 2 3 4 5 6 7"]
+    histories = [tiny_target.encode_prompt(text) for text in texts]
+    limits = [4, 4, 2, 3, 1]
+
+    def features_of(ids):
+        if len(ids) < 2:
+            return None
+        with torch.no_grad():
+            out = tiny_target.forward_features(torch.tensor([ids[:-1]]), layer_ids=(0, 1), with_logits=False)
+        return TargetFeatures(last_hidden=out.last_hidden[0], layer_ids=(0, 1), layers=tuple(x[0] for x in out.layers))
+
+    def propose(rows):
+        drafter = drafter_kind(algorithm).runtime(model)
+        drafter.begin(histories)
+        request = DraftRequest(rows, [histories[r] for r in rows], [limits[r] for r in rows],
+                               [features_of(histories[r]) for r in rows], SamplingConfig(temperature=0.0), None)
+        return drafter.propose(request)
+
+    together = propose(list(range(len(texts))))
+    for row in range(len(texts)):
+        alone = propose([row])
+        width = int(alone.lengths[0])
+        assert int(together.lengths[row]) == width
+        assert together.tokens[row, :width].tolist() == alone.tokens[0, :width].tolist(), (variant, row)
+        if alone.confidences is not None:
+            torch.testing.assert_close(together.confidences[row, :width], alone.confidences[0, :width],
+                                       rtol=1e-4, atol=1e-5)
+    reference = SpeculativeEngine(tiny_target).generate(histories, GenerationConfig(max_new_tokens=12, stop_at_eos=False))
+    for concurrent in (2, 8):
+        result = SpeculativeEngine(tiny_target, drafter_kind(algorithm).runtime(model)).generate(
+            histories, GenerationConfig(max_new_tokens=12, stop_at_eos=False, block_size=4, max_batch=concurrent))
+        assert [o.tokens for o in result.outputs] == [o.tokens for o in reference.outputs], (variant, concurrent)

@@ -1,9 +1,12 @@
 """Trained DSpark / DFlash / Eagle3 modules as drafters of the decoding engine (the drafter protocol).
 
 Per request the drafter keeps each draft layer's keys/values of the fused target context, extended with
-the features of newly committed positions every round — the context is never recomputed. A round runs the
-backbone once over the block's slots (γ, or γ + 1 when the anchor slot drafts nothing), then samples left to
-right, adding the sequential head's bias for the token just drawn (DSpark) or not (DFlash).
+the features of newly committed positions every round — the context is never recomputed. A round drafts every
+active request in one batched pass: the requests' contexts are padded to the longest and the padding masked out
+(one request, or requests of equal context, take the unmasked path). DSpark/DFlash run the backbone once over
+the block's slots (γ, or γ + 1 when the anchor slot drafts nothing), then sample left to right, adding the
+sequential head's bias for the token just drawn (DSpark) or not (DFlash); Eagle3 takes γ steps, each feeding
+back the token just drawn.
 """
 
 from __future__ import annotations
@@ -25,16 +28,33 @@ def _empty_block(request: DraftRequest, gamma: int, vocab_size: int, device):
     return width, tokens, probs
 
 
-def _draw(logits: torch.Tensor, vocab: torch.Tensor, request: DraftRequest, probs, row: int, k: int) -> torch.Tensor:
-    """The next draft token from logits [1, N] over the draft vocabulary. When sampling, the distribution
-    drawn from is recorded (scattered to the full vocabulary) as q for verification."""
+def _draw(logits: torch.Tensor, vocab: torch.Tensor, request: DraftRequest, probs, rows: torch.Tensor, k: int,
+          live: torch.Tensor) -> torch.Tensor:
+    """The next draft token of each row from logits [B, N] over the draft vocabulary (`rows`: their rows of the
+    proposal). When sampling, the distribution drawn from is recorded (scattered to the full vocabulary) as q for
+    verification, for the rows still drafting (`live`)."""
     if request.sampling.greedy:
         index = logits.argmax(-1)
     else:
         q = probabilities(logits, request.sampling)
         index = sample(q, request.generator)
-        probs[row, k, vocab] = q[0].to(probs.dtype)
+        probs[rows[live, None], k, vocab[None, :]] = q[live].to(probs.dtype)
     return vocab[index]
+
+
+def _padded(kv: list[tuple[torch.Tensor, torch.Tensor]], lengths: list[int]):
+    """Per-request keys/values [1, kvH, C_r, D] as one batch [B, kvH, max C, D] (zeros after each C_r), and the
+    mask of real entries [B, max C]; the mask is None when no request is padded (then attention needs none)."""
+    width = max(lengths)
+    if all(length == width for length in lengths):
+        return torch.cat([k for k, _ in kv]), torch.cat([v for _, v in kv]), None
+    first = kv[0][0]
+    keys = first.new_zeros(len(kv), first.shape[1], width, first.shape[3])
+    values = torch.zeros_like(keys)
+    for row, ((k, v), length) in enumerate(zip(kv, lengths)):
+        keys[row, :, :length], values[row, :, :length] = k[0], v[0]
+    real = torch.arange(width, device=first.device)[None] < torch.tensor(lengths, device=first.device)[:, None]
+    return keys, values, real
 
 
 class DSparkDrafter(Drafter):
@@ -84,38 +104,59 @@ class DSparkDrafter(Drafter):
         gamma = model.config.block_size
         width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
         confidences = torch.zeros(len(request.tokens), width, device=device) if model.confidence is not None else None
+        active = []  # (row, request id, history, limit) of the requests drafting this round
         for row, (rid, history, limit, features) in enumerate(
             zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
         ):
             self._extend_context(rid, features)
-            limit = min(limit, gamma)
-            if limit == 0:
-                continue
-            anchor_position = len(history) - 1
-            if self._lengths[rid] != anchor_position:
-                raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {anchor_position}")
-            anchor = torch.tensor([[history[-1]]], device=device)
-            slots = model.config.slots
-            block = model.block_inputs(anchor, self._last_states.get(rid))  # [1, 1, slots, d] -> [1, slots, d]
-            block = block.reshape(1, slots, -1)
-            positions = torch.arange(anchor_position, anchor_position + slots, device=device)[None]
-            context = self._contexts.get(rid)
-            if context is None:  # no context yet (a one-token prompt)
-                empty = block.new_zeros(1, model.config.num_kv_heads, 0, model.config.head_dim)
-                context = [(empty, empty)] * len(model.layers)
-            h = model.drafting_slots(model.backbone(block, positions, context, None)[0])  # [γ, d]
-            base = model.base_logits(h[:limit])  # [ℓ, N]
-            prev = anchor[0]
-            state = None
-            for k in range(limit):
-                bias, state = model.head_bias(prev, h[k : k + 1], state)
-                logits = base[k : k + 1] if bias is None else base[k : k + 1] + bias
-                if confidences is not None:
-                    confidences[row, k] = torch.sigmoid(self._calibrated(model.confidence_logit(prev, h[k : k + 1]), k))[0]
-                prev = _draw(logits, model.draft_vocab, request, probs, row, k)
-                tokens[row, k] = prev[0]
+            if min(limit, gamma) > 0:
+                if self._lengths[rid] != len(history) - 1:
+                    raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {len(history) - 1}")
+                active.append((row, rid, history, min(limit, gamma)))
+        if active:
+            self._draft(active, request, tokens, probs, confidences)
         lengths = torch.tensor([min(m, gamma) for m in request.max_lengths], dtype=torch.long, device=device)
         return DraftProposal(tokens=tokens, lengths=lengths, probs=probs, confidences=confidences)
+
+    def _draft(self, active, request: DraftRequest, tokens, probs, confidences) -> None:
+        """One batched backbone pass over the blocks of the `active` requests, then the head left to right."""
+        model, device = self.model, self.model.device
+        slots = model.config.slots
+        rows = torch.tensor([row for row, *_ in active], device=device)
+        limits = torch.tensor([limit for *_, limit in active], device=device)
+        anchors = torch.tensor([history[-1] for _, _, history, _ in active], device=device)
+        blocks = torch.cat([model.block_inputs(anchors[i : i + 1, None], self._last_states.get(rid)).reshape(1, slots, -1)
+                            for i, (_, rid, _, _) in enumerate(active)])  # [B, slots, d]
+        starts = torch.tensor([len(history) - 1 for _, _, history, _ in active], device=device)
+        positions = starts[:, None] + torch.arange(slots, device=device)[None]
+        lengths = [self._lengths[rid] for _, rid, _, _ in active]
+        context, real = [], None
+        for layer in range(len(model.layers)):
+            kv = [self._contexts[rid][layer] if rid in self._contexts else self._no_context() for _, rid, _, _ in active]
+            keys, values, real = _padded(kv, lengths)
+            context.append((keys, values))
+        mask = None if real is None else torch.cat([real, real.new_ones(len(active), slots)], dim=1)[:, None].expand(
+            -1, slots, -1)  # [B, slots, C + slots]: each block sees its own context and its whole block
+        h = model.drafting_slots(model.backbone(blocks, positions, context, mask))  # [B, γ, d]
+        steps = int(limits.max())
+        base = model.base_logits(h[:, :steps])  # [B, ℓ, N]
+        prev, state = anchors, None
+        for k in range(steps):
+            live = limits > k
+            bias, state = model.head_bias(prev, h[:, k], state)
+            logits = base[:, k] if bias is None else base[:, k] + bias
+            if confidences is not None:
+                confidence = torch.sigmoid(self._calibrated(model.confidence_logit(prev, h[:, k]), k))
+                confidences[rows[live], k] = confidence[live].to(confidences.dtype)
+            prev = _draw(logits, model.draft_vocab, request, probs, rows, k, live)
+            tokens[rows[live], k] = prev[live]
+
+    def _no_context(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-length keys/values: a request with no context yet (a one-token prompt)."""
+        config = self.model.config
+        empty = torch.zeros(1, config.num_kv_heads, 0, config.head_dim, device=self.model.device,
+                            dtype=self.model.fuse.weight.dtype)
+        return empty, empty
 
 
 class Eagle3Drafter(Drafter):
@@ -157,7 +198,7 @@ class Eagle3Drafter(Drafter):
         device = model.fuse.weight.device
         gamma = model.config.block_size
         width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
-        lengths = []
+        lengths, active = [], []
         for row, (rid, history, limit, features) in enumerate(
             zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
         ):
@@ -169,14 +210,28 @@ class Eagle3Drafter(Drafter):
                 continue
             if entry["length"] != len(history) - 1:
                 raise RuntimeError(f"draft context has {entry['length']} entries, expected {len(history) - 1}")
-            x, state = entry["last"]
-            keys, values = entry["keys"], entry["values"]
-            position = entry["length"] - 1
-            for k in range(limit):
-                if k > 0:
-                    x = model.entry_inputs(tokens[row : row + 1, k - 1 : k], state)
-                    k_new, v_new = model.attention.project_kv(x, torch.tensor([[position + k]], device=device))
-                    keys, values = torch.cat([keys, k_new], dim=2), torch.cat([values, v_new], dim=2)
-                state = model.step(x, state, torch.tensor([[position + k]], device=device), keys, values, None)
-                tokens[row, k] = _draw(model.logits(state)[0], model.draft_vocab, request, probs, row, k)[0]
+            active.append((row, entry, limit))
+        if active:
+            self._draft(active, request, tokens, probs)
         return DraftProposal(tokens=tokens, lengths=torch.tensor(lengths, dtype=torch.long, device=device), probs=probs)
+
+    def _draft(self, active, request: DraftRequest, tokens, probs) -> None:
+        """γ batched steps over the `active` requests' padded context caches, each feeding back the token drawn."""
+        model, device = self.model, self.model.fuse.weight.device
+        rows = torch.tensor([row for row, _, _ in active], device=device)
+        limits = torch.tensor([limit for _, _, limit in active], device=device)
+        keys, values, real = _padded([(entry["keys"], entry["values"]) for _, entry, _ in active],
+                                     [entry["length"] for _, entry, _ in active])
+        x = torch.cat([entry["last"][0] for _, entry, _ in active])  # [B, 1, 2d]
+        state = torch.cat([entry["last"][1] for _, entry, _ in active])  # [B, 1, d]
+        start = torch.tensor([entry["length"] - 1 for _, entry, _ in active], device=device)[:, None]
+        for k in range(int(limits.max())):
+            live = limits > k
+            if k > 0:  # the token just drawn enters the cache (own keys after the padded context: always real)
+                x = model.entry_inputs(tokens[rows, k - 1 : k], state)
+                k_new, v_new = model.attention.project_kv(x, start + k)
+                keys, values = torch.cat([keys, k_new], dim=2), torch.cat([values, v_new], dim=2)
+                real = None if real is None else torch.cat([real, real.new_ones(len(active), 1)], dim=1)
+            state = model.step(x, state, start + k, keys, values, None if real is None else real[:, None])
+            drawn = _draw(model.logits(state)[:, 0], model.draft_vocab, request, probs, rows, k, live)
+            tokens[rows[live], k] = drawn[live]
