@@ -232,10 +232,16 @@ class ShardProgressFile(Shape):
 
 
 # ---- models -----------------------------------------------------------------------------------------------
+class RetrainingRequest(Shape):
+    at: str
+    reason: str
+
+
 class RegisteredModel(Shape):
     spec: str
     registered_at: str | None = None
     prompts: str | None = None
+    retrain_requested: RetrainingRequest | None = None  # the latest request (a sensor turns it into runs)
 
 
 class RegisteredModelsFile(RootModel[dict[str, RegisteredModel]]):

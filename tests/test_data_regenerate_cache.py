@@ -210,22 +210,25 @@ def test_default_layer_ids_spread_over_depth():
 def test_a_shard_cut_short_by_a_full_disk_leaves_no_partial_file(tiny_target, responses, tmp_path, monkeypatch):
     """The disk fills up while a shard's bytes are being written: the partial file is removed at once (it would
     hold space the rerun needs and look like work done), and the rerun writes exactly the uninterrupted cache."""
-    real_save, calls = cache_module.save_file, []
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real_save, calls = safetensors.torch.save_file, []
 
     def fills_up(tensors, path, metadata=None):
         calls.append(path)
         if len(calls) == 2:
             with open(path, "wb") as handle:
-                handle.write(b"\0" * 4096)  # part of the file made it to disk
-            raise OSError(28, "No space left on device", path)
+                handle.write(b"\0" * 4096)  # part of the file made it to disk; then safetensors' own error
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(cache_module, "save_file", fills_up)
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_up)
     with pytest.raises(OSError, match="No space left"):
         build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
     assert not list((tmp_path / "c").glob(".*.tmp")) and len(list((tmp_path / "c").glob("*.safetensors"))) == 1
     (tmp_path / "c" / ".shard-00009.safetensors.tmp").write_bytes(b"\0" * 64)  # a build killed mid-write
-    monkeypatch.setattr(cache_module, "save_file", real_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     manifest = build_feature_cache(tiny_target, responses, tmp_path / "c", _config(), progress=False)
     reference = build_feature_cache(tiny_target, responses, tmp_path / "ref", _config(), progress=False)
     assert [e["sha256"] for e in manifest["shards"]] == [e["sha256"] for e in reference["shards"]]

@@ -36,11 +36,12 @@ if stage == "regenerate":
     regenerate_responses(target, prompts, out, config, progress=False)
 elif stage == "export":  # export checkpoint argv[3]; block where argv[4] says (write | swap) for the kill
     import os, time
+    import safetensors.torch
     import dspark_core.export.formats as formats
     marker = out.with_name("blocked-here")
-    if sys.argv[4] == "write":
-        write = formats.save_file
-        formats.save_file = lambda *a, **k: (write(*a, **k), marker.touch(), time.sleep(600))
+    if sys.argv[4] == "write":  # the export's weights are written through safetensors.torch.save_file
+        write = safetensors.torch.save_file
+        safetensors.torch.save_file = lambda *a, **k: (write(*a, **k), marker.touch(), time.sleep(600))
     elif sys.argv[4] == "swap":
         replace = os.replace
         os.replace = lambda src, dst: (Path(dst) == out and (marker.touch(), time.sleep(600)), replace(src, dst))
