@@ -298,13 +298,13 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
     directory holding another cache, and a disk without room for the rest of the build."""
     manifest_path = out_dir / MANIFEST_FILE
     repairing = False
-    if manifest_path.exists() and _damaged_manifest(manifest_path):
+    existing = _readable_manifest(manifest_path) if manifest_path.exists() else None
+    if manifest_path.exists() and existing is None:
         # nothing it lists can be trusted: every shard is built again (the progress files of a repair, if any,
         # still say which shards are intact)
         manifest_path.unlink()
         repairing = True
-    if manifest_path.exists():
-        existing = read_json(manifest_path, JsonObject, fix=_REBUILD)  # checked by _damaged_manifest
+    if existing is not None:
         if {k: existing.get(k) for k in spec} == spec:
             shutil.rmtree(previous_dir(out_dir), ignore_errors=True)  # left by an update killed after its manifest
             damaged = _damaged_shards(out_dir, existing)
@@ -353,15 +353,16 @@ def _inspect_directory(out_dir: Path, spec: dict, samples: list[dict], target: T
             "resumed": repairing or bool(candidates)}
 
 
-def _damaged_manifest(path: Path) -> bool:
-    """Whether a cache's manifest is unreadable or not of the current format's shape."""
+def _readable_manifest(path: Path) -> dict | None:
+    """A cache's manifest, or None when it is unreadable or not of its format's shape (a cache of another format
+    version is returned as it is: the caller refuses it as another cache)."""
     try:
         manifest = read_json(path, JsonObject, fix=_REBUILD)
         if manifest.get("format_version") == FORMAT_VERSION:
             checked(manifest, CacheManifestFile, where=path, fix=_REBUILD)
     except FileShapeError:
-        return True
-    return False
+        return None
+    return manifest
 
 
 def _damaged_shards(out_dir: Path, manifest: dict) -> list[str]:

@@ -46,6 +46,8 @@ def _padded(kv: list[tuple[torch.Tensor, torch.Tensor]], lengths: list[int]):
     """Per-request keys/values [1, kvH, C_r, D] as one batch [B, kvH, max C, D] (zeros after each C_r), and the
     mask of real entries [B, max C]; the mask is None when no request is padded (then attention needs none)."""
     width = max(lengths)
+    if len(kv) == 1:  # one request (every round of single-request decoding): its cache as it is, no copy
+        return kv[0][0], kv[0][1], None
     if all(length == width for length in lengths):
         return torch.cat([k for k, _ in kv]), torch.cat([v for _, v in kv]), None
     first = kv[0][0]
