@@ -64,7 +64,7 @@ from dspark_core.models.spec import slugify
 from dspark_core.models.truncated import truncated_copy
 from dspark_core.paths import dspark_home, settled_directory, write_json_atomic
 from dspark_core.settings import DEFAULT_DECODE_BLOCK_SIZE
-from dspark_core.store import DecodingBenchmarkRow, MetricsStore, measurement_key, record_decoding_benchmark
+from dspark_core.store import DecodingBenchmarkRow, measurement_key, open_metrics_store, record_decoding_benchmark
 from dspark_core.store.acceptance import now_utc
 from dspark_core.provenance import provenance
 from dspark_core.serving.vllm import (HOW_TO_GET_VLLM, read_served_draft, refusal, speculators_export, vllm_platform,
@@ -595,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-batched", action="store_true", help="skip the pass that decodes all prompts as one batch")
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default: benchmarks/results/decoding-<device>.json); a .md report beside it")
-    parser.add_argument("--db", type=Path, default=None, help="metrics database (default: $DSPARK_HOME/metrics.duckdb)")
+    parser.add_argument("--db", type=Path, default=None, help="metrics store: DuckDB file or measurement-log directory (default: $DSPARK_METRICS, else $DSPARK_HOME/metrics.duckdb)")
     parser.add_argument("--no-record", action="store_true", help="write no database rows")
     args = parser.parse_args(argv)
     if args.prompts < 1 or args.max_new_tokens < 1 or args.repeats < 1 or args.block_size < 1:
@@ -692,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_text(markdown(payload))
     console.print(f"wrote {out} and {report}", markup=False)
     if not args.no_record:
-        store = MetricsStore(args.db or dspark_home() / "metrics.duckdb")
+        store = open_metrics_store(args.db)
         written = record_decoding_benchmark(store, run_id, rows(payload, recorded_at))
         console.print(f"recorded {written} rows (run {run_id}) in table decoding_benchmarks of {store.path}")
     return 0

@@ -44,7 +44,7 @@ from dspark_core.evaluation.suites import suite_records
 from dspark_core.models import load_target
 from dspark_core.models.spec import slugify
 from dspark_core.paths import dspark_home, write_json_atomic
-from dspark_core.store import AcceptanceRow, MetricsStore
+from dspark_core.store import AcceptanceRow, open_metrics_store
 from dspark_core.store.acceptance import measurement_key, now_utc
 from dspark_core.provenance import provenance
 
@@ -202,7 +202,7 @@ def _record(payload: dict, results: list[dict], target, args, plot: Path) -> Non
     from pipelines.tracking import Tracking
 
     recorded_at, base_model = now_utc(), slugify(target.spec)
-    store = MetricsStore(dspark_home() / "metrics.duckdb")
+    store = open_metrics_store()
     written = 0
     for row in results:
         key = measurement_key(benchmark="serving", base_model=base_model, method=row["method"], concurrency=row["concurrency"],

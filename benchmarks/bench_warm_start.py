@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _accept(metrics: dict) -> list:
-    return [metrics[key] for key in sorted(metrics, key=lambda k: int(k.rsplit("_", 1)[1]))
-            if key.startswith("val_accept_")]
+    positions = [key for key in metrics if key.startswith("val_accept_")]  # val_accept_1, val_accept_2, ...
+    return [metrics[key] for key in sorted(positions, key=lambda k: int(k.rsplit("_", 1)[1]))]
 
 
 def oldest_draft(directory: Path) -> Path:

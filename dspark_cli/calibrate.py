@@ -15,9 +15,9 @@ from dspark_core.evaluation.speculative import eval_prompts
 from dspark_core.evaluation.suites import suite_records
 from dspark_core.models import load_target
 from dspark_core.models.spec import slugify
-from dspark_core.paths import dspark_home, write_json_atomic
+from dspark_core.paths import write_json_atomic
 from dspark_core.recipes.calibration import CalibrationConfig, calibrate
-from dspark_core.store import MetricsStore
+from dspark_core.store import open_metrics_store
 from dspark_core.store.acceptance import now_utc
 
 console = Console()
@@ -36,7 +36,7 @@ def calibrate_command(
                                        "calibrated/ beside the draft)."),
     report_file: Optional[Path] = typer.Option(None, "--report", help="Also write the whole report as JSON here."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write ECE/AUROC/Brier to the metrics database."),
-    database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
+    database: Optional[Path] = typer.Option(None, "--db", help="Metrics store: a DuckDB file, or a measurement-log directory (default: $DSPARK_METRICS, else $DSPARK_HOME/metrics.duckdb)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto)."),
 ) -> None:
     """Decode suite prompts with DRAFTER verifying its whole block, fit one confidence temperature per draft
@@ -58,6 +58,6 @@ def calibrate_command(
         write_json_atomic(report_file, {**report.to_dict(), "target": model.spec, "recorded_at": now_utc().isoformat()})
         console.print(f"report: {literal(str(report_file))}")
     if record:
-        store = MetricsStore(database or dspark_home() / "metrics.duckdb")
+        store = open_metrics_store(database)
         written = store.record(report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc()))
         console.print(f"recorded {written} rows in {literal(str(store.path))}")

@@ -24,7 +24,7 @@ from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.recipes.suite_evaluation import SuiteReport, evaluate_suite, resolve_suites
 from dspark_core.settings import default_of, help_of
-from dspark_core.store import MetricsStore
+from dspark_core.store import open_metrics_store
 from dspark_core.store.acceptance import now_utc
 
 console = Console(width=max(Console().width, 140))  # the tables need the room, even when piped
@@ -87,7 +87,7 @@ def eval_command(
     schedule: str = core_option(EvalConfig, "schedule", "--schedule"),
     threshold: float = core_option(EvalConfig, "threshold", "--threshold"),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the measurement to DuckDB and MLflow."),
-    database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
+    database: Optional[Path] = typer.Option(None, "--db", help="Metrics store: a DuckDB file, or a measurement-log directory (default: $DSPARK_METRICS, else $DSPARK_HOME/metrics.duckdb)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: the "
                                                                               "SQLite store under $DSPARK_HOME)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the tables as JSON here."),
@@ -119,7 +119,7 @@ def eval_command(
     console.print(f"tables written to {literal(str(result_file))}")
     if record:
         run_ids = _log_mlflow(report, tracking_uri, result_file)
-        store = MetricsStore(database or dspark_home() / "metrics.duckdb")
+        store = open_metrics_store(database)
         written = store.record(report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc(),
                                                       mlflow_run_ids=run_ids))
         console.print(f"recorded {written} rows in {literal(str(store.path))} and {len(run_ids)} MLflow runs")

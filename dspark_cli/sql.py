@@ -11,20 +11,19 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_cli.output import cell
-from dspark_core.paths import dspark_home
-from dspark_core.store import MetricsStore
+from dspark_core.store import open_metrics_store
 
 console = Console()
 
 
 def sql_command(
     query: str = typer.Argument(..., help="A SELECT (or DESCRIBE/SHOW/...) statement; writes are refused."),
-    database: Optional[Path] = typer.Option(None, "--db", help="DuckDB file (default: $DSPARK_HOME/metrics.duckdb)."),
+    database: Optional[Path] = typer.Option(None, "--db", help="Metrics store: a DuckDB file, or a measurement-log directory (default: $DSPARK_METRICS, else $DSPARK_HOME/metrics.duckdb)."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON objects, one per line."),
     limit: int = typer.Option(200, "--max-rows", min=1, help="Print at most this many rows."),
 ) -> None:
     """Query acceptance_metrics and its views (latest_tau, tau_over_time, acceptance_curves) read-only."""
-    store = MetricsStore(database or dspark_home() / "metrics.duckdb")
+    store = open_metrics_store(database)
     columns, rows = store.query(query)
     if as_json:
         for row in rows[:limit]:

@@ -22,7 +22,7 @@ from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.context_sweep import SweepConfig, context_sweep
 from dspark_core.recipes.suite_evaluation import resolve_suites
 from dspark_core.settings import default_of, help_of
-from dspark_core.store import MetricsStore
+from dspark_core.store import open_metrics_store
 from dspark_core.store.acceptance import now_utc
 
 console = Console(width=max(Console().width, 140))  # the tables need the room, even when piped
@@ -75,6 +75,6 @@ def sweep_command(
     plot = report.plot(result.with_suffix(".png"))
     console.print(f"results {literal(str(result))}, plot {literal(str(plot))}")
     if record:
-        written = MetricsStore(dspark_home() / "metrics.duckdb").record(
+        written = open_metrics_store().record(
             report.acceptance_rows(base_model=slugify(model.spec), recorded_at=now_utc()))
         console.print(f"recorded {written} rows (context_bucket ctx-<length>) in the metrics database")

@@ -20,7 +20,7 @@ from dspark_core.provenance import command_line, provenance
 from dspark_core.recipes.suite_evaluation import resolve_suites
 from dspark_core.recipes.transfer import TrainedDraft, TransferConfig, transfer_report
 from dspark_core.settings import default_of, help_of
-from dspark_core.store import MetricsStore
+from dspark_core.store import open_metrics_store
 from dspark_core.store.acceptance import now_utc
 
 console = Console(width=max(Console().width, 140))  # the tables need the room, even when piped
@@ -83,6 +83,6 @@ def transfer_command(
             tracking.log_metrics(run_id, report.metrics())
             tracking.log_artifacts(run_id, plot)
             tracking.log_artifacts(run_id, result)
-        written = MetricsStore(dspark_home() / "metrics.duckdb").record(
+        written = open_metrics_store().record(
             report.acceptance_rows(recorded_at=now_utc(), mlflow_run_id=run_id))
         console.print(f"recorded {written} rows in DuckDB and MLflow run {run_id}")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from dspark_core.device import DATA_DTYPE_HELP
 from dspark_core.models import TargetModel, load_target
-from dspark_core.paths import dspark_home
-from dspark_core.store import MetricsStore
+from dspark_core.store import MetricsStore, open_metrics_store
 from pipelines.tracking import Tracking
 
 
@@ -42,14 +40,16 @@ class MLflowResource(dg.ConfigurableResource):
 
 
 class MetricsDatabase(dg.ConfigurableResource):
-    """The DuckDB file holding acceptance_metrics and its views (schema migrated on first use)."""
+    """Where acceptance_metrics and its views live: one DuckDB file (one machine, writers take turns), or a
+    measurement-log directory of Parquet files (writers on many machines at once, e.g. on a shared disk)."""
 
-    path: str = Field(default="", description="DuckDB file; empty: $DSPARK_HOME/metrics.duckdb")
-    lock_timeout_s: float = Field(default=120.0, description="How long a writer waits for another process's lock")
+    path: str = Field(default="", description="A DuckDB file (…/metrics.duckdb) or a measurement-log directory; "
+                                              "empty: $DSPARK_METRICS, else $DSPARK_HOME/metrics.duckdb")
+    lock_timeout_s: float = Field(default=120.0, description="How long a DuckDB-file writer waits for another "
+                                                             "process's lock")
 
     def store(self) -> MetricsStore:
-        return MetricsStore(Path(self.path) if self.path else dspark_home() / "metrics.duckdb",
-                            lock_timeout_s=self.lock_timeout_s)
+        return open_metrics_store(self.path or None, lock_timeout_s=self.lock_timeout_s)
 
 
 def default_resources() -> dict:

@@ -134,6 +134,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
+#: the views as the latest migration defines them (a measurement log builds them on its in-memory tables)
+VIEWS = [*(_with_schedule(view) for view in _VIEWS), _TAU_BY_TRAINING]
+#: each table's columns and the column whose value a write replaces (a measurement, a benchmark run)
+TABLES = {"acceptance_metrics": (ACCEPTANCE_COLUMNS, "measurement_key"),
+          "decoding_benchmarks": (DECODING_BENCHMARK_COLUMNS, "run_id")}
+
 
 def migrate(connection) -> int:
     """Apply the migrations this database has not seen yet; returns the schema version."""
