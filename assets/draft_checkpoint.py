@@ -7,9 +7,11 @@ from dspark_core.drafters.checkpoint import shape_mismatch
 from dspark_core.models.derive import parent_spec
 from dspark_core.models.registry import spec_for
 from dspark_core.models.spec import slugify
+from dspark_core.models.target import load_target_without_weights
 from dspark_core.recipes.training import train
 from dspark_core.training.warm_start import SHAPE_SETTINGS, Parent, read_parent, shape_conflict
 from pipelines.config import DraftTrainingConfig
+from pipelines.launchers import StageLauncher, launch_training
 from pipelines.metadata import lineage_metadata, mlflow_link, run_tags, training_metadata, training_progress, upstream_path
 from pipelines.partitions import model_drafter_partitions, split_partition_key
 from pipelines.resources import MLflowResource, TargetLoader
@@ -19,15 +21,19 @@ from pipelines.tracking import Tracking, version_label
 @dg.asset(partitions_def=model_drafter_partitions, deps=[target_feature_cache], group_name="training",
           kinds={"pytorch", "mlflow"}, pool="dspark_training")
 def draft_checkpoint(context: dg.AssetExecutionContext, config: DraftTrainingConfig, targets: TargetLoader,
-                     mlflow: MLflowResource) -> dg.MaterializeResult:
+                     mlflow: MLflowResource, launcher: StageLauncher) -> dg.MaterializeResult:
     """Train the partition's drafter (DSpark, DFlash or Eagle3) on the base model's feature cache (the `cpu`
     recipe, or the `reference` preset: what DeepSpec trains), continuing by default from the base model's
     registered draft of this drafter (the champion when it is one; `continue_from`), and log parameters, lineage,
     per-step losses, the loss curve and the checkpoint config to one MLflow run. Checkpoints go to
     $DSPARK_HOME/checkpoints/<base model>/<drafter>/<settings hash>: the same settings, parent and data resume
-    (or reuse) the same run; anything changed trains a new one."""
+    (or reuse) the same run; anything changed trains a new one. Training runs where the `launcher` resource says:
+    here, or through Dagster Pipes in a child process (torchrun) or a Kubernetes pod, which reports per-step
+    losses and metadata back."""
     base_model, drafter = split_partition_key(context)
-    target = targets.load(spec_for(base_model))
+    spec = spec_for(base_model)
+    # a launched stage loads the weights where it runs; here only the shapes are needed
+    target = targets.load(spec) if launcher.in_process else load_target_without_weights(spec)
     cache = upstream_path(context, "target_feature_cache", base_model)
     tracking = mlflow.tracking()
     parent, parent_version = _parent(context, config, tracking, target, base_model, drafter)
@@ -36,7 +42,11 @@ def draft_checkpoint(context: dg.AssetExecutionContext, config: DraftTrainingCon
         tracking.log_params(run_id, {"base_model": target.spec, "base_model_revision": target.revision,
                                      "cache": str(cache), "preset": config.preset, **training.to_dict(),
                                      "parent_version": parent_version or "none"})
-        report = train(target, cache, training, on_log=training_progress(context, training.steps), progress=False)
+        if launcher.in_process:
+            report, launched = train(target, cache, training, on_log=training_progress(context, training.steps),
+                                     progress=False), {}
+        else:
+            report, launched = launch_training(context, launcher, targets.device, targets.dtype, spec, cache, training)
         tracking.log_params(run_id, {"cache_samples": report.cache_samples, "generation": report.generation,
                                      "cumulative_steps": report.cumulative_steps})
         tracking.set_tags(run_id, {"dspark.parent_version": parent_version or "none",
@@ -44,7 +54,7 @@ def draft_checkpoint(context: dg.AssetExecutionContext, config: DraftTrainingCon
         tracking.log_history(run_id, report.history)
         for artifact in report.artifacts:
             tracking.log_artifacts(run_id, artifact)
-    return dg.MaterializeResult(metadata={**training_metadata(report), **lineage_metadata(report, parent_version),
+    return dg.MaterializeResult(metadata={**launched, **training_metadata(report), **lineage_metadata(report, parent_version),
                                           **mlflow_link(tracking, run_id)})
 
 

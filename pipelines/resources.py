@@ -9,6 +9,7 @@ from pydantic import Field
 from dspark_core.device import DATA_DTYPE_HELP
 from dspark_core.models import TargetModel, load_target
 from dspark_core.store import MetricsStore, open_metrics_store
+from pipelines.launchers import StageLauncher
 from pipelines.tracking import Tracking
 
 
@@ -34,9 +35,13 @@ class MLflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(default="", description="MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, else a SQLite store under $DSPARK_HOME/mlflow")
     experiment_name: str = Field(default="dspark", description="Experiment the runs are logged to")
     ui_url: str = Field(default="http://127.0.0.1:5000", description="Where the MLflow UI is served (`make ui`), for run links")
+    artifact_root: str = Field(default="", description="Where a new experiment keeps its artifacts (a directory, "
+                                                       "file:// or s3:// URI); empty: $DSPARK_MLFLOW_ARTIFACT_ROOT, "
+                                                       "else beside a SQLite store or under $DSPARK_HOME/mlflow for "
+                                                       "a database store, else the tracking server's choice")
 
     def tracking(self) -> Tracking:
-        return Tracking(self.tracking_uri or None, self.experiment_name, self.ui_url)
+        return Tracking(self.tracking_uri or None, self.experiment_name, self.ui_url, self.artifact_root or None)
 
 
 class MetricsDatabase(dg.ConfigurableResource):
@@ -53,4 +58,5 @@ class MetricsDatabase(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    return {"targets": TargetLoader(), "mlflow": MLflowResource(), "metrics_db": MetricsDatabase()}
+    return {"targets": TargetLoader(), "mlflow": MLflowResource(), "metrics_db": MetricsDatabase(),
+            "launcher": StageLauncher.from_environment()}

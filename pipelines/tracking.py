@@ -46,6 +46,46 @@ def default_artifact_root() -> Path:
     return dspark_home() / "mlflow" / "artifacts"
 
 
+ARTIFACT_ROOT = "DSPARK_MLFLOW_ARTIFACT_ROOT"
+
+
+def check_tracking_store(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None:
+    """Reach the store behind `uri` once, so a wrong setting is one line naming it and the fix: a PostgreSQL
+    backend store is connected to; a tracking server must answer its /health endpoint."""
+    from pipelines.postgres import check_postgres, is_postgres_url
+
+    if is_postgres_url(uri):
+        check_postgres(uri, setting)
+    elif uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DsparkError(f"{setting}={uri}: no MLflow tracking server answers there ({reason}); start it "
+                              f"(mlflow server --backend-store-uri ... --host ... --port ...) or fix the URL") from None
+
+
+def check_artifact_root(root: str, setting: str = ARTIFACT_ROOT) -> str:
+    """A local artifact root (a path or file:// URI) must be writable; returns it as a URI. Remote roots (s3://,
+    gs://, ...) are the server's or the cloud's to check."""
+    if "://" in root and not root.startswith("file://"):
+        return root
+    path = Path(root.removeprefix("file://")).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".dspark-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise DsparkError(f"{setting}={root}: the MLflow artifact root cannot be written ({exc.strerror}); point it "
+                          f"at a directory this process may write (or a bucket the tracking server serves)") from None
+    return path.resolve().as_uri()
+
+
 def registered_model_name(base_model: str) -> str:
     return f"dspark-draft-{base_model}"
 
@@ -89,10 +129,24 @@ def flatten(params: dict, prefix: str = "") -> dict[str, str]:
 class Tracking:
     """One MLflow tracking/registry store and experiment."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str = "dspark", ui_url: str | None = None):
+    def __init__(self, tracking_uri: str | None = None, experiment: str = "dspark", ui_url: str | None = None,
+                 artifact_root: str | None = None):
         from mlflow import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
+        check_tracking_store(self.uri, "MLFLOW_TRACKING_URI (or the mlflow resource's tracking_uri)")
+        # where a new experiment keeps its artifacts: as configured; beside a SQLite store; under $DSPARK_HOME for
+        # another database store (MLflow's own default is ./mlruns of whatever directory the process runs in);
+        # a tracking server's own choice for http(s)://
+        artifact_root = artifact_root or os.environ.get(ARTIFACT_ROOT)
+        if artifact_root:
+            self.artifact_root: str | None = check_artifact_root(artifact_root)
+        elif self.uri.startswith("sqlite:///"):
+            self.artifact_root = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        elif "://" in self.uri and not self.uri.startswith(("http://", "https://", "databricks")):
+            self.artifact_root = check_artifact_root(str(default_artifact_root()))
+        else:
+            self.artifact_root = None
         self.experiment_name = experiment
         self.ui_url = (ui_url or "").rstrip("/")
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -106,10 +160,8 @@ class Tracking:
             if found is not None:
                 self._experiment_id = found.experiment_id
             else:
-                # A SQLite store keeps its artifacts beside the database file; servers choose their own.
-                location = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() \
-                    if self.uri.startswith("sqlite:///") else None
-                self._experiment_id = self.client.create_experiment(self.experiment_name, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(self.experiment_name,
+                                                                    artifact_location=self.artifact_root)
         return self._experiment_id
 
     @contextmanager

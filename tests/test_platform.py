@@ -41,6 +41,7 @@ class Platform:
 
     def __init__(self, instance: dg.DagsterInstance, root: Path, prompts: Path):
         from pipelines.definitions import defs
+        from pipelines.launchers import StageLauncher
         from pipelines.resources import MetricsDatabase, MLflowResource, TargetLoader
 
         self.defs, self.instance, self.root = defs, instance, root
@@ -48,7 +49,7 @@ class Platform:
         self.mlflow = MLflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment_name="test")
         self.metrics_db = MetricsDatabase(path=str(root / "metrics.duckdb"))
         self.resources = {"targets": TargetLoader(device="cpu", dtype="float32"), "mlflow": self.mlflow,
-                          "metrics_db": self.metrics_db}
+                          "metrics_db": self.metrics_db, "launcher": StageLauncher()}
         self.slug = register_model(TINY, prompts=str(prompts))  # the asset's default source is the registered one
         instance.add_dynamic_partitions("base_model", [self.slug])
 
@@ -73,14 +74,20 @@ class Platform:
         return model_drafter_key(self.slug, drafter)
 
 
-@pytest.fixture(scope="module")
-def platform(tmp_path_factory, tiny_target):
-    root = tmp_path_factory.mktemp("platform")
+def write_prompts(root: Path) -> Path:
+    """Sixteen short prompts, one per topic, as a prompt source."""
     prompts = root / "prompts.jsonl"
     topics = ["rivers", "bread", "chess", "volcanoes", "jazz", "bees", "glass", "tides", "maps", "clocks",
               "salt", "kites", "owls", "copper", "fog", "ink"]
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me three facts about {t}.", "source": "facts"}) + "\n"
                                for t in topics))
+    return prompts
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory, tiny_target):
+    root = tmp_path_factory.mktemp("platform")
+    prompts = write_prompts(root)
     (root / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(root / "dagster")) as instance:
         yield Platform(instance, root, prompts)
@@ -315,53 +322,68 @@ def test_tau_check_blocks_promotion_below_the_champion(platform, materialized):
 # --- sensors and schedule --------------------------------------------------------------------------------
 
 def test_new_model_sensor_adds_partitions_and_requests_runs(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        check_new_model_sensor(instance, tmp_path)
+
+
+def check_new_model_sensor(instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    """On a fresh instance: every registered model becomes a partition and gets a run, once."""
     from pipelines.sensors import new_base_model_sensor
 
     first = register_model(TINY)
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
-        assert isinstance(result, dg.SensorResult)
-        requested = {r.partition_key for r in result.run_requests}
-        assert first in requested and {r.job_name for r in result.run_requests} <= {None, "prepare_base_model"}
-        added = [k for request in result.dynamic_partitions_requests for k in request.partition_keys]
-        assert sorted(added) == sorted(requested)
-        instance.add_dynamic_partitions("base_model", added)
-        assert isinstance(new_base_model_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
-        (tmp_path / "model.gguf").write_bytes(b"")  # registering needs a parsable spec, not an import
-        second = register_model(str(tmp_path / "model.gguf"))
-        result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
-        assert [r.partition_key for r in result.run_requests] == [second]
+    result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(result, dg.SensorResult)
+    requested = {r.partition_key for r in result.run_requests}
+    assert first in requested and {r.job_name for r in result.run_requests} <= {None, "prepare_base_model"}
+    added = [k for request in result.dynamic_partitions_requests for k in request.partition_keys]
+    assert sorted(added) == sorted(requested)
+    instance.add_dynamic_partitions("base_model", added)
+    assert isinstance(new_base_model_sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    (tmp_path / "model.gguf").write_bytes(b"")  # registering needs a parsable spec, not an import
+    second = register_model(str(tmp_path / "model.gguf"))
+    result = new_base_model_sensor(dg.build_sensor_context(instance=instance))
+    assert [r.partition_key for r in result.run_requests] == [second]
 
 
 def test_cache_sensor_requests_one_training_run_per_drafter(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        check_cache_sensor(instance)
+
+
+def check_cache_sensor(instance: dg.DagsterInstance) -> None:
+    """A new feature cache of a model asks for one training run per drafter, once."""
     from pipelines.sensors import train_drafters_on_new_cache
 
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        instance.add_dynamic_partitions("base_model", ["m1"])
-        instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
-        context = dg.build_sensor_context(instance=instance)
-        assert list(train_drafters_on_new_cache(context)) == []  # first tick: what existed before does not count
-        instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
-        context = dg.build_sensor_context(instance=instance, cursor=context.cursor)
-        requests = list(train_drafters_on_new_cache(context))
-        assert sorted(str(r.partition_key) for r in requests) == ["m1|dflash", "m1|dspark", "m1|eagle3"]
-        assert list(train_drafters_on_new_cache(dg.build_sensor_context(instance=instance, cursor=context.cursor))) == []
+    instance.add_dynamic_partitions("base_model", ["m1"])
+    instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
+    context = dg.build_sensor_context(instance=instance)
+    assert list(train_drafters_on_new_cache(context)) == []  # first tick: what existed before does not count
+    instance.report_runless_asset_event(dg.AssetMaterialization("target_feature_cache", partition="m1"))
+    context = dg.build_sensor_context(instance=instance, cursor=context.cursor)
+    requests = list(train_drafters_on_new_cache(context))
+    assert sorted(str(r.partition_key) for r in requests) == ["m1|dflash", "m1|dspark", "m1|eagle3"]
+    assert list(train_drafters_on_new_cache(dg.build_sensor_context(instance=instance, cursor=context.cursor))) == []
 
 
 def test_weekly_schedule_requests_one_run_per_registered_model(tmp_path):
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        check_weekly_schedule(instance)
+
+
+def check_weekly_schedule(instance: dg.DagsterInstance) -> None:
+    """The weekly tick asks each registered model's data to grow, one run per model."""
     from dspark_core.models.registry import registered_models
     from pipelines.schedules import weekly_retraining_schedule
 
     register_model(TINY)
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        when = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
-        assert isinstance(weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when)),
-                          dg.SkipReason)
-        instance.add_dynamic_partitions("base_model", list(registered_models()))
-        requests = weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when))
-        assert sorted(r.partition_key for r in requests) == sorted(registered_models())
-        assert len({r.run_key for r in requests}) == len(requests)
-        assert all(r.run_config["ops"]["prompt_dataset"]["config"]["grow"] is True for r in requests)
+    when = datetime(2026, 11, 30, 3, tzinfo=timezone.utc)
+    assert isinstance(weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when)),
+                      dg.SkipReason)
+    instance.add_dynamic_partitions("base_model", list(registered_models()))
+    requests = weekly_retraining_schedule(dg.build_schedule_context(instance, scheduled_execution_time=when))
+    assert sorted(r.partition_key for r in requests) == sorted(registered_models())
+    assert len({r.run_key for r in requests}) == len(requests)
+    assert all(r.run_config["ops"]["prompt_dataset"]["config"]["grow"] is True for r in requests)
     from pipelines.definitions import defs
     dg.validate_run_config(defs.resolve_job_def("prepare_base_model"), requests[0].run_config)  # the job takes it
 
@@ -436,13 +458,18 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path):
 
 
 def test_rollback_moves_the_champion_alias_back(tmp_path):
-    from dspark_core.errors import DsparkError
     from pipelines.tracking import Tracking
 
-    tracking = Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "rollback")
+    check_rollback(Tracking(f"sqlite:///{tmp_path / 'mlflow.db'}", "rollback"))
+
+
+def check_rollback(tracking) -> None:
+    """Promotions stack; each rollback moves the champion alias one promotion back."""
+    from dspark_core.errors import DsparkError
+
     with tracking.run("r", {}) as run_id:
         pass
-    versions = [tracking.register_draft("m", f"file:///nowhere/{i}", run_id, {}) for i in range(3)]
+    versions = [tracking.register_draft("m", tracking.artifact_uri(run_id, f"draft-{i}"), run_id, {}) for i in range(3)]
     with pytest.raises(DsparkError, match="no champion"):
         tracking.rollback("m")
     for version in versions:

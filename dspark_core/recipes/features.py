@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dspark_core.data import layout
@@ -35,6 +35,14 @@ class FeatureCacheReport:
     copied_samples: int = 0
     #: shards built again beside reused ones: damaged or missing shards repaired, or the rest of a resumed build
     rebuilt_shards: int = 0
+
+    def to_json(self) -> dict:
+        """Plain JSON values (the path as a string): what a stage run in another process sends back."""
+        return {**asdict(self), "path": str(self.path)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureCacheReport":
+        return cls(**{**data, "path": Path(data["path"])})
 
 
 def build_cache(target: TargetModel, dataset: str, config: CacheConfig, *, progress: bool = True,

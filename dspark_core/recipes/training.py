@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +48,15 @@ class TrainReport:
     generation: int = 0
     cumulative_steps: int = 0
     cumulative_tokens: int = 0
+
+    def to_json(self) -> dict:
+        """Plain JSON values (paths as strings): what a stage run in another process sends back."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TrainReport":
+        paths = {name: Path(data[name]) for name in ("checkpoint", "out_dir", "loss_curve")}
+        return cls(**{**data, **paths, "artifacts": [Path(p) for p in data.get("artifacts", [])]})
 
     @property
     def analytic_acceptance(self) -> list[tuple[int, float | None]]:
