@@ -9,6 +9,7 @@ each drafter continues from its latest registered draft; the champion rule decid
 print the report)."""
 
 import argparse
+import os
 import sys
 import time
 
@@ -17,12 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dspark_core.drafters.registry import ALGORITHMS
+from dspark_core.errors import DsparkError
 from dspark_core.models.registry import register_model
 from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.settings import default_of
-from pipelines.instance import use_dagster_home
+from pipelines.instance import POSTGRES_URL, use_dagster_home
 from pipelines.partitions import BASE_MODEL, model_drafter_key
+from pipelines.postgres import lost_database, masked
 
 console = Console(width=max(Console().width, 150))  # the report table needs the room, even when piped
 DATA_STAGE = ["base_model", "prompt_dataset", "target_responses", "target_feature_cache"]
@@ -61,10 +64,18 @@ def _run_stage(defs, instance, assets: list[str], partition_key, label: str, con
     blocking checks failed) — a check that refuses a draft is a result, not an error."""
     started = time.perf_counter()
     console.rule(f"[bold]{label}")
-    result = dg.materialize(
-        [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*assets), partition_key=partition_key,
-        instance=instance, resources=defs.resources, run_config={**QUIET, **(config or {})}, raise_on_error=False,
-        tags={"dspark/origin": "make run"})
+    try:
+        result = dg.materialize(
+            [*defs.assets, *defs.asset_checks], selection=dg.AssetSelection.assets(*assets), partition_key=partition_key,
+            instance=instance, resources=defs.resources, run_config={**QUIET, **(config or {})}, raise_on_error=False,
+            tags={"dspark/origin": "make run"})
+    except Exception as exc:  # the instance's own storage failed: the run cannot even record that it failed
+        if (reason := lost_database(exc)) is None:
+            raise
+        where = f" ({POSTGRES_URL}={masked(os.environ[POSTGRES_URL])})" if os.environ.get(POSTGRES_URL) else ""
+        raise DsparkError(f"the Dagster instance's database{where} stopped answering during {label}: {reason}; start "
+                          f"it again and run the same command: stages that finished are kept, and this one continues "
+                          f"from what it had written (every file is written whole or not at all)") from None
     failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
     failed_steps = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"
                     and not any(e.step_key.endswith(check) for check in failed_checks)]
@@ -79,6 +90,14 @@ def _run_stage(defs, instance, assets: list[str], partition_key, label: str, con
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except DsparkError as exc:  # bad input or a store that does not answer: one line, no traceback
+        Console(stderr=True, highlight=False).print(f"error: {exc}", markup=False)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m", help="base model spec to register and run (default: packaged SmolLM2)")
     parser.add_argument("--drafters", default=",".join(ALGORITHMS), help="comma-separated drafter partitions")

@@ -56,3 +56,20 @@ def check_postgres(url: str, setting: str, *, timeout_s: int = 5) -> None:
     except psycopg2.ProgrammingError as exc:  # an unparsable connection string
         raise DsparkError(f"{shown} is not a usable PostgreSQL URL ({exc}); write "
                           f"postgresql://USER:PASSWORD@HOST:PORT/DATABASE") from None
+
+
+def lost_database(exc: BaseException) -> str | None:
+    """The driver's reason when `exc` (or what caused it) is a database connection that failed or dropped
+    mid-run, else None: a stopped server, a network cut, a restart."""
+    import psycopg2
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            psycopg2.OperationalError, psycopg2.InterfaceError)):
+            reason = getattr(exc, "orig", None) or exc
+            return " ".join(str(reason).split())[:300]
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -5,6 +5,7 @@ sensors and the schedule, the champion alias and rollback, and one-line errors f
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -181,3 +182,42 @@ def test_the_feature_cache_launched_through_pipes_reports_back(cluster):
     meta = cluster.metadata("target_feature_cache", cluster.slug)
     assert meta["ranks"] == 1 and meta["launcher"] == "subprocess, 1 rank(s)" and meta["reused"] is True
     assert meta["samples"] > 0 and meta["path"]
+
+
+def test_postgres_stopped_mid_run_fails_in_one_line_and_a_rerun_after_restart_completes(cluster, postgres, monkeypatch):
+    """The server stops while the feature cache is being built (fault injected just before the build): the stage
+    cannot record its result, `make run`'s stage runner says so in one line; after a restart the same stage
+    completes, reusing the cache that was written whole during the outage."""
+    import dagster_postgres.utils
+
+    import assets.target_feature_cache as cache_asset
+    from pipelines.main import _run_stage
+    from test_platform import SMALL
+
+    real = cache_asset.build_cache
+
+    def stop_the_server_then_build(*args, **kwargs):
+        postgres.stop("fast")
+        return real(*args, **kwargs)
+
+    # other layers: a cache of its own, built during the outage
+    config = {"ops": {"target_feature_cache": {"config": {**SMALL["target_feature_cache"], "layer_ids": [1, 3]}}}}
+    # the platform's definitions with the cluster's resources (the tiny model on CPU, the tracking server)
+    defs = SimpleNamespace(assets=cluster.defs.assets, asset_checks=cluster.defs.asset_checks, resources=cluster.resources)
+    monkeypatch.setenv(POSTGRES_URL, postgres.url("dagster"))
+    monkeypatch.setattr(cache_asset, "build_cache", stop_the_server_then_build)
+    # dagster-postgres retries every write 5 times with exponential backoff (~6 s each); the outage here is certain,
+    # so its waits are cut short to keep the test fast (the retries still happen)
+    monkeypatch.setattr(dagster_postgres.utils, "calculate_delay", lambda **_: 0.01)
+    try:
+        with pytest.raises(DsparkError) as error:
+            _run_stage(defs, cluster.instance, ["target_feature_cache"], cluster.slug, "the cache", config)
+    finally:
+        postgres.start()
+    message = str(error.value)
+    assert message.startswith(f"the Dagster instance's database ({POSTGRES_URL}=postgresql://dspark:***@") and \
+        "stopped answering during the cache" in message and "run the same command" in message and "\n" not in message
+    monkeypatch.setattr(cache_asset, "build_cache", real)
+    assert _run_stage(defs, cluster.instance, ["target_feature_cache"], cluster.slug, "the cache", config) == (True, True)
+    rerun = cluster.metadata("target_feature_cache", cluster.slug)
+    assert rerun["reused"] is True and rerun["layer_ids"] == [1, 3]  # written whole during the outage
