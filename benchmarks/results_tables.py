@@ -38,6 +38,11 @@ def _sources(*names: str) -> str:
     return "<small>Generated from " + "; ".join(parts) + " by `benchmarks/results_tables.py`.</small>\n"
 
 
+def _int(value: float) -> str:
+    """A count with thin groups of three digits, as the docs write them: 27 907."""
+    return f"{value:,.0f}".replace(",", " ")
+
+
 def _tau(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -110,7 +115,77 @@ def warm_start() -> str:
     return "\n".join(lines) + "\n\n" + data["answer"]["summary"] + ".\n\n" + _sources("warm-start-derived-cpu.json")
 
 
-TABLES: dict[str, Callable[[], str]] = {"ladder": ladder, "continual": continual, "warm-start": warm_start}
+_DRAFTER_NAMES = {"prompt-lookup": "prompt lookup", "dspark": "DSpark", "dflash": "DFlash", "eagle3": "Eagle3"}
+
+
+def drafters(name: str) -> Callable[[], str]:
+    """`bench_drafters.py`'s decoding table of one result file: each drafter at each verified γ, τ overall and per
+    domain, speed-up against the autoregressive baseline of the same run (the best in bold), lossless or not."""
+    def table() -> str:
+        data = _load(name)
+        results = data["results"]
+        order = [key for drafter in _DRAFTER_NAMES for key in (drafter, f"{drafter} γ=4") if key in results]
+        best = max(results[key]["speedup"] for key in order)
+        lines = ["| drafter | γ verified | τ | τ math / code / chat | speed-up vs autoregressive | output identical |",
+                 "|---|---|---|---|---|---|"]
+        for key in order:
+            run = results[key]
+            domains = " / ".join(f"{run['by_domain'][d]['tau']:.2f}" for d in ("math", "code", "chat"))
+            speedup = f"{run['speedup']:.2f}×"
+            lines.append(f"| {_DRAFTER_NAMES[key.split(' ')[0]]} | {run['block_size']} | {run['tau']:.2f} | {domains} | "
+                         + (f"**{speedup}**" if run["speedup"] == best else speedup)
+                         + f" | {'yes' if run['identical_to_autoregressive'] else '**no**'} |")
+        return "\n".join(lines) + "\n\n" + _sources(name)
+
+    return table
+
+
+def serving() -> str:
+    """`bench_serving.py`: aggregate / per-user tokens/s of each method at each concurrency (the best aggregate of
+    each concurrency in bold)."""
+    data = _load("serving-cpu.json")
+    runs = data["results"]
+    levels = sorted({run["concurrency"] for run in runs})
+    methods = list(dict.fromkeys(run["method"] for run in runs))
+    cell = {(run["method"], run["concurrency"]): run for run in runs}
+    best = {r: max(cell[m, r]["aggregate_tokens_per_s"] for m in methods if (m, r) in cell) for r in levels}
+    lines = ["| method | " + " | ".join(f"R = {r}" for r in levels) + " |", "|---|" + "---|" * len(levels)]
+    for method in methods:
+        cells = []
+        for r in levels:
+            run = cell.get((method, r))
+            if run is None:
+                cells.append("–")
+                continue
+            aggregate = f"{run['aggregate_tokens_per_s']:.1f}"
+            cells.append((f"**{aggregate}**" if run["aggregate_tokens_per_s"] == best[r] else aggregate)
+                         + f" / {run['per_user_tokens_per_s']:.1f}")
+        drafter, _, rest = method.partition(" ")
+        lines.append(f"| {_DRAFTER_NAMES.get(drafter, drafter)} {rest} | ".replace("  ", " ") + " | ".join(cells) + " |")
+    identical = all(run["identical_to_autoregressive"] for run in runs)
+    return ("\n".join(lines) + f"\n\nEvery output identical to autoregressive decoding: {'yes' if identical else '**no**'}."
+            "\n\n" + _sources("serving-cpu.json"))
+
+
+def ranks() -> str:
+    """`bench_cache_ranks.py` and `bench_train_ranks.py`: one rank against two on the same machine."""
+    cache, train = _load("cache-ranks-cpu.json"), _load("train-ranks-cpu.json")
+    c = cache["results"]
+    lines = ["| stage | 1 rank | 2 ranks | ratio |", "|---|---|---|---|",
+             f"| feature cache build, {cache['target']} ({cache['cache']['dtype']}), {_int(cache['dataset']['tokens'])} "
+             f"tokens, shards of {_int(cache['cache']['shard_tokens'])} | {_int(c['1']['tokens_per_s'])} tokens/s | "
+             f"{_int(c['2']['tokens_per_s'])} tokens/s | {cache['ratios']['2_over_1']:.2f}× |"]
+    for algorithm in ("dspark", "dflash", "eagle3"):
+        result = train["results"][algorithm]
+        lines.append(f"| training {_DRAFTER_NAMES[algorithm]}, global batch {train['global_batch']}, {train['steps']} "
+                     f"steps (median of the log windows) | {_int(result['positions_per_s']['1'])} positions/s | "
+                     f"{_int(result['positions_per_s']['2'])} positions/s | {result['ratios']['2_over_1']:.2f}× |")
+    return "\n".join(lines) + "\n\n" + _sources("cache-ranks-cpu.json", "train-ranks-cpu.json")
+
+
+TABLES: dict[str, Callable[[], str]] = {"serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
+                                        "drafters-bf16data": drafters("drafters-cpu-bf16data.json"),
+                                        "drafters-66k": drafters("drafters-cpu.json")}
 
 
 # ---- pages ------------------------------------------------------------------------------------------------------
