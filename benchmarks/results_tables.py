@@ -183,7 +183,20 @@ def ranks() -> str:
     return "\n".join(lines) + "\n\n" + _sources("cache-ranks-cpu.json", "train-ranks-cpu.json")
 
 
-TABLES: dict[str, Callable[[], str]] = {"serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
+def utilisation() -> str:
+    """`bench_utilisation.py`: each stage's achieved FLOP/s against the matmul throughput this machine attains."""
+    data = _load("utilisation-cpu.json")
+    attainable = {row["dtype"]: row["gflops"] for row in data["attainable"] if row["shape"].startswith("large")}
+    lines = ["| stage | dtype | ms | GFLOP | GFLOP/s | share of attainable |", "|---|---|---|---|---|---|"]
+    for row in data["stages"]:
+        lines.append(f"| {row['stage']} | {row['dtype']} | {row['ms']:.1f} | {row['gflop']:.3g} | {row['gflops']:.1f} | "
+                     f"{row['utilisation']:.1%} |")
+    peaks = ", ".join(f"{dtype} {gflops:.0f} GFLOP/s" for dtype, gflops in attainable.items())
+    return ("\n".join(lines) + f"\n\nAttainable (a 2048³ matmul): {peaks}. Counting: {data['counting']}.\n\n"
+            + _sources("utilisation-cpu.json"))
+
+
+TABLES: dict[str, Callable[[], str]] = {"utilisation": utilisation, "serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
                                         "drafters-bf16data": drafters("drafters-cpu-bf16data.json"),
                                         "drafters-66k": drafters("drafters-cpu.json")}
 
