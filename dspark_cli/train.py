@@ -79,6 +79,7 @@ def train_command(
     ce_target: str = core_option(LossWeights, "ce_target", "--ce-target"),
     checkpoint_every: int = core_option(TrainConfig, "checkpoint_every", "--checkpoint-every"),
     log_every: int = core_option(TrainConfig, "log_every", "--log-every"),
+    autocast: str = core_option(TrainConfig, "autocast", "--autocast"),
     seed: int = core_option(TrainConfig, "seed", "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto; under "
                                          "torchrun each rank's own GPU)."),
@@ -97,7 +98,7 @@ def train_command(
         "block_size": block_size, "head": head, "head_rank": head_rank, "draft_vocab_size": draft_vocab,
         "mask_token": mask_token, "qk_norm": qk_norm, "anchor_state": anchor_state,
         "sample_from_anchor": sample_from_anchor, "checkpoint_every": checkpoint_every, "log_every": log_every,
-        "seed": seed, "layer_ids": comma_ints(draft_layers)},
+        "autocast": autocast, "seed": seed, "layer_ids": comma_ints(draft_layers)},
         {"ce": ce, "tv": tv, "conf": conf, "decay": decay, "feature": feature, "ce_target": ce_target})
     if warm_start is not None:  # the parent's shape fills what the command line left unset
         parent = read_parent(warm_start)

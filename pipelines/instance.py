@@ -2,7 +2,8 @@
 
 Three ways, first match wins:
 
-* `$DAGSTER_HOME` set: that directory, with whatever dagster.yaml it holds (one is written if it has none);
+* `$DAGSTER_HOME` set: that directory, with whatever dagster.yaml it holds (if it has none, dspark's is written:
+  the PostgreSQL one when $DSPARK_DAGSTER_POSTGRES_URL is set);
 * `$DSPARK_DAGSTER_POSTGRES_URL` set: `$DSPARK_HOME/dagster-postgres`, whose dagster.yaml keeps runs, event logs and
   schedules in that PostgreSQL database and lets several runs go at once, limited per pool by run tags;
 * otherwise `$DSPARK_HOME/dagster`: Dagster's embedded SQLite storage, one run at a time (`make run`'s default).
@@ -13,6 +14,7 @@ Three ways, first match wins:
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from dspark_core.paths import dspark_home
@@ -68,9 +70,10 @@ def write_instance_yaml(home: Path, *, postgres: bool) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        tmp = config.with_suffix(".yaml.tmp")
-        tmp.write_text(DAGSTER_POSTGRES_YAML if postgres else DAGSTER_YAML)
-        tmp.replace(config)
+        fd, tmp = tempfile.mkstemp(dir=home, prefix=".dagster.yaml.", suffix=".tmp")  # one per concurrent writer
+        with os.fdopen(fd, "w") as handle:
+            handle.write(DAGSTER_POSTGRES_YAML if postgres else DAGSTER_YAML)
+        os.replace(tmp, config)
     return home
 
 
@@ -83,9 +86,9 @@ def dagster_home() -> Path:
 
         check_postgres(postgres_url, POSTGRES_URL)
     if os.environ.get("DAGSTER_HOME"):
-        return write_instance_yaml(Path(os.environ["DAGSTER_HOME"]).expanduser().resolve(), postgres=False)
+        return write_instance_yaml(Path(os.environ["DAGSTER_HOME"]).expanduser().resolve(), postgres=bool(postgres_url))
     if postgres_url:
-        return write_instance_yaml(dspark_home() / "dagster-postgres", postgres=True)
+        return write_instance_yaml((dspark_home() / "dagster-postgres").resolve(), postgres=True)
     return write_instance_yaml((dspark_home() / "dagster").resolve(), postgres=False)
 
 

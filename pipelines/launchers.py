@@ -41,8 +41,9 @@ class StageLauncher(dg.ConfigurableResource):
                                           "Dagster Pipes (torchrun when nproc > 1); kubernetes: a pod through Pipes")
     nproc: int = Field(default=1, ge=1, description="Ranks of the stage under torchrun (one per GPU of the machine "
                                                     "or pod; on a CPU, the cores are shared out)")
-    report_every: int = Field(default=10, ge=1, description="Training steps between the per-step metrics the child "
-                                                            "reports back")
+    report_every: int = Field(default=10, ge=1, description="Report the metrics of a logged training step back when "
+                                                            "its number is a multiple of this (the trainer logs every "
+                                                            "log_every steps, 10 by default)")
     image: str = Field(default="", description="kubernetes: the image holding dspark (the code location's image)")
     namespace: str = Field(default="", description="kubernetes: the pod's namespace; empty: the current one")
     gpus: int = Field(default=1, ge=0, description="kubernetes: nvidia.com/gpu the pod requests (and its limit)")

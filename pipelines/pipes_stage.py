@@ -3,9 +3,9 @@
 `python -m pipelines.pipes_stage train|cache` runs one stage with the settings the asset sent as Pipes extras:
 alone, as N ranks under `torchrun`, or in a Kubernetes pod. It imports the library and `dagster-pipes` only (not
 Dagster), so the image that runs it needs neither the Dagster instance nor the code location. Every rank reads the
-extras from the Pipes context; only rank 0 opens the message channel and reports back: log lines, one custom
-message per `report_every` training steps (the step's losses and expected τ), the stage's report, and the
-materialization's metadata. The asset turns those into the materialization and the MLflow run.
+extras from the Pipes context; only rank 0 opens the message channel and reports back: log lines, a custom message
+for each logged training step (every `log_every` steps) whose number is a multiple of `report_every` (the step's
+losses and expected τ), the stage's report, and the materialization's metadata. The asset turns those into the materialization and the MLflow run.
 """
 
 from __future__ import annotations

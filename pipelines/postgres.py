@@ -59,17 +59,16 @@ def check_postgres(url: str, setting: str, *, timeout_s: int = 5) -> None:
 
 
 def lost_database(exc: BaseException) -> str | None:
-    """The driver's reason when `exc` (or what caused it) is a database connection that failed or dropped
-    mid-run, else None: a stopped server, a network cut, a restart."""
+    """The driver's reason when `exc` (or what caused it) is a PostgreSQL connection that failed or dropped mid-run,
+    else None: a stopped server, a network cut, a restart."""
     import psycopg2
     import sqlalchemy.exc
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                            psycopg2.OperationalError, psycopg2.InterfaceError)):
-            reason = getattr(exc, "orig", None) or exc
-            return " ".join(str(reason).split())[:300]
+        driver = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc  # SQLite's errors are not this
+        if isinstance(driver, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+            return " ".join(str(driver).split())[:300]
         exc = exc.__cause__ or exc.__context__
     return None

@@ -47,12 +47,14 @@ def default_artifact_root() -> Path:
 
 
 ARTIFACT_ROOT = "DSPARK_MLFLOW_ARTIFACT_ROOT"
+#: tracking URIs of a database store without a server (MLflow's SQLAlchemy store); sqlite is handled on its own
+DATABASE_SCHEMES = {"postgresql", "postgres", "mysql", "mssql", "oracle"}
 
 
 def check_tracking_store(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None:
     """Reach the store behind `uri` once, so a wrong setting is one line naming it and the fix: a PostgreSQL
     backend store is connected to; a tracking server must answer its /health endpoint."""
-    from pipelines.postgres import check_postgres, is_postgres_url
+    from pipelines.postgres import check_postgres, is_postgres_url, masked
 
     if is_postgres_url(uri):
         check_postgres(uri, setting)
@@ -60,12 +62,23 @@ def check_tracking_store(uri: str, setting: str = "MLFLOW_TRACKING_URI") -> None
         import urllib.error
         import urllib.request
 
+        # an API call, not /health: a server answers /health to any host but refuses API calls from host names it
+        # was not told to allow (MLflow >= 3.5, --allowed-hosts)
+        probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            with urllib.request.urlopen(probe, timeout=10) as response:
                 response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # the API answered: no experiment of that name
+                return
+            if exc.code == 403:
+                raise DsparkError(f"{setting}={masked(uri)}: the MLflow server refused this host name (HTTP 403); "
+                                  f"start it with --allowed-hosts naming the host and port clients use") from None
+            raise DsparkError(f"{setting}={masked(uri)}: the MLflow server answered HTTP {exc.code} ({exc.reason}); "
+                              f"check that the URL is the tracking server's") from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise DsparkError(f"{setting}={uri}: no MLflow tracking server answers there ({reason}); start it "
+            raise DsparkError(f"{setting}={masked(uri)}: no MLflow tracking server answers there ({reason}); start it "
                               f"(mlflow server --backend-store-uri ... --host ... --port ...) or fix the URL") from None
 
 
@@ -143,7 +156,7 @@ class Tracking:
             self.artifact_root: str | None = check_artifact_root(artifact_root)
         elif self.uri.startswith("sqlite:///"):
             self.artifact_root = (Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-        elif "://" in self.uri and not self.uri.startswith(("http://", "https://", "databricks")):
+        elif self.uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
             self.artifact_root = check_artifact_root(str(default_artifact_root()))
         else:
             self.artifact_root = None
@@ -357,7 +370,16 @@ class Tracking:
         self.client.update_model_version(registered_model_name(base_model), version, description=description)
 
     def local_path(self, version) -> Path:
-        """A local directory holding the version's exported draft (downloaded if the store is remote)."""
+        """A directory holding the version's exported draft: where a local store keeps it, else downloaded under
+        $DSPARK_HOME/registry (storage a stage launched in another pod shares, unlike a temporary directory)."""
         import mlflow.artifacts
 
+        if self.uri.startswith(("http://", "https://")):
+            destination = dspark_home() / "registry" / f"{version.name}-v{version.version}"
+            if not (destination / ".complete").exists():
+                destination.mkdir(parents=True, exist_ok=True)
+                path = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=self.uri,
+                                                                dst_path=str(destination)))
+                (destination / ".complete").write_text(str(path.relative_to(destination)))
+            return destination / (destination / ".complete").read_text()
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=self.uri))

@@ -1,5 +1,5 @@
 """Real servers for the cluster tests, each on 127.0.0.1 and a temporary directory: PostgreSQL (Debian's package,
-which `make setup` installs when missing) and an MLflow tracking server with its backend store on it."""
+which `make test` installs when missing: `make postgres`) and an MLflow tracking server with its backend store on it."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class PostgresServer:
     def __init__(self):
         binaries = postgres_binaries()
         if binaries is None:
-            raise RuntimeError("PostgreSQL's initdb was not found; run `make setup` (it installs Debian's postgresql)")
+            raise RuntimeError("PostgreSQL's initdb was not found; run `make postgres` (it installs Debian's postgresql)")
         self.bin = binaries
         self.root = Path(tempfile.mkdtemp(prefix="dspark-postgres-"))  # not under a root-only pytest directory
         self.data, self.port = self.root / "data", free_port()

@@ -4,7 +4,6 @@ sensors and the schedule, the champion alias and rollback, and one-line errors f
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import dagster as dg
@@ -32,9 +31,10 @@ def mlflow_server(postgres, tmp_path_factory):
     server.close()
 
 
-def postgres_instance(postgres, home, database: str) -> dg.DagsterInstance:
-    """A Dagster instance from the dagster.yaml dspark writes for PostgreSQL, on a database of its own."""
-    os.environ[POSTGRES_URL] = postgres.create_database(database)  # the yaml reads it when the instance starts
+def postgres_instance(postgres, home, database: str, env: pytest.MonkeyPatch) -> dg.DagsterInstance:
+    """A Dagster instance from the dagster.yaml dspark writes for PostgreSQL, on a database of its own (its URL set
+    in the environment through `env`, which restores it: the yaml reads it whenever the instance connects)."""
+    env.setenv(POSTGRES_URL, postgres.create_database(database))
     return dg.DagsterInstance.from_config(str(write_instance_yaml(home, postgres=True)))
 
 
@@ -43,18 +43,14 @@ def cluster(postgres, mlflow_server, tmp_path_factory, tiny_target):
     from pipelines.resources import MetricsDatabase, MLflowResource
 
     root = tmp_path_factory.mktemp("cluster")
-    saved = os.environ.get(POSTGRES_URL)
-    instance = postgres_instance(postgres, root / "dagster", "dagster")
-    platform = Platform(instance, root, write_prompts(root))
-    platform.mlflow = MLflowResource(tracking_uri=mlflow_server.uri, experiment_name="cluster")
-    platform.metrics_db = MetricsDatabase(path=str(root / "metrics-log"))
-    platform.resources = {**platform.resources, "mlflow": platform.mlflow, "metrics_db": platform.metrics_db}
-    yield platform
-    instance.dispose()
-    if saved is None:
-        os.environ.pop(POSTGRES_URL, None)
-    else:
-        os.environ[POSTGRES_URL] = saved
+    with pytest.MonkeyPatch.context() as env:
+        instance = postgres_instance(postgres, root / "dagster", "dagster", env)
+        platform = Platform(instance, root, write_prompts(root))
+        platform.mlflow = MLflowResource(tracking_uri=mlflow_server.uri, experiment_name="cluster")
+        platform.metrics_db = MetricsDatabase(path=str(root / "metrics-log"))
+        platform.resources = {**platform.resources, "mlflow": platform.mlflow, "metrics_db": platform.metrics_db}
+        yield platform
+        instance.dispose()
 
 
 def test_the_instance_keeps_runs_events_and_schedules_in_postgres_and_queues_runs_per_pool(cluster):
@@ -91,6 +87,13 @@ def test_the_whole_graph_runs_on_postgres_mlflow_server_and_a_measurement_log(cl
     source = tracking.client.get_model_version(f"dspark-draft-{slug}", str(version)).source
     assert tracking.client.list_artifacts(tracking.client.get_model_version(f"dspark-draft-{slug}", str(version)).run_id)
     assert source.startswith(("mlflow-artifacts:", "runs:/", "models:/")), source
+    # a run continuing from it reads it from $DSPARK_HOME (storage a stage pod shares), downloaded once
+    from dspark_core.paths import dspark_home
+
+    registered = tracking.client.get_model_version(f"dspark-draft-{slug}", str(version))
+    parent = tracking.local_path(registered)
+    assert parent.is_relative_to(dspark_home() / "registry") and (parent / "config.json").exists()
+    assert tracking.local_path(registered) == parent
     store = cluster.metrics_db.store()
     assert isinstance(store, MeasurementLog)
     _, rows = store.query("SELECT drafter, tau FROM latest_tau WHERE base_model = ?", [slug])
@@ -103,10 +106,10 @@ def test_rollback_moves_the_champion_alias_back_on_the_tracking_server(mlflow_se
     check_rollback(Tracking(mlflow_server.uri, "rollback"))
 
 
-def test_sensors_and_schedule_against_postgres(postgres, tmp_path):
+def test_sensors_and_schedule_against_postgres(postgres, tmp_path, monkeypatch):
     for check, database in ((check_new_model_sensor, "sensor_models"), (check_cache_sensor, "sensor_cache"),
                             (check_weekly_schedule, "schedule")):
-        instance = postgres_instance(postgres, tmp_path / database, database)
+        instance = postgres_instance(postgres, tmp_path / database, database, monkeypatch)
         try:
             check(instance, tmp_path) if check is check_new_model_sensor else check(instance)
         finally:

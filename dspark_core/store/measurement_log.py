@@ -51,6 +51,21 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+#: a hidden temporary older than this was left by a writer killed between writing and renaming it
+ABANDONED_AFTER_S = 24 * 3600
+
+
+def _sweep_abandoned(directory: Path) -> None:
+    """Remove the temporaries of writers killed mid-write (readers never see them; they only take space)."""
+    cutoff = time.time() - ABANDONED_AFTER_S
+    for leftover in directory.glob(".*.parquet.tmp"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:
+            pass  # another writer removed it first
+
+
 def _unreadable(connection, files: list[str]) -> str | None:
     """The first of `files` DuckDB cannot read as Parquet, to name it in the error."""
     for file in files:
@@ -112,6 +127,7 @@ class MeasurementLog(MetricsStore):
         finally:
             connection.close()
             tmp.unlink(missing_ok=True)
+        _sweep_abandoned(directory)
         return len(rows)
 
     @contextmanager
@@ -155,7 +171,8 @@ class MeasurementLog(MetricsStore):
         here rather than by a read-only file."""
         if sql.strip():
             try:
-                statements = _duckdb().connect().extract_statements(sql)
+                with _duckdb().connect() as parser:
+                    statements = parser.extract_statements(sql)
             except _duckdb().Error as exc:
                 raise DsparkError(f"query failed: {exc}") from exc
             refused = [s.type.name for s in statements if s.type.name not in _READ_STATEMENTS]
