@@ -49,7 +49,7 @@ def _tau(value: float | None) -> str:
 
 # ---- the tables -------------------------------------------------------------------------------------------------
 _LADDER_FILES = ("ladder-first-rungs-cpu.json", "ladder-reference-rungs-cpu.json",
-                 "ladder-reference-rungs-eagle3-cpu.json")
+                 "ladder-reference-rungs-eagle3-cpu.json", "ladder-eagle3-and-depths-cpu.json")
 _LADDER_RUNGS = [
     ("cpu", "`cpu` preset"),
     ("no-regression", "no hidden-state regression"),
@@ -78,6 +78,32 @@ def ladder() -> str:
             cells.append(f"({text})" if rung == "full-vocab" and value is not None else text)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + _sources(*_LADDER_FILES)
+
+
+_DEPTHS_FILE = "ladder-eagle3-and-depths-cpu.json"
+
+
+def ladder_depths() -> str:
+    """DSpark at the reference recipe by depth (depth 1: the `anchors` rung, 5: the reference itself) beside Eagle3
+    at its reference rung: held-out τ, acceptance per position, training seconds per step and draft ms per round."""
+    runs = _load(_DEPTHS_FILE)["results"]
+    by_rung = {(run["drafter"], run["rung"]): run for run in runs}
+    rows = [(f"DSpark, depth {depth}", by_rung.get(("dspark", rung))) for depth, rung in
+            [(1, "anchors"), (2, "reference-depth-2"), (3, "reference-depth-3"), (4, "reference-depth-4"),
+             (5, "depth-5")]]
+    rows.append(("Eagle3, reference (soft CE, every position, 7 steps)", by_rung.get(("eagle3", "soft-ce"))))
+    lines = ["| draft | held-out τ | acceptance @1..7 | training s/step | draft ms/round (decoding) |",
+             "|---|---|---|---|---|"]
+    for label, run in rows:
+        if run is None:
+            lines.append(f"| {label} | not run | | | |")
+            continue
+        accept = " / ".join("–" if a is None else f"{a:.2f}" for a in run["val_accept"])
+        per_step = run["train_minutes"] * 60 / run["steps"]
+        draft = run.get("quiet_draft_ms_per_round") or run.get("greedy", {}).get("draft_ms_per_round")
+        lines.append(f"| {label} | {_tau(run['val_tau'])} | {accept} | {per_step:.2f} | "
+                     + ("–" if draft is None else f"{draft:.1f}") + " |")
+    return "\n".join(lines) + "\n\n" + _sources(_DEPTHS_FILE)
 
 
 def continual() -> str:
@@ -196,7 +222,7 @@ def utilisation() -> str:
             + _sources("utilisation-cpu.json"))
 
 
-TABLES: dict[str, Callable[[], str]] = {"utilisation": utilisation, "serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
+TABLES: dict[str, Callable[[], str]] = {"ladder-depths": ladder_depths, "utilisation": utilisation, "serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
                                         "drafters-bf16data": drafters("drafters-cpu-bf16data.json"),
                                         "drafters-66k": drafters("drafters-cpu.json")}
 
