@@ -17,37 +17,28 @@ Usage: python benchmarks/bench_train_precision.py [--home /tmp/dspark-bench-cach
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train_ranks import timed_training, training_arguments, use_home  # noqa: E402
+
 console = Console(width=150)
 RESULTS = Path(__file__).parent / "results"
-ALGORITHMS = ("dspark", "dflash", "eagle3")
 MODES = ("float32", "bfloat16")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", type=Path, default=Path("/tmp/dspark-bench-cache-ranks"),
-                        help="$DSPARK_HOME holding the dataset's feature cache (bench_cache_ranks.py builds one)")
-    parser.add_argument("--dataset", default="bench-cache-ranks")
-    parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "train-precision-cpu.json")
+    training_arguments(parser, steps=100, out=RESULTS / "train-precision-cpu.json")
     args = parser.parse_args()
-    os.environ["DSPARK_HOME"] = str(args.home)  # before dspark_core reads it; the commands inherit it
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    use_home(args)
     from dspark_core.paths import write_json_atomic
     from dspark_core.provenance import provenance
     from dspark_core.recipes.features import find_cache
@@ -94,15 +85,7 @@ def main() -> int:
 
 
 def _timed_training(args, algorithm: str, mode: str, out: Path) -> dict:
-    command = [sys.executable, "-m", "dspark_cli", "train", "--target", args.target, "--dataset", args.dataset,
-               "--drafter", algorithm, "--steps", str(args.steps), "--log-every", "10", "--checkpoint-every",
-               str(args.steps), "--autocast", mode, "--out", str(out)]
-    start = time.perf_counter()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    windows = [line["positions_per_s"] for line in lines]
-    return {"positions_per_s": statistics.median(windows[1:] or windows), "windows": windows,
-            "losses": [line["loss"] for line in lines], "launch_s": round(time.perf_counter() - start, 1)}
+    return timed_training(args, algorithm, out, ["--autocast", mode])
 
 
 if __name__ == "__main__":

@@ -36,20 +36,29 @@ RESULTS = Path(__file__).parent / "results"
 ALGORITHMS = ("dspark", "dflash", "eagle3")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def training_arguments(parser: argparse.ArgumentParser, steps: int, out: Path) -> None:
+    """The options every training benchmark takes: where the cache is, what to train, how often, where to write."""
     parser.add_argument("--home", type=Path, default=Path("/tmp/dspark-bench-cache-ranks"),
                         help="$DSPARK_HOME holding the dataset's feature cache (bench_cache_ranks.py builds one)")
     parser.add_argument("--dataset", default="bench-cache-ranks")
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts to compare")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "train-ranks-cpu.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=out)
+
+
+def use_home(args) -> None:
     os.environ["DSPARK_HOME"] = str(args.home)  # before dspark_core reads it; the commands inherit it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    training_arguments(parser, steps=60, out=RESULTS / "train-ranks-cpu.json")
+    parser.add_argument("--ranks", default="1,2", help="comma-separated rank counts to compare")
+    args = parser.parse_args()
+    use_home(args)
     from dspark_core.paths import write_json_atomic
     from dspark_core.provenance import provenance
     from dspark_core.recipes.features import find_cache
@@ -92,17 +101,22 @@ def main() -> int:
 
 
 def _timed_training(args, algorithm: str, ranks: int, out: Path) -> dict:
+    return timed_training(args, algorithm, out, ["--nproc", str(ranks)] if ranks > 1 else [])
+
+
+def timed_training(args, algorithm: str, out: Path, options: list[str]) -> dict:
+    """Run `dspark train` (the default recipe, `options` added) into `out`; its positions/s (the median of the log
+    windows after the first), the windows, the logged losses and the whole command's seconds."""
     command = [sys.executable, "-m", "dspark_cli", "train", "--target", args.target, "--dataset", args.dataset,
                "--drafter", algorithm, "--steps", str(args.steps), "--log-every", "10", "--checkpoint-every",
-               str(args.steps), "--out", str(out)]
-    if ranks > 1:
-        command += ["--nproc", str(ranks)]
+               str(args.steps), "--out", str(out), *options]
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     launch_s = time.perf_counter() - start
-    windows = [json.loads(line)["positions_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    windows = [line["positions_per_s"] for line in lines]
     return {"positions_per_s": statistics.median(windows[1:] or windows), "windows": windows,
-            "launch_s": round(launch_s, 1)}
+            "losses": [line["loss"] for line in lines], "launch_s": round(launch_s, 1)}
 
 
 if __name__ == "__main__":
