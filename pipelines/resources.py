@@ -1,7 +1,7 @@
-"""Typed resources: where targets run, the MLflow store, the metrics database."""
+"""Typed resources: where targets run, the MLflow store, the metrics store (the launcher of heavy stages is in
+launchers.py)."""
 
 from __future__ import annotations
-
 
 import dagster as dg
 from pydantic import Field
