@@ -121,7 +121,7 @@ def main() -> None:
     # 1-3. data
     t0 = time.perf_counter()
     prompts = prepare_prompts(PromptsConfig(dataset=dataset, source="self", count=preset.prompts, domains=tuple(DOMAIN_OPENINGS),
-                                            validation_fraction=0.05), target=lambda: data_target)
+                                            validation_fraction=0.05), target=lambda loaded=data_target: loaded)
     stage("prompts", t0, sum(prompts.counts.values()), "prompts", prompts.reused)
     t0 = time.perf_counter()
     regeneration = RegenerationConfig(max_new_tokens=preset.max_new_tokens, batch_size=preset.regeneration_batch,

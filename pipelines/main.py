@@ -23,6 +23,7 @@ from dspark_core.models.registry import register_model
 from dspark_core.recipes.champion import ChampionPolicy
 from dspark_core.recipes.evaluation import EvalConfig
 from dspark_core.settings import default_of
+from dspark_cli.output import literal
 from pipelines.instance import POSTGRES_URL, use_dagster_home
 from pipelines.partitions import BASE_MODEL, model_drafter_key
 from pipelines.postgres import lost_database, masked

@@ -9,7 +9,7 @@ import torch
 
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.drafters.checkpoint import attach_target_weights, load_draft, save_draft
-from dspark_core.drafters.dspark import DSparkConfig, DSparkModel, DraftLayer, block_attention_mask
+from dspark_core.drafters.dspark import DSparkModel, DraftLayer, block_attention_mask
 from dspark_core.drafters.registry import drafter_kind
 from dspark_core.drafters.runtime import DSparkDrafter
 from dspark_core.training.losses import LossWeights, draft_losses
@@ -262,7 +262,7 @@ def test_checkpoint_for_another_target_is_refused(tiny_target, perturbed_tiny, t
         load_draft(tmp_path / "draft", perturbed_tiny)
 
 
-def _eagle3(target) -> "Eagle3Model":
+def _eagle3(target):
     from dspark_core.drafters.eagle3 import Eagle3Model
 
     config = drafter_kind("eagle3").module_config(target, block_size=4, target_layer_ids=(0, 1), draft_vocab_size=64)

@@ -17,10 +17,13 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dspark_core.errors import DsparkError
 from dspark_core.store.schema import ACCEPTANCE_COLUMNS, migrate
+
+if TYPE_CHECKING:  # imported lazily at run time (see _duckdb)
+    import duckdb
 
 logger = logging.getLogger(__name__)
 

@@ -23,11 +23,14 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dspark_core.errors import DsparkError
 from dspark_core.store.acceptance import MetricsStore, _duckdb
 from dspark_core.store.schema import TABLES, VIEWS
+
+if TYPE_CHECKING:  # imported lazily at run time (see _duckdb)
+    import duckdb
 
 #: statements a reader may run (DESCRIBE and SHOW parse as SELECT)
 _READ_STATEMENTS = ("SELECT", "EXPLAIN")
