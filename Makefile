@@ -99,5 +99,14 @@ bench-drafters: setup
 bench-serving: setup
 	$(PY) benchmarks/bench_serving.py
 
+# The docs' screenshots of the Dagster UI, after `make run` (same $DSPARK_HOME): the asset graph, the
+# speculative_eval and metrics_history pages. Installs Debian's chromium and chromium-driver when missing (root or
+# sudo), like `make postgres`.
+screenshot: setup
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium and chromium-driver (the headless browser of the screenshots)"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+	$(PY) scripts/screenshot_ui.py --out docs/ui-asset-graph.png
+
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache site

@@ -8,6 +8,7 @@ the two precisions go in alternating order over --repeats rounds, so drift in th
                    windows after the first (warm-up), then the median over repeats
   loss deviation   at every logged step, |loss(bfloat16) − loss(float32)| / loss(float32); the largest over the run
                    (same seed, same batches: the curves differ only by precision)
+  held-out τ       the trained draft's greedy acceptance on the dataset's validation split (first repeat)
 
 Usage: python benchmarks/bench_train_precision.py [--home /tmp/dspark-bench-cache-ranks] [--dataset bench-cache-ranks]
        [--target smollm2-135m] [--algorithms dspark,dflash,eagle3] [--steps 100] [--repeats 2]
@@ -64,7 +65,8 @@ def main() -> int:
         summary[algorithm] = {"positions_per_s": {m: round(v, 1) for m, v in speed.items()},
                               "speedup": round(speed["bfloat16"] / speed["float32"], 3),
                               "max_loss_deviation": round(deviation, 4),
-                              "final_loss": {m: round(curves[m][-1], 4) for m in MODES}}
+                              "final_loss": {m: round(curves[m][-1], 4) for m in MODES},
+                              "val_tau": {m: next(r["val_tau"] for r in mine if r["autocast"] == m) for m in MODES}}
     write_json_atomic(args.out, {
         "benchmark": "bench_train_precision",
         "command": " ".join(["python", "benchmarks/bench_train_precision.py", *sys.argv[1:]]),
@@ -73,12 +75,13 @@ def main() -> int:
     })
     table = Table(title=f"training, {args.target}, default recipe, {args.steps} steps: float32 vs bfloat16 autocast")
     for column in ("drafter", "float32 positions/s", "bfloat16 positions/s", "speed-up", "max loss deviation",
-                   "final loss f32 / bf16"):
+                   "final loss f32 / bf16", "held-out τ f32 / bf16"):
         table.add_column(column, justify="right")
     for algorithm, row in summary.items():
         table.add_row(algorithm, f"{row['positions_per_s']['float32']:.0f}", f"{row['positions_per_s']['bfloat16']:.0f}",
                       f"{row['speedup']:.2f}x", f"{row['max_loss_deviation']:.2%}",
-                      f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f}")
+                      f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f}",
+                      " / ".join("–" if row["val_tau"][m] is None else f"{row['val_tau'][m]:.3f}" for m in MODES))
     console.print(table)
     console.print(f"results: {args.out}")
     return 0

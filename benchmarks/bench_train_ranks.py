@@ -106,7 +106,8 @@ def _timed_training(args, algorithm: str, ranks: int, out: Path) -> dict:
 
 def timed_training(args, algorithm: str, out: Path, options: list[str]) -> dict:
     """Run `dspark train` (the default recipe, `options` added) into `out`; its positions/s (the median of the log
-    windows after the first), the windows, the logged losses and the whole command's seconds."""
+    windows after the first), the windows, the logged losses, the whole command's seconds and the draft's held-out
+    greedy τ on the dataset's validation split (as the trainer records it in the checkpoint; None without one)."""
     command = [sys.executable, "-m", "dspark_cli", "train", "--target", args.target, "--dataset", args.dataset,
                "--drafter", algorithm, "--steps", str(args.steps), "--log-every", "10", "--checkpoint-every",
                str(args.steps), "--out", str(out), *options]
@@ -115,8 +116,10 @@ def timed_training(args, algorithm: str, out: Path, options: list[str]) -> dict:
     launch_s = time.perf_counter() - start
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     windows = [line["positions_per_s"] for line in lines]
+    training = json.loads((out / "draft" / "config.json").read_text()).get("training", {})
     return {"positions_per_s": statistics.median(windows[1:] or windows), "windows": windows,
-            "losses": [line["loss"] for line in lines], "launch_s": round(launch_s, 1)}
+            "losses": [line["loss"] for line in lines], "launch_s": round(launch_s, 1),
+            "val_tau": training.get("val_tau")}
 
 
 if __name__ == "__main__":

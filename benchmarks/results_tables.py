@@ -222,9 +222,135 @@ def utilisation() -> str:
             + _sources("utilisation-cpu.json"))
 
 
-TABLES: dict[str, Callable[[], str]] = {"ladder-depths": ladder_depths, "utilisation": utilisation, "serving": serving, "ranks": ranks, "ladder": ladder, "continual": continual, "warm-start": warm_start,
-                                        "drafters-bf16data": drafters("drafters-cpu-bf16data.json"),
-                                        "drafters-66k": drafters("drafters-cpu.json")}
+# ---- ablations (benchmarks/ablate_recipe.py: variants against a baseline trained in the same run) -------------
+def _ablation_run(name: str, variant: str) -> dict:
+    return _load(name)["results"][variant]
+
+
+def _delta(name: str, variant: str, baseline_of: str | None = None, *, tau=lambda run: run["val_tau"]) -> str:
+    """τ of `variant` and its difference to the baseline of the same run (of `baseline_of`'s run if given)."""
+    value, base = tau(_ablation_run(name, variant)), tau(_ablation_run(baseline_of or name, "baseline"))
+    return f"{value:.3f} ({value - base:+.3f})".replace("-", "−")
+
+
+_DSPARK_VARIANTS = [  # (what the variant changes, file, variant, file of the baseline it is compared with)
+    ("the block also reads the target's state before the anchor directly, as Eagle3's input does (`--anchor-state`)",
+     "ablation-anchor-state.json", "anchor-state", None),
+    ("gated sequential head instead of Markov", "ablation-heads.json", "head-gated", None),
+    ("RNN sequential head", "ablation-heads.json", "head-rnn", None),
+    ("2 backbone layers", "ablation-layers2.json", "layers2", None),
+    ("Eagle3 (same run as `--anchor-state`)", "ablation-anchor-state.json", "eagle3", None),
+]
+
+
+def dspark_variants() -> str:
+    """DSpark's parts varied one at a time at equal wall-clock, held-out τ at γ 4 against the same run's baseline."""
+    lines = ["| DSpark variant | τ (Δ vs the same run's baseline) | acceptance @1..4 | steps |", "|---|---|---|---|"]
+    for label, name, variant, baseline_of in _DSPARK_VARIANTS:
+        run = _ablation_run(name, variant)
+        accept = " / ".join(f"{a:.2f}" for a in run["val_accept"])
+        lines.append(f"| {label} | {_delta(name, variant, baseline_of)} | {accept} | {_int(run['steps'])} |")
+    files = sorted({name for _, name, _, _ in _DSPARK_VARIANTS})
+    return "\n".join(lines) + "\n\n" + _sources(*files)
+
+
+def _tau_at_gamma_2(run: dict) -> float:
+    """τ when decoding verifies 2 drafts, from held-out conditional acceptance: 1 + a₁ + a₁a₂."""
+    a1, a2 = run["val_accept"][:2]
+    return 1 + a1 + a1 * a2
+
+
+_LEVERS = [  # (lever and its default, file, [(variant, its label)], how τ is read)
+    ("sequences × anchors per step (default 4 × 16)", "ablation-batch-geometry.json",
+     [("b2a32", "2 × 32"), ("b2a16", "2 × 16"), ("b8a8", "8 × 8")], None),
+    ("peak learning rate (default 6e-4)", "ablation-learning-rate.json", [("lr1.2e-3", "1.2e-3"), ("lr3e-4", "3e-4")],
+     None),
+    ("loss weights (default CE 0.1, TV 0.9)", "ablation-loss-weights.json",
+     [("ce0.5-tv0.5", "CE 0.5, TV 0.5"), ("ce-only", "CE alone")], None),
+    ("training γ (default 4), judged at the γ 2 CPU decoding verifies (1 + a₁ + a₁a₂)", "ablation-train-gamma.json",
+     [("gamma3", "γ 3"), ("gamma2", "γ 2")], _tau_at_gamma_2),
+]
+
+
+def recipe_levers() -> str:
+    """The recipe's other settings, each varied alone at equal wall-clock against the same run's baseline."""
+    lines = ["| lever | baseline τ | variants: τ (Δ vs the baseline) | file |", "|---|---|---|---|"]
+    for label, name, variants, tau in _LEVERS:
+        read = tau or (lambda run: run["val_tau"])
+        cells = "; ".join(f"{shown}: {_delta(name, variant, tau=read)}" for variant, shown in variants)
+        lines.append(f"| {label} | {read(_ablation_run(name, 'baseline')):.3f} | {cells} | `{name}` |")
+    return "\n".join(lines) + "\n\n" + _sources(*(name for _, name, _, _ in _LEVERS))
+
+
+def train_precision() -> str:
+    """`bench_train_precision.py`: training positions/s and loss, float32 against bfloat16 autocast, per drafter."""
+    data = _load("train-precision-cpu.json")
+    lines = ["| drafter | float32 positions/s | bfloat16 positions/s | speed-up | largest loss deviation | "
+             "final loss float32 / bfloat16 |", "|---|---|---|---|---|---|"]
+    for algorithm in (a for a in _DRAFTER_NAMES if a in data["results"]):
+        row = data["results"][algorithm]
+        speed = row["positions_per_s"]
+        lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {_int(speed['float32'])} | {_int(speed['bfloat16'])} | "
+                     f"{row['speedup']:.2f}× | {row['max_loss_deviation']:.2%} | "
+                     f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f} |")
+    return (f"{data['steps']} steps, the default recipe, {data['repeats']} runs per precision in alternating order "
+            f"(median positions/s):\n\n" + "\n".join(lines) + "\n\n" + _sources("train-precision-cpu.json"))
+
+
+# ---- the README's headline results -------------------------------------------------------------------------------
+def headline() -> str:
+    """A few numbers that say where the platform stands, each from its result file (the docs' results page has the
+    tables behind them, with commands, commits and machines)."""
+    drafters_data = _load("drafters-cpu-bf16data.json")["results"]
+    runs = [drafters_data[key] for key in ("dspark", "dflash", "eagle3")]
+    gamma4 = [drafters_data[f"{key} γ=4"] for key in ("dspark", "dflash", "eagle3")]
+    every = list(drafters_data.values())
+    identical = sum(run["identical_to_autoregressive"] for run in every)
+    best = max(every, key=lambda run: run["speedup"])
+    best_name = next(key for key, run in drafters_data.items() if run is best).split(" ")[0]
+    reference = {}
+    for name in _LADDER_FILES:
+        for run in _load(name)["results"]:
+            reference[run["drafter"], run["rung"]] = run["val_tau"]
+    ref = {"DSpark": reference["dspark", "depth-5"], "Eagle3": reference["eagle3", "soft-ce"]}
+    dflash = reference.get(("dflash", "depth-5"))
+    ref["DFlash" if dflash is not None else "DFlash (depth 1)"] = dflash or reference["dflash", "anchors"]
+    order = " > ".join(f"{name} {value:.3f}" for name, value in sorted(ref.items(), key=lambda item: -item[1]))
+    continual_runs = [run["drafters"]["dspark"] for run in _load("continual-cpu.json")["runs"] if run["drafters"].get("dspark")]
+    warm = _load("warm-start-derived-cpu.json")["answer"]
+    serving_rows = {(row["method"], row["concurrency"]): row for row in _load("serving-cpu.json")["results"]}
+    best_spec = max((row for (method, r), row in serving_rows.items() if r == 8 and method != "autoregressive"),
+                    key=lambda row: row["aggregate_tokens_per_s"])
+    precision = _load("train-precision-cpu.json")["results"]
+    lines = [
+        "| on SmolLM2-135M, 2 CPU cores | result |", "|---|---|",
+        f"| greedy output identical to the target's own | {identical} of {len(every)} runs of the drafters benchmark |",
+        "| held-out τ, 5 min of training each (DSpark / DFlash / Eagle3), γ 2 · γ 4 | "
+        + " / ".join(f"{run['tau']:.2f}" for run in runs) + " · " + " / ".join(f"{run['tau']:.2f}" for run in gamma4)
+        + f"; best speed-up {best['speedup']:.2f}× ({_DRAFTER_NAMES[best_name]}, γ {best['block_size']}) |",
+        f"| the reference recipe at 300 steps (held-out τ) | {order} |",
+        f"| `make run` again and again: DSpark's τ over {len(continual_runs)} cycles | "
+        + " → ".join(f"{run['tau']:.3f}" for run in continual_runs) + " |",
+        f"| a derived model's draft grown from its parent's | from-scratch τ in {warm['steps_to_reach_scratch_tau']} "
+        f"steps, {warm['share_of_scratch_steps']:.0%} of the {_int(warm['scratch_steps'])} from scratch |",
+        f"| 8 concurrent requests, aggregate tokens/s | autoregressive "
+        f"{serving_rows['autoregressive', 8]['aggregate_tokens_per_s']:.0f}, best speculative "
+        f"{best_spec['aggregate_tokens_per_s']:.0f} ({best_spec['method']}) |",
+        "| training in bfloat16 vs float32 (DSpark / DFlash / Eagle3) | "
+        + " / ".join(f"{precision[a]['speedup']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " positions/s |",
+    ]
+    files = ["drafters-cpu-bf16data.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
+             "serving-cpu.json", "train-precision-cpu.json"]
+    return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
+            + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "ladder": ladder, "ladder-depths": ladder_depths, "continual": continual, "warm-start": warm_start,
+    "drafters-bf16data": drafters("drafters-cpu-bf16data.json"), "drafters-66k": drafters("drafters-cpu.json"),
+    "dspark-variants": dspark_variants, "recipe-levers": recipe_levers, "serving": serving, "ranks": ranks,
+    "utilisation": utilisation, "train-precision": train_precision, "headline": headline,
+}
 
 
 # ---- pages ------------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Browser check of the Dagster UI: start `dagster dev` on the platform's instance ($DSPARK_HOME/dagster),
 open the global asset graph in headless Chromium (driven by Selenium), expand every asset group and save
-a screenshot (materialized assets are drawn green), then one of the speculative_eval asset page (its latest
-materialization's metadata: τ, speed-up, result table, acceptance plot).
+a screenshot (materialized assets are drawn green), then the speculative_eval asset page (its latest
+materialization's metadata: τ, speed-up, result table, acceptance plot) and the metrics_history page (τ over time).
 
-Needs Chromium and ChromeDriver (Debian: `apt-get install chromium chromium-driver`) and the dev extras
-(selenium). Run it after `make run`:  .venv/bin/python scripts/screenshot_ui.py [--out ui-asset-graph.png]
+Needs Chromium and ChromeDriver (`make screenshot` installs Debian's `chromium` and `chromium-driver` when missing,
+then runs this script into docs/) and the dev extras (selenium). Run it after `make run`:
+  .venv/bin/python scripts/screenshot_ui.py [--out ui-asset-graph.png]
 """
 
 import argparse
@@ -21,7 +22,7 @@ from pipelines.instance import use_dagster_home  # noqa: E402
 
 GROUPS = ("data", "training", "serving", "evaluation")
 #: further pages saved next to the graph as <out>-<name>.png
-EXTRA_PAGES = (("/assets/speculative_eval", "speculative-eval"),)
+EXTRA_PAGES = (("/assets/speculative_eval", "speculative-eval"), ("/assets/metrics_history", "metrics-history"))
 
 
 def wait_for(url: str, timeout: float) -> None:
@@ -79,7 +80,8 @@ def main() -> int:
     args = parser.parse_args()
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not browser or not shutil.which("chromedriver"):
-        raise SystemExit("Chromium and ChromeDriver are needed; install them (Debian: apt-get install chromium chromium-driver)")
+        raise SystemExit("Chromium and ChromeDriver are needed: `make screenshot` installs them (Debian's chromium and "
+                         "chromium-driver) and runs this script")
 
     home = use_dagster_home()
     root = Path(__file__).resolve().parents[1]
