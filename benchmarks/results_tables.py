@@ -193,6 +193,29 @@ def serving() -> str:
             "\n\n" + _sources("serving-cpu.json"))
 
 
+_BEFORE_BATCHED_DRAFTING = "serving-cpu-per-request-drafting.json"
+
+
+def serving_drafting() -> str:
+    """Draft ms per round of each drafting method at each concurrency, drafting one request at a time (the earlier
+    run) against all active requests in one batched pass (the current one), and R = 8 over R = 1."""
+    files = {"one request at a time": _BEFORE_BATCHED_DRAFTING, "batched": "serving-cpu.json"}
+    cells = {label: {(run["method"], run["concurrency"]): run["draft_ms_per_round"] for run in _load(name)["results"]
+                     if run["algorithm"] != "none"} for label, name in files.items()}
+    levels = sorted({r for table in cells.values() for _, r in table})
+    methods = [m for m in dict.fromkeys(m for m, _ in cells["batched"]) if "threshold" not in m and "scheduled" not in m]
+    lines = ["| method, drafting | " + " | ".join(f"R = {r}" for r in levels) + " | R = 8 / R = 1 |",
+             "|---|" + "---|" * (len(levels) + 1)]
+    for method in methods:
+        drafter, _, rest = method.partition(" ")
+        for label, table in cells.items():
+            values = [table.get((method, r)) for r in levels]
+            ratio = "–" if values[0] is None or values[-1] is None else f"{values[-1] / values[0]:.2f}×"
+            lines.append(f"| {_DRAFTER_NAMES.get(drafter, drafter)} {rest}, {label} | "
+                         + " | ".join("–" if v is None else f"{v:.1f}" for v in values) + f" | {ratio} |")
+    return "\n".join(lines) + "\n\n" + _sources(*files.values())
+
+
 def ranks() -> str:
     """`bench_cache_ranks.py` and `bench_train_ranks.py`: one rank against two on the same machine."""
     cache, train = _load("cache-ranks-cpu.json"), _load("train-ranks-cpu.json")
@@ -283,18 +306,45 @@ def recipe_levers() -> str:
 
 
 def train_precision() -> str:
-    """`bench_train_precision.py`: training positions/s and loss, float32 against bfloat16 autocast, per drafter."""
-    data = _load("train-precision-cpu.json")
-    lines = ["| drafter | float32 positions/s | bfloat16 positions/s | speed-up | largest loss deviation | "
-             "final loss float32 / bfloat16 |", "|---|---|---|---|---|---|"]
-    for algorithm in (a for a in _DRAFTER_NAMES if a in data["results"]):
-        row = data["results"][algorithm]
-        speed = row["positions_per_s"]
-        lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {_int(speed['float32'])} | {_int(speed['bfloat16'])} | "
-                     f"{row['speedup']:.2f}× | {row['max_loss_deviation']:.2%} | "
-                     f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f} |")
-    return (f"{data['steps']} steps, the default recipe, {data['repeats']} runs per precision in alternating order "
-            f"(median positions/s):\n\n" + "\n".join(lines) + "\n\n" + _sources("train-precision-cpu.json"))
+    """`bench_train_precision.py`: training positions/s, loss and held-out τ, float32 against bfloat16 autocast, per
+    drafter: a short run repeated in alternating order, and a long one judged on held-out sequences."""
+    parts = []
+    for name in ("train-precision-cpu.json", "train-precision-1200-cpu.json"):
+        data = _load(name)
+        with_tau = any(row.get("val_tau") for row in data["results"].values())
+        lines = ["| drafter | float32 positions/s | bfloat16 positions/s | speed-up | largest loss deviation | "
+                 "final loss float32 / bfloat16 |" + (" held-out τ float32 / bfloat16 |" if with_tau else ""),
+                 "|---|---|---|---|---|---|" + ("---|" if with_tau else "")]
+        for algorithm in (a for a in _DRAFTER_NAMES if a in data["results"]):
+            row = data["results"][algorithm]
+            speed = row["positions_per_s"]
+            lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {_int(speed['float32'])} | {_int(speed['bfloat16'])} | "
+                         f"{row['speedup']:.2f}× | {row['max_loss_deviation']:.2%} | "
+                         f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f} |"
+                         + (f" {_tau(row['val_tau']['float32'])} / {_tau(row['val_tau']['bfloat16'])} |" if with_tau else ""))
+        runs = f"{data['repeats']} runs per precision in alternating order" if data["repeats"] > 1 else "one run each"
+        parts.append(f"{_int(data['steps'])} steps, the default recipe, {runs} (median positions/s):\n\n"
+                     + "\n".join(lines) + "\n\n" + _sources(name))
+    return "\n".join(parts)
+
+
+def verify_cost() -> str:
+    """`bench_verify_cost.py`: a verification pass of w tokens as the profile times it and as decoding pays it, by
+    context; then decoding at fixed γ with passes plain and padded to the profile's cheapest width."""
+    data = _load("verify-cost-cpu.json")
+    widths = sorted({int(w) for row in data["profile_ms"].values() for w in row})
+    lines = ["| context (tokens) | " + " | ".join(f"w = {w}: profile / decoding ms" for w in widths) + " |",
+             "|---|" + "---|" * len(widths)]
+    for context, row in data["profile_ms"].items():
+        real = data["decoding_ms"].get(context, {})
+        cells = [f"{row[str(w)]:.1f} / " + (f"{real[str(w)]:.1f}" if str(w) in real else "–") for w in widths]
+        lines.append(f"| {context} | " + " | ".join(cells) + " |")
+    lines += ["", "| γ (one request) | pass ms, γ + 1 columns | padded to | padded pass ms | speed-up vs "
+                  "autoregressive | padded |", "|---|---|---|---|---|---|"]
+    for gamma, row in data["padding"].items():
+        lines.append(f"| {gamma} | {row['pass_ms']:.1f} | {row['padded_to']} | {row['padded_pass_ms']:.1f} | "
+                     f"{row['speedup']:.2f}× | {row['padded_speedup']:.2f}× |")
+    return "\n".join(lines) + "\n\n" + _sources("verify-cost-cpu.json")
 
 
 # ---- the README's headline results -------------------------------------------------------------------------------
@@ -350,6 +400,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "drafters-bf16data": drafters("drafters-cpu-bf16data.json"), "drafters-66k": drafters("drafters-cpu.json"),
     "dspark-variants": dspark_variants, "recipe-levers": recipe_levers, "serving": serving, "ranks": ranks,
     "utilisation": utilisation, "train-precision": train_precision, "headline": headline,
+    "verify-cost": verify_cost, "serving-drafting": serving_drafting,
 }
 
 

@@ -14,7 +14,7 @@ from dspark_cli.output import cell
 from dspark_core.decoding import GenerationConfig, SamplingConfig, SpeculativeEngine
 from dspark_core.decoding.metrics import tau
 from dspark_core.decoding.scheduler import ScheduleConfig
-from dspark_core.decoding.step_cost import ensure_profile
+from dspark_core.decoding.step_cost import decoding_profile, ensure_profile
 from dspark_core.drafters.factory import DRAFTER_FORMS, build_drafter
 from dspark_core.models import load_target
 
@@ -62,7 +62,10 @@ def generate_command(
 
         drafter = str(champion_path(drafter.partition(":")[2] or slugify(target)))
     draft = build_drafter(drafter, model) if speculative else None
-    step_costs = ensure_profile(model, progress=not as_json)[0] if draft and schedule == "scheduled" else None
+    step_costs = None
+    if draft:  # the measured pass costs: what the scheduled mode trades against, and the widths passes are padded to
+        step_costs = (ensure_profile(model, progress=not as_json)[0] if schedule == "scheduled"
+                      else decoding_profile(model, config.block_size, progress=not as_json))
     runs = {"speculative" if draft else "autoregressive": SpeculativeEngine(model, draft, step_costs=step_costs)}
     if compare and draft:
         runs["autoregressive"] = SpeculativeEngine(model, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import torch
 
@@ -76,6 +77,20 @@ def cpu_bfloat16_speedup() -> float:
             best = min(best, time.perf_counter() - started)
         seconds[dtype] = best
     return seconds[torch.float32] / seconds[torch.bfloat16]
+
+
+@functools.cache
+def cpu_bfloat16_native() -> bool:
+    """Does this CPU have bfloat16 matrix instructions (AVX-512 BF16 or AMX)? Read from /proc/cpuinfo's flags,
+    not timed: a fixed property of the machine, so a training run resumed on it makes the same choice."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return False
+    flags = set()
+    for line in cpuinfo.read_text(errors="replace").splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def data_dtype(device: torch.device) -> torch.dtype:

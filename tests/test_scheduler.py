@@ -104,6 +104,18 @@ def test_profile_interpolates_between_measured_shapes_and_costs_rounds_per_token
     assert profile.pass_cost([2], uncached=[30]) == pytest.approx(profile.seconds(1, 32))
 
 
+def test_a_pass_runs_at_the_cheapest_measured_width_at_least_as_wide():
+    # as on CPUs whose BLAS multiplies 2- and 3-row matrices slowly: 4 tokens cost less than 2 or 3
+    profile = _profile(rows=(1,), ms=((10, 20, 30, 15, 40, 50),))
+    assert [profile.padded_width(1, w) for w in range(1, 7)] == [1, 4, 4, 4, 5, 6]
+    assert profile.padded_seconds(1, 3) == pytest.approx(0.015)
+    assert profile.padded_seconds(1, 2.5) == pytest.approx(0.015)
+    assert profile.pass_cost([2]) == pytest.approx(0.015)  # the anchor and 2 drafts, run as 4 columns
+    costs = [profile.padded_seconds(1, w / 4) for w in range(4, 25)]
+    assert costs == sorted(costs), "what the scheduler is charged never falls as the pass widens"
+    assert _profile().padded_width(1, 3) == 3  # cost growing with width: nothing is padded
+
+
 def test_profile_is_measured_stored_and_rebuilt_when_stale(micro_target):
     config = ProfileConfig(rows=(1, 2), max_width=3, context_tokens=8, warmup=0, repetitions=2)
     profile, reason = ensure_profile(micro_target, config)
@@ -181,3 +193,31 @@ def test_continuous_batching_refills_slots_and_stays_identical(tiny_target, pert
     at_once = engine.generate(prompts, replace(config, max_batch=None))
     assert result.stats.batch_rounds >= 2 * at_once.stats.batch_rounds
     assert result.outputs[-1].latency_s < 0.75 * result.stats.wall_s  # the last one's latency counts from its admission
+
+
+@pytest.mark.parametrize("drafter_name", ["prompt-lookup", "dspark", "eagle3"])
+def test_padded_passes_decode_exactly_what_unpadded_ones_do(tiny_target, perturbed_tiny, prompts, reference,
+                                                            drafter_name):
+    from test_drafters import _eagle3, _model
+    from dspark_core.drafters.runtime import DSparkDrafter, Eagle3Drafter
+
+    drafter = {"prompt-lookup": PromptLookupDrafter, "dspark": lambda: DSparkDrafter(_model(tiny_target)),
+               "eagle3": lambda: Eagle3Drafter(_eagle3(tiny_target))}[drafter_name]()
+    widest = _profile(rows=(1, 4), ms=(tuple(range(30, 21, -1)), tuple(range(60, 51, -1))))  # 9 columns cheapest
+    widths = []
+    forward = tiny_target.forward_features
+
+    def recording(input_ids, **kwargs):
+        widths.append(input_ids.shape[1])
+        return forward(input_ids, **kwargs)
+
+    tiny_target.forward_features = recording
+    try:
+        engine = SpeculativeEngine(tiny_target, drafter, step_costs=widest)
+        config = GenerationConfig(max_new_tokens=20, stop_at_eos=False, block_size=3, max_batch=2)
+        result = engine.generate(prompts, config)
+    finally:
+        del tiny_target.forward_features
+    assert [o.tokens for o in result.outputs] == reference
+    assert widths.count(9) >= result.stats.batch_rounds // 2, "verification passes should run 9 columns wide"
+

@@ -323,6 +323,24 @@ def test_an_interrupted_run_fails_loudly_and_the_same_command_resumes(greedy_cac
     assert not (out / "draft").exists()  # nothing claims to be finished
 
 
+def test_auto_precision_is_bfloat16_where_the_cpu_multiplies_bfloat16_natively(tiny_target, greedy_cache, tmp_path,
+                                                                               monkeypatch):
+    """`autocast='auto'` on a CPU follows its bfloat16 instructions (a fixed property of the machine, so a resumed
+    run chooses alike): with them it trains exactly what 'bfloat16' trains, without them what 'float32' does."""
+    settings = dict(algorithm="dspark", steps=4, draft_vocab_size=256, head_rank=16, anchors_per_sequence=8,
+                    log_every=1)
+    runs = {}
+    for native in (True, False):
+        monkeypatch.setattr(trainer_module, "cpu_bfloat16_native", lambda: native)
+        runs[native] = train_draft(tiny_target, greedy_cache, tmp_path / f"auto-{native}", TrainConfig(**settings),
+                                   progress=False).history
+    for mode, native in (("bfloat16", True), ("float32", False)):
+        explicit = train_draft(tiny_target, greedy_cache, tmp_path / mode, TrainConfig(**settings, autocast=mode),
+                               progress=False).history
+        assert [row["loss"] for row in explicit] == [row["loss"] for row in runs[native]], mode
+    assert runs[True] != runs[False]
+
+
 @pytest.mark.parametrize("algorithm", ["dspark", "eagle3"])
 def test_bfloat16_autocast_trains_what_float32_trains_and_resumes_exactly(tiny_target, greedy_cache, tmp_path,
                                                                          monkeypatch, algorithm):

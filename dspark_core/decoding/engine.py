@@ -72,7 +72,8 @@ class SpeculativeEngine:
                  step_costs: StepCostProfile | None = None):
         self.target = target
         self.drafter = drafter
-        #: the target's measured pass costs, which the `scheduled` verification mode needs
+        #: the target's measured pass costs: the `scheduled` verification mode needs them; with them, every pass is
+        #: run at the cheapest measured width at least as wide as its block (`StepCostProfile.padded_width`)
         self.step_costs = step_costs
 
     def generate(self, prompts: list[list[int]], config: GenerationConfig = GenerationConfig()) -> GenerationResult:
@@ -148,13 +149,17 @@ class SpeculativeEngine:
                 block = DraftProposal.from_lists(
                     [u + d[:n] for u, d, n in zip(uncached, drafted, proposed)], device=device
                 )
-                out = kv.extend(block.tokens, block.lengths, layer_ids=layer_ids, with_logits=False)
-                # Logits only where verification looks: the last uncached token and the drafts after it.
+                columns = self._pass_width(len(active), block.tokens.shape[1], uncached)
+                tokens_in = torch.nn.functional.pad(block.tokens, (0, columns - block.tokens.shape[1]))
+                out = kv.extend(tokens_in, block.lengths, layer_ids=layer_ids, with_logits=False)
+                # Logits only where verification looks: the last uncached token and the drafts after it (over the
+                # padded width, when the pass was padded: what the profile measured; the extra rows are dropped).
                 width = proposal.tokens.shape[1]
                 starts = torch.tensor([len(u) - 1 for u in uncached], dtype=torch.long, device=device)
-                index = (starts[:, None] + torch.arange(width + 1, device=device)).clamp_max(block.tokens.shape[1] - 1)
+                head = width + 1 if columns == block.tokens.shape[1] else max(width + 1, columns)
+                index = (starts[:, None] + torch.arange(head, device=device)).clamp_max(columns - 1)
                 hidden = out.last_hidden.gather(1, index[:, :, None].expand(-1, -1, out.last_hidden.shape[-1]))
-                logits = target.lm_logits(hidden)
+                logits = target.lm_logits(hidden)[:, : width + 1]
                 if config.sampling.greedy:
                     result = verify_greedy(proposal.tokens, proposal.lengths, logits)
                 else:
@@ -233,6 +238,14 @@ class SpeculativeEngine:
             verify_s=verify_s,
         )
         return GenerationResult(outputs=outputs, stats=stats)
+
+    def _pass_width(self, rows: int, width: int, uncached: list[list[int]]) -> int:
+        """Columns to run this round's pass with: `width`, or the cheapest wider width of the step-cost profile
+        (the extra columns are masked holes, dropped from the cache again). Passes that carry a prompt are not
+        padded."""
+        if self.step_costs is None or max(len(u) for u in uncached) > 1:
+            return width
+        return self.step_costs.padded_width(rows, width)
 
     def _round_cost(self, uncached: list[list[int]], draft_seconds: float):
         """This round's seconds as a function of the verified lengths: the drafting it already spent (the mean of

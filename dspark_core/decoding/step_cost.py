@@ -6,7 +6,9 @@ The scheduler's cost model is per token: a round verifying lengths ℓ_r costs t
 tokens, read as t(R, B / R) — R requests of B / R tokens each, interpolated between measured widths. That is
 exact for one request and for equal lengths; for unequal lengths in a batch it is the cost a ragged (packed)
 engine would pay, while this engine pads every block to the longest one, so there the real pass can cost
-more than the model says. A model that charged the padding would make the admission of one request's
+more than the model says. Where the measured cost is not monotone in width (on some CPUs a 4-token pass costs
+less than a 3-token one: their BLAS multiplies 2- and 3-row matrices slowly), the engine pads a pass to the
+cheapest measured width at least as wide, and the cost model charges that (`padded_width`, `padded_seconds`). A model that charged the padding would make the admission of one request's
 position depend on whether other positions widen the pass too, which breaks the early stop. Profiles are stored as JSON under
 `$DSPARK_HOME/profiles/` with the device description, dtype, torch version and model revision they were
 measured with; `ensure_profile` rebuilds one that is missing or measured under other conditions.
@@ -77,12 +79,25 @@ class StepCostProfile:
         per_row = [_interpolate(self.widths, line, width) for line in self.ms]
         return max(_interpolate(self.rows, per_row, rows), 1e-6) / 1e3
 
+    def padded_width(self, rows: int, width: int) -> int:
+        """The width to run a pass of `width` tokens per request at: the measured width ≥ `width` that costs least
+        (padding columns are masked out, so the result is the same). On CPUs whose BLAS handles 2- or 3-row
+        matrix products slowly a 4-token pass can cost less than a 3-token one; where cost grows with width this
+        is `width` itself."""
+        wider = [w for w in self.widths if w > width]
+        return min([width, *wider], key=lambda w: (self.seconds(rows, w), w))
+
+    def padded_seconds(self, rows: float, width: float) -> float:
+        """Cost of a pass of `width` tokens per request as the engine runs it, padded to the cheapest width at
+        least as wide (`padded_width`): never more than `seconds(rows, width)`, and non-decreasing in width."""
+        return min([self.seconds(rows, width), *(self.seconds(rows, w) for w in self.widths if w >= width)])
+
     def pass_cost(self, lengths: Sequence[int], uncached: Sequence[int] | None = None) -> float:
         """Seconds of one round's pass, given each request's verified draft length and how many committed tokens
         each still has to put through the target (1, the anchor, unless a prompt rides along): the pass of
-        B = Σ (uncached + ℓ) tokens over R requests (module docstring)."""
+        B = Σ (uncached + ℓ) tokens over R requests (module docstring), padded as the engine pads it."""
         uncached = uncached or [1] * len(lengths)
-        return self.seconds(len(lengths), sum(u + n for u, n in zip(uncached, lengths)) / max(len(lengths), 1))
+        return self.padded_seconds(len(lengths), sum(u + n for u, n in zip(uncached, lengths)) / max(len(lengths), 1))
 
     def table(self) -> tuple[list[str], list[list]]:
         """(columns, rows) for display: median ms of one pass per batch size (rows) and tokens per request."""
@@ -222,3 +237,16 @@ def ensure_profile(target: TargetModel, config: ProfileConfig = ProfileConfig(),
     write_json_atomic(path, profile.to_dict())
     profile.path = path
     return profile, reason
+
+
+#: widths measured beyond a decoding's widest pass, where a padded pass may be cheaper
+PADDING_WIDTHS = 2
+
+
+def decoding_profile(target: TargetModel, block_size: int, *, progress: bool = False) -> StepCostProfile:
+    """The profile a decoding of blocks of up to `block_size` drafts pads its passes by (`padded_width`): the stored
+    one when it covers widths up to block_size + 1 + PADDING_WIDTHS, else those widths measured for one request
+    (a few seconds on a CPU for a small model)."""
+    width = min(ProfileConfig().max_width, block_size + 1 + PADDING_WIDTHS)
+    return ensure_profile(target, ProfileConfig(rows=(1,), max_width=width), progress=progress)[0]
+

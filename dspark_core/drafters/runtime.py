@@ -59,6 +59,17 @@ def _padded(kv: list[tuple[torch.Tensor, torch.Tensor]], lengths: list[int]):
     return keys, values, real
 
 
+def _pending(request_ids: list[int], features: list) -> list[tuple[int, object]]:
+    """(request id, features) of the requests with newly committed positions this round."""
+    return [(rid, f) for rid, f in zip(request_ids, features) if f is not None and f.layers[0].shape[0] > 0]
+
+
+def _segments(counts: list[int]) -> list[slice]:
+    """Consecutive slices of the given lengths: each request's part of positions packed one after another."""
+    ends = torch.tensor(counts).cumsum(0).tolist()
+    return [slice(end - n, end) for end, n in zip(ends, counts)]
+
+
 class DSparkDrafter(Drafter):
     def __init__(self, model: DSparkModel, name: str | None = None):
         self.model = model.eval()
@@ -84,20 +95,26 @@ class DSparkDrafter(Drafter):
     def end(self) -> None:
         self._contexts, self._last_states = {}, {}
 
-    def _extend_context(self, request_id: int, features) -> None:
-        if features is None or features.layers[0].shape[0] == 0:
+    def _extend_contexts(self, request_ids: list[int], features: list) -> None:
+        """Append every request's newly committed positions to its context caches: one fuse and one key/value
+        projection per layer for all requests together (both act position by position), then split per request."""
+        new = _pending(request_ids, features)
+        if not new:
             return
         model = self.model
-        fused = model.fuse_context(torch.cat(features.layers, dim=-1)[None])
-        start = self._lengths[request_id]
-        positions = torch.arange(start, start + fused.shape[1], device=fused.device)[None]
-        new = model.context_kv(fused, positions)
-        old = self._contexts.get(request_id)
-        self._contexts[request_id] = new if old is None else [
-            (torch.cat([ok, nk], dim=2), torch.cat([ov, nv], dim=2)) for (ok, ov), (nk, nv) in zip(old, new)
-        ]
-        self._last_states[request_id] = fused[:, -1]
-        self._lengths[request_id] = start + fused.shape[1]
+        fused = model.fuse_context(torch.cat([torch.cat(f.layers, dim=-1) for _, f in new])[None])  # [1, Σm, d]
+        counts = [f.layers[0].shape[0] for _, f in new]
+        positions = torch.cat([torch.arange(self._lengths[rid], self._lengths[rid] + n, device=fused.device)
+                               for (rid, _), n in zip(new, counts)])[None]
+        projected = model.context_kv(fused, positions)
+        for (rid, _), part in zip(new, _segments(counts)):
+            old = self._contexts.get(rid)
+            added = [(k[:, :, part], v[:, :, part]) for k, v in projected]
+            self._contexts[rid] = added if old is None else [
+                (torch.cat([ok, nk], dim=2), torch.cat([ov, nv], dim=2)) for (ok, ov), (nk, nv) in zip(old, added)
+            ]
+            self._last_states[rid] = fused[:, part.stop - 1]
+            self._lengths[rid] += part.stop - part.start
 
     @torch.inference_mode()
     def propose(self, request: DraftRequest) -> DraftProposal:
@@ -106,11 +123,9 @@ class DSparkDrafter(Drafter):
         gamma = model.config.block_size
         width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
         confidences = torch.zeros(len(request.tokens), width, device=device) if model.confidence is not None else None
+        self._extend_contexts(request.request_ids, request.new_features)
         active = []  # (row, request id, history, limit) of the requests drafting this round
-        for row, (rid, history, limit, features) in enumerate(
-            zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
-        ):
-            self._extend_context(rid, features)
+        for row, (rid, history, limit) in enumerate(zip(request.request_ids, request.tokens, request.max_lengths)):
             if min(limit, gamma) > 0:
                 if self._lengths[rid] != len(history) - 1:
                     raise RuntimeError(f"draft context has {self._lengths[rid]} positions, expected {len(history) - 1}")
@@ -127,8 +142,11 @@ class DSparkDrafter(Drafter):
         rows = torch.tensor([row for row, *_ in active], device=device)
         limits = torch.tensor([limit for *_, limit in active], device=device)
         anchors = torch.tensor([history[-1] for _, _, history, _ in active], device=device)
-        blocks = torch.cat([model.block_inputs(anchors[i : i + 1, None], self._last_states.get(rid)).reshape(1, slots, -1)
-                            for i, (_, rid, _, _) in enumerate(active)])  # [B, slots, d]
+        states = [self._last_states.get(rid) for _, rid, _, _ in active]
+        if all(state is not None for state in states):
+            blocks = model.block_inputs(anchors, torch.cat(states))  # [B, slots, d]
+        else:  # a request without context yet gets no state term
+            blocks = torch.cat([model.block_inputs(anchors[i : i + 1], state) for i, state in enumerate(states)])
         starts = torch.tensor([len(history) - 1 for _, _, history, _ in active], device=device)
         positions = starts[:, None] + torch.arange(slots, device=device)[None]
         lengths = [self._lengths[rid] for _, rid, _, _ in active]
@@ -178,21 +196,31 @@ class Eagle3Drafter(Drafter):
     def end(self) -> None:
         self._cache = {}
 
-    def _extend(self, rid: int, history: list[int], features) -> None:
-        if features is None or features.layers[0].shape[0] == 0:
+    def _extend(self, request_ids: list[int], histories: list[list[int]], features: list) -> None:
+        """Append every request's newly committed positions as context entries (the next token's embedding beside
+        the fused features), projected to keys/values for all requests in one pass, then split per request."""
+        new = _pending(request_ids, features)
+        if not new:
             return
-        model, entry = self.model, self._cache[rid]
-        start, count = entry["length"], features.layers[0].shape[0]
-        g = model.fuse_features(torch.cat(features.layers, dim=-1)[None])  # [1, m, d]
+        model = self.model
+        g = model.fuse_features(torch.cat([torch.cat(f.layers, dim=-1) for _, f in new])[None])  # [1, Σm, d]
         device = g.device
-        next_tokens = torch.tensor([history[start + 1 : start + count + 1]], device=device)
+        counts = [f.layers[0].shape[0] for _, f in new]
+        starts = [self._cache[rid]["length"] for rid, _ in new]
+        history = dict(zip(request_ids, histories))
+        next_tokens = torch.tensor([[token for (rid, _), start, n in zip(new, starts, counts)
+                                     for token in history[rid][start + 1 : start + n + 1]]], device=device)
         x = model.entry_inputs(next_tokens, g)
-        positions = torch.arange(start, start + count, device=device)[None]
+        positions = torch.cat([torch.arange(start, start + n, device=device) for start, n in zip(starts, counts)])[None]
         k, v = model.attention.project_kv(x, positions)
-        entry["keys"] = k if entry["keys"] is None else torch.cat([entry["keys"], k], dim=2)
-        entry["values"] = v if entry["values"] is None else torch.cat([entry["values"], v], dim=2)
-        entry["last"] = (x[:, -1:], g[:, -1:])
-        entry["length"] = start + count
+        for (rid, _), part in zip(new, _segments(counts)):
+            entry = self._cache[rid]
+            k_r, v_r = k[:, :, part], v[:, :, part]
+            entry["keys"] = k_r if entry["keys"] is None else torch.cat([entry["keys"], k_r], dim=2)
+            entry["values"] = v_r if entry["values"] is None else torch.cat([entry["values"], v_r], dim=2)
+            last = slice(part.stop - 1, part.stop)
+            entry["last"] = (x[:, last], g[:, last])
+            entry["length"] += part.stop - part.start
 
     @torch.inference_mode()
     def propose(self, request: DraftRequest) -> DraftProposal:
@@ -200,11 +228,9 @@ class Eagle3Drafter(Drafter):
         device = model.fuse.weight.device
         gamma = model.config.block_size
         width, tokens, probs = _empty_block(request, gamma, model.config.vocab_size, device)
+        self._extend(request.request_ids, request.tokens, request.new_features)
         lengths, active = [], []
-        for row, (rid, history, limit, features) in enumerate(
-            zip(request.request_ids, request.tokens, request.max_lengths, request.new_features)
-        ):
-            self._extend(rid, history, features)
+        for row, (rid, history, limit) in enumerate(zip(request.request_ids, request.tokens, request.max_lengths)):
             entry = self._cache[rid]
             limit = min(limit, gamma) if entry["length"] > 0 else 0  # nothing to draft from without context
             lengths.append(limit)

@@ -22,7 +22,7 @@ from dspark_core.evaluation.speculative import (
 )
 from dspark_core.models.target import TargetModel
 from dspark_core.decoding.scheduler import ScheduleConfig
-from dspark_core.decoding.step_cost import ensure_profile
+from dspark_core.decoding.step_cost import decoding_profile, ensure_profile
 from dspark_core.settings import (
     DEFAULT_BLOCK_SIZE, DEFAULT_DECODE_BLOCK_SIZE, bounds_of, check_settings, default_of, help_of, setting,
 )
@@ -206,7 +206,9 @@ def evaluate(target: TargetModel, drafter: Drafter | Path, prompts: list[EvalPro
         block_size = min(block_size, config.block_size)
     settings = EvalSettings(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                             block_size=block_size, seed=config.seed, schedule=config.schedule_config)
-    step_costs = ensure_profile(target, progress=progress)[0] if config.schedule == "scheduled" else None
+    # the measured pass costs: what the scheduled mode trades against, and the widths every mode pads passes to
+    step_costs = (ensure_profile(target, progress=progress)[0] if config.schedule == "scheduled"
+                  else decoding_profile(target, block_size, progress=progress))
     decode_prompts(target, drafter, prompts[:1], replace(settings, max_new_tokens=8), progress=False,
                    step_costs=step_costs)  # warm-up
     if baseline is None:
