@@ -271,7 +271,7 @@ def dspark_variants() -> str:
     lines = ["| DSpark variant | τ (Δ vs the same run's baseline) | acceptance @1..4 | steps |", "|---|---|---|---|"]
     for label, name, variant, baseline_of in _DSPARK_VARIANTS:
         run = _ablation_run(name, variant)
-        accept = " / ".join(f"{a:.2f}" for a in run["val_accept"])
+        accept = " / ".join("–" if a is None else f"{a:.2f}" for a in run["val_accept"])
         lines.append(f"| {label} | {_delta(name, variant, baseline_of)} | {accept} | {_int(run['steps'])} |")
     files = sorted({name for _, name, _, _ in _DSPARK_VARIANTS})
     return "\n".join(lines) + "\n\n" + _sources(*files)
@@ -311,7 +311,7 @@ def train_precision() -> str:
     parts = []
     for name in ("train-precision-cpu.json", "train-precision-1200-cpu.json"):
         data = _load(name)
-        with_tau = any(row.get("val_tau") for row in data["results"].values())
+        with_tau = any(any((row.get("val_tau") or {}).values()) for row in data["results"].values())
         lines = ["| drafter | float32 positions/s | bfloat16 positions/s | speed-up | largest loss deviation | "
                  "final loss float32 / bfloat16 |" + (" held-out τ float32 / bfloat16 |" if with_tau else ""),
                  "|---|---|---|---|---|---|" + ("---|" if with_tau else "")]
@@ -321,7 +321,8 @@ def train_precision() -> str:
             lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {_int(speed['float32'])} | {_int(speed['bfloat16'])} | "
                          f"{row['speedup']:.2f}× | {row['max_loss_deviation']:.2%} | "
                          f"{row['final_loss']['float32']:.4f} / {row['final_loss']['bfloat16']:.4f} |"
-                         + (f" {_tau(row['val_tau']['float32'])} / {_tau(row['val_tau']['bfloat16'])} |" if with_tau else ""))
+                         + (" " + " / ".join(_tau((row.get("val_tau") or {}).get(m)) for m in ("float32", "bfloat16"))
+                            + " |" if with_tau else ""))
         runs = f"{data['repeats']} runs per precision in alternating order" if data["repeats"] > 1 else "one run each"
         parts.append(f"{_int(data['steps'])} steps, the default recipe, {runs} (median positions/s):\n\n"
                      + "\n".join(lines) + "\n\n" + _sources(name))

@@ -297,6 +297,7 @@ class TrainingStateFile(Shape):
     history: list[dict[str, Any]] = []
     world_size: int = 1
     tokens_trained: int = 0
+    precision: Literal["float32", "bfloat16"] | None = None  # the forward pass's; absent before it was recorded
 
 
 class TrainLogLine(OpenRecord):

@@ -17,6 +17,10 @@ import torch
 _SESSION_HOME = Path(os.environ.get("DSPARK_TEST_SESSION_HOME") or tempfile.mkdtemp(prefix="dspark-test-home-"))
 os.environ["DSPARK_TEST_SESSION_HOME"] = os.environ["DSPARK_HOME"] = str(_SESSION_HOME)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Training's 'auto' precision follows the CPU's bfloat16 instructions; the suite's tolerances (ranks vs one rank,
+# resumed vs uninterrupted, overfitting thresholds) are float32's, and CI's CPU may differ from this one: every
+# test, and every command it starts, trains in float32 unless it asks for bfloat16 (tests/test_training.py does)
+os.environ["DSPARK_CPU_BFLOAT16"] = "0"
 
 from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter  # noqa: E402
 from dspark_core.decoding.sampling import sample  # noqa: E402

@@ -12,7 +12,8 @@ import torch
 from conftest import WithConfidences
 from dspark_core.decoding import DraftModelDrafter, GenerationConfig, PromptLookupDrafter, SpeculativeEngine
 from dspark_core.decoding.scheduler import ScheduleConfig, schedule_lengths, survival, threshold_lengths
-from dspark_core.decoding.step_cost import ProfileConfig, StepCostProfile, ensure_profile, measure_profile
+from dspark_core.decoding.step_cost import (ProfileConfig, StepCostProfile, decoding_profile, ensure_profile,
+                                             measure_profile)
 from dspark_core.decoding.verification import residual_distribution
 from dspark_core.errors import ConfigError
 
@@ -114,6 +115,20 @@ def test_a_pass_runs_at_the_cheapest_measured_width_at_least_as_wide():
     costs = [profile.padded_seconds(1, w / 4) for w in range(4, 25)]
     assert costs == sorted(costs), "what the scheduler is charged never falls as the pass widens"
     assert _profile().padded_width(1, 3) == 3  # cost growing with width: nothing is padded
+    assert profile.padded_width(2, 2) == 2  # a batch size that was not measured: nothing is padded either
+    falling = _profile(rows=(1,), ms=((10, 20, 30, 15),))  # its last slope falls: extrapolation must not
+    assert falling.padded_seconds(1, 6) >= falling.padded_seconds(1, 4)
+    assert profile.pass_cost([2], uncached=[5]) == pytest.approx(profile.seconds(1, 7))  # prompt passes: not padded
+
+
+def test_a_decoding_measures_the_widths_it_pads_to_once_or_goes_without(micro_target, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path))
+    profile = decoding_profile(micro_target, 2)  # one request, widths 1..5; the context fits the model's 256
+    assert profile.rows == [1] and profile.widths == [1, 2, 3, 4, 5] and profile.context_tokens == 251
+    assert decoding_profile(micro_target, 1).measured_at == profile.measured_at  # stored and reused
+    monkeypatch.setattr(type(micro_target), "max_context", property(lambda self: 4))
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path / "other"))
+    assert decoding_profile(micro_target, 2) is None  # no room for a profile: the decoding is simply not padded
 
 
 def test_profile_is_measured_stored_and_rebuilt_when_stale(micro_target):
@@ -203,7 +218,7 @@ def test_padded_passes_decode_exactly_what_unpadded_ones_do(tiny_target, perturb
 
     drafter = {"prompt-lookup": PromptLookupDrafter, "dspark": lambda: DSparkDrafter(_model(tiny_target)),
                "eagle3": lambda: Eagle3Drafter(_eagle3(tiny_target))}[drafter_name]()
-    widest = _profile(rows=(1, 4), ms=(tuple(range(30, 21, -1)), tuple(range(60, 51, -1))))  # 9 columns cheapest
+    widest = _profile(rows=(1, 2), ms=(tuple(range(30, 21, -1)), tuple(range(60, 51, -1))))  # 9 columns cheapest
     widths = []
     forward = tiny_target.forward_features
 

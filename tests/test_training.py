@@ -339,6 +339,10 @@ def test_auto_precision_is_bfloat16_where_the_cpu_multiplies_bfloat16_natively(t
                                progress=False).history
         assert [row["loss"] for row in explicit] == [row["loss"] for row in runs[native]], mode
     assert runs[True] != runs[False]
+    # a run 'auto' started in float32 does not go on in bfloat16 where 'auto' means bfloat16: it is refused, by name
+    monkeypatch.setattr(trainer_module, "cpu_bfloat16_native", lambda: True)
+    with pytest.raises(DsparkError, match="trained in float32 and would continue in bfloat16.*--autocast float32"):
+        train_draft(tiny_target, greedy_cache, tmp_path / "auto-False", TrainConfig(**settings), progress=False)
 
 
 @pytest.mark.parametrize("algorithm", ["dspark", "eagle3"])

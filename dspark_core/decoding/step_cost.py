@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dspark_core.decoding.kv_cache import BatchedKVCache
-from dspark_core.errors import ConfigError
+from dspark_core.errors import ConfigError, DsparkError
 from dspark_core.models.spec import slugify
 from dspark_core.models.target import TargetModel
 from dspark_core.paths import dspark_home, write_json_atomic
@@ -84,20 +84,29 @@ class StepCostProfile:
         (padding columns are masked out, so the result is the same). On CPUs whose BLAS handles 2- or 3-row
         matrix products slowly a 4-token pass can cost less than a 3-token one; where cost grows with width this
         is `width` itself."""
+        if rows not in self.rows:  # the slow shapes are the matrix products' row counts: only where measured
+            return width
         wider = [w for w in self.widths if w > width]
         return min([width, *wider], key=lambda w: (self.seconds(rows, w), w))
 
     def padded_seconds(self, rows: float, width: float) -> float:
         """Cost of a pass of `width` tokens per request as the engine runs it, padded to the cheapest width at
         least as wide (`padded_width`): never more than `seconds(rows, width)`, and non-decreasing in width."""
+        if rows not in self.rows:  # as `padded_width`: no padding where the batch size was not measured
+            return self.seconds(rows, width)
+        if width > self.widths[-1]:  # extrapolated: never below the widest measured pass, whatever the last slope
+            return max(self.seconds(rows, width), self.padded_seconds(rows, self.widths[-1]))
         return min([self.seconds(rows, width), *(self.seconds(rows, w) for w in self.widths if w >= width)])
 
     def pass_cost(self, lengths: Sequence[int], uncached: Sequence[int] | None = None) -> float:
         """Seconds of one round's pass, given each request's verified draft length and how many committed tokens
         each still has to put through the target (1, the anchor, unless a prompt rides along): the pass of
-        B = Σ (uncached + ℓ) tokens over R requests (module docstring), padded as the engine pads it."""
+        B = Σ (uncached + ℓ) tokens over R requests (module docstring), padded as the engine pads it (it does not
+        pad a pass that carries a prompt)."""
         uncached = uncached or [1] * len(lengths)
-        return self.padded_seconds(len(lengths), sum(u + n for u, n in zip(uncached, lengths)) / max(len(lengths), 1))
+        width = sum(u + n for u, n in zip(uncached, lengths)) / max(len(lengths), 1)
+        cost = self.seconds if max(uncached, default=1) > 1 else self.padded_seconds
+        return cost(len(lengths), width)
 
     def table(self) -> tuple[list[str], list[list]]:
         """(columns, rows) for display: median ms of one pass per batch size (rows) and tokens per request."""
@@ -243,10 +252,25 @@ def ensure_profile(target: TargetModel, config: ProfileConfig = ProfileConfig(),
 PADDING_WIDTHS = 2
 
 
-def decoding_profile(target: TargetModel, block_size: int, *, progress: bool = False) -> StepCostProfile:
+def decoding_profile(target: TargetModel, block_size: int, *, progress: bool = False) -> StepCostProfile | None:
     """The profile a decoding of blocks of up to `block_size` drafts pads its passes by (`padded_width`): the stored
-    one when it covers widths up to block_size + 1 + PADDING_WIDTHS, else those widths measured for one request
-    (a few seconds on a CPU for a small model)."""
+    one when it is current and covers one request at widths up to block_size + 1 + PADDING_WIDTHS (whatever context
+    it was measured at), else those widths measured for one request (seconds on a CPU for a small model). None
+    (no padding) where none can be measured: a context too short for it, a home that cannot be written."""
     width = min(ProfileConfig().max_width, block_size + 1 + PADDING_WIDTHS)
-    return ensure_profile(target, ProfileConfig(rows=(1,), max_width=width), progress=progress)[0]
+    path = profile_path(target)
+    if path.exists():
+        try:
+            stored = load_profile(path)
+        except DsparkError:
+            stored = None  # measured again below, replacing the damaged file
+        if stored is not None and stored.stale_reason(target) is None and 1 in stored.rows \
+                and stored.widths[-1] >= width:
+            return stored
+    try:
+        config = ProfileConfig(rows=(1,), max_width=width,
+                               context_tokens=min(ProfileConfig().context_tokens, target.max_context - width))
+        return ensure_profile(target, config, progress=progress)[0]
+    except (ConfigError, OSError):
+        return None
 

@@ -296,13 +296,32 @@ def prepare_micro_batch(data, indices: list[int], seeds: list[int], model: Draft
 def training_step(forward: torch.nn.Module, model: DraftModule, target: TargetModel, micro: MicroBatch,
                   config: TrainConfig, normalizers: LossNormalizers) -> LossTerms:
     """The loss terms of one micro-batch, normalized by the whole step's `normalizers`, under bfloat16 autocast when
-    `config.autocast` asks for it (by default where the hardware multiplies bfloat16 natively). `forward` is what the rank calls (the model, or its
-    DDP/FSDP2 form); `model` the module itself."""
+    `config.autocast` asks for it (by default where the hardware multiplies bfloat16 natively). `forward` is what
+    the rank calls (the model, or its DDP/FSDP2 form); `model` the module itself."""
     device = micro.batch.input_ids.device.type
     if uses_autocast(config, device):
         with torch.autocast(device, dtype=torch.bfloat16):
             return _micro_batch_losses(forward, model, target, micro, config, normalizers)
     return _micro_batch_losses(forward, model, target, micro, config, normalizers)
+
+
+def precision(config: TrainConfig, device_type: str) -> str:
+    """The precision a run's forward pass trains in: 'bfloat16' (autocast) or 'float32'."""
+    return "bfloat16" if uses_autocast(config, device_type) else "float32"
+
+
+def check_resumed_precision(saved: dict, config: TrainConfig, device_type: str, out_dir: Path) -> None:
+    """A run resumes in the precision it started in: 'auto' resolves by the machine (its device and its CPU's
+    bfloat16 instructions), so a saved run moved to other hardware, or saved before 'auto' meant bfloat16 on such
+    CPUs, could otherwise continue in another one."""
+    # states without the field were saved when 'auto' meant bfloat16 on CUDA only
+    before = "bfloat16" if config.autocast == "bfloat16" or (config.autocast == "auto" and device_type == "cuda") \
+        else "float32"
+    started, now = saved.get("precision", before), precision(config, device_type)
+    if started != now:
+        raise DsparkError(f"{out_dir} was trained in {started} and would continue in {now} on this machine "
+                          f"(autocast {config.autocast!r}); pass --autocast {started} to resume it as it started, or "
+                          f"use another output directory")
 
 
 def uses_autocast(config: TrainConfig, device_type: str) -> bool:
@@ -323,7 +342,8 @@ def _micro_batch_losses(forward, model: DraftModule, target: TargetModel, micro:
     # so it is computed once per distinct position (the LM head over the whole vocabulary is the costly part).
     source = (micro.anchors[:, :, None] + torch.arange(gamma, device=ids.device)).clamp_max(ids.shape[1] - 1)
     positions, inverse = torch.unique(rows[0] * ids.shape[1] + source[rows], return_inverse=True)
-    with torch.no_grad():
+    # the labels stay in the target's own precision whatever the draft's forward pass runs in
+    with torch.no_grad(), torch.autocast(ids.device.type, enabled=False):
         distinct = hidden.reshape(-1, hidden.shape[-1])[positions].to(target.dtype)
         if batch.lse is not None:  # the normalizer is known: the draft vocabulary's rows suffice
             target_distribution = TargetDistribution.from_draft_logits(
@@ -494,6 +514,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
             raise DsparkError(
                 f"{out_dir} holds a training run with other settings or data; use another output directory or delete it"
             )
+        check_resumed_precision(saved, config, target.device.type, out_dir)
         model_state, optimizer_state, saved = load_training_state(state_dir)
         run.load_state(model_state, optimizer_state)
         start, batcher.epoch, batcher.cursor = saved["step"], saved["epoch"], saved["cursor"]
@@ -537,7 +558,7 @@ def _train_draft(target, cache, out_dir: Path, config: TrainConfig, validation, 
                 save_training_state(state_dir, model_state, optimizer_state, {
                     "step": done, "epoch": batcher.epoch, "cursor": batcher.cursor, "config": config.to_dict(),
                     "cache": str(cache.path), "history": history, "world_size": world.size,
-                    "tokens_trained": tokens_trained,
+                    "tokens_trained": tokens_trained, "precision": precision(config, target.device.type),
                 })
             last_good = done
         bar.update(1)
