@@ -49,7 +49,8 @@ def _tau(value: float | None) -> str:
 
 # ---- the tables -------------------------------------------------------------------------------------------------
 _LADDER_FILES = ("ladder-first-rungs-cpu.json", "ladder-reference-rungs-cpu.json",
-                 "ladder-reference-rungs-eagle3-cpu.json", "ladder-eagle3-and-depths-cpu.json")
+                 "ladder-reference-rungs-eagle3-cpu.json", "ladder-eagle3-and-depths-cpu.json",
+                 "ladder-dflash-depth-5-cpu.json")
 _LADDER_RUNGS = [
     ("cpu", "`cpu` preset"),
     ("no-regression", "no hidden-state regression"),
