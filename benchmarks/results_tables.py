@@ -353,7 +353,7 @@ def verify_cost() -> str:
 def headline() -> str:
     """A few numbers that say where the platform stands, each from its result file (the docs' results page has the
     tables behind them, with commands, commits and machines)."""
-    drafters_data = _load("drafters-cpu-bf16data.json")["results"]
+    drafters_data = _load("drafters-cpu-bf16train.json")["results"]
     runs = [drafters_data[key] for key in ("dspark", "dflash", "eagle3")]
     gamma4 = [drafters_data[f"{key} γ=4"] for key in ("dspark", "dflash", "eagle3")]
     every = list(drafters_data.values())
@@ -391,7 +391,7 @@ def headline() -> str:
         "| training in bfloat16 vs float32 (DSpark / DFlash / Eagle3) | "
         + " / ".join(f"{precision[a]['speedup']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " positions/s |",
     ]
-    files = ["drafters-cpu-bf16data.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
+    files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
              "serving-cpu.json", "train-precision-cpu.json"]
     return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
             + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
@@ -400,6 +400,7 @@ def headline() -> str:
 TABLES: dict[str, Callable[[], str]] = {
     "ladder": ladder, "ladder-depths": ladder_depths, "continual": continual, "warm-start": warm_start,
     "drafters-bf16data": drafters("drafters-cpu-bf16data.json"), "drafters-66k": drafters("drafters-cpu.json"),
+    "drafters-bf16train": drafters("drafters-cpu-bf16train.json"),
     "dspark-variants": dspark_variants, "recipe-levers": recipe_levers, "serving": serving, "ranks": ranks,
     "utilisation": utilisation, "train-precision": train_precision, "headline": headline,
     "verify-cost": verify_cost, "serving-drafting": serving_drafting,
