@@ -11,6 +11,8 @@ back the token just drawn.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 
 from dspark_core.decoding.drafter import DraftProposal, DraftRequest, Drafter
@@ -66,8 +68,7 @@ def _pending(request_ids: list[int], features: list) -> list[tuple[int, object]]
 
 def _segments(counts: list[int]) -> list[slice]:
     """Consecutive slices of the given lengths: each request's part of positions packed one after another."""
-    ends = torch.tensor(counts).cumsum(0).tolist()
-    return [slice(end - n, end) for end, n in zip(ends, counts)]
+    return [slice(end - n, end) for end, n in zip(accumulate(counts), counts)]
 
 
 class DSparkDrafter(Drafter):
