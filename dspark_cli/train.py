@@ -80,6 +80,7 @@ def train_command(
     checkpoint_every: int = core_option(TrainConfig, "checkpoint_every", "--checkpoint-every"),
     log_every: int = core_option(TrainConfig, "log_every", "--log-every"),
     autocast: str = core_option(TrainConfig, "autocast", "--autocast"),
+    compile_step: bool = core_option(TrainConfig, "compile", "--compile/--no-compile"),
     seed: int = core_option(TrainConfig, "seed", "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: auto; under "
                                          "torchrun each rank's own GPU)."),
@@ -98,7 +99,7 @@ def train_command(
         "block_size": block_size, "head": head, "head_rank": head_rank, "draft_vocab_size": draft_vocab,
         "mask_token": mask_token, "qk_norm": qk_norm, "anchor_state": anchor_state,
         "sample_from_anchor": sample_from_anchor, "checkpoint_every": checkpoint_every, "log_every": log_every,
-        "autocast": autocast, "seed": seed, "layer_ids": comma_ints(draft_layers)},
+        "autocast": autocast, "compile": compile_step, "seed": seed, "layer_ids": comma_ints(draft_layers)},
         {"ce": ce, "tv": tv, "conf": conf, "decay": decay, "feature": feature, "ce_target": ce_target})
     if warm_start is not None:  # the parent's shape fills what the command line left unset
         parent = read_parent(warm_start)
@@ -141,7 +142,7 @@ def train_command(
 
 #: the command's parameter names of TrainConfig / LossWeights fields whose names differ
 _PARAMETERS = {"algorithm": "drafter", "anchors_per_sequence": "anchors", "warmup_steps": "warmup",
-               "draft_vocab_size": "draft_vocab", "layer_ids": "draft_layers"}
+               "draft_vocab_size": "draft_vocab", "layer_ids": "draft_layers", "compile": "compile_step"}
 
 
 def _given(ctx: typer.Context, settings: dict, loss: dict) -> dict:

@@ -13,6 +13,7 @@ the same batch on any number of ranks and a run resumes on another number.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -112,6 +113,8 @@ class TrainConfig:
                                     "(AVX-512 BF16, AMX: 1.4-1.6x the positions/s at the same held-out tau), "
                                     "float32 on other CPUs",
                             choices=("auto", "bfloat16", "float32"))
+    compile: bool = setting(False, "Compile the draft's training forward with torch.compile (inductor: C++ on a CPU, "
+                                   "Triton on CUDA); the first steps pay the compilation")
     seed: int = setting(0, "Seed of initialization and data order")
     log_every: int = setting(10, "Log metrics every N steps", min=1)
     checkpoint_every: int = setting(50, "Save the resumable training state every N steps", min=1)
@@ -149,7 +152,8 @@ class TrainConfig:
 #: settings added after training runs were first saved ("loss.x": a LossWeights field), with the value a saved
 #: run without them trained with
 SETTINGS_BEFORE_THEY_EXISTED = {"sample_from_anchor": True, "warmup_ratio": None, "adam_beta1": 0.9,
-                                "adam_beta2": 0.95, "loss.ce_target": "token", "warm_start": None, "autocast": "auto"}
+                                "adam_beta2": 0.95, "loss.ce_target": "token", "warm_start": None, "autocast": "auto",
+                                "compile": False}
 
 
 def _flat(settings: dict) -> dict:
@@ -353,13 +357,21 @@ def _micro_batch_losses(forward, model: DraftModule, target: TargetModel, micro:
                        for chunk in distinct.split(TARGET_ROWS_PER_CHUNK)]
             target_distribution = TargetDistribution(torch.cat([r.draft_probs for r in reduced]),
                                                      torch.cat([r.outside for r in reduced])).index(inverse)
-    return draft_losses(
+    losses = compiled_draft_losses() if config.compile else draft_losses
+    return losses(
         logits[rows], target_distribution, micro.targets[rows], rows[2], model.draft_vocab, gamma, config.loss,
         None if confidence is None else confidence[rows],
         draft_hidden=hidden_out[0][rows] if regress else None,
         target_hidden=hidden.reshape(-1, hidden.shape[-1])[positions][inverse] if regress else None,
         normalizers=normalizers,
     )
+
+
+@functools.cache
+def compiled_draft_losses() -> Callable[..., LossTerms]:
+    """`draft_losses` compiled once per process: its softmaxes and distances over [rows, draft vocabulary] fuse
+    into a few loops (the number of rows changes every step: compiled for dynamic shapes)."""
+    return torch.compile(draft_losses, dynamic=True)
 
 
 class DraftTraining:
@@ -374,6 +386,8 @@ class DraftTraining:
         self.per_rank, self.micro_size = self.parallel.plan(config.batch_size, self.world)
         self.model = build_model(target, data, config)
         self.forward = distribute(self.model, self.world, self.parallel)
+        if config.compile:  # in place: the wrapper DDP/FSDP2 made stays what `accumulating` recognises
+            self.forward.compile(dynamic=None)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.parameters, config)
         self.tokens_last_step = 0
