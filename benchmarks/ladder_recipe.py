@@ -43,7 +43,7 @@ from dspark_core.provenance import provenance
 from dspark_core.recipes.evaluation import EvalConfig, evaluate
 from dspark_core.training.budget import seconds_per_step
 from dspark_core.training.presets import apply_preset, ladder, train_config
-from dspark_core.training.trainer import TrainConfig, model_layer_ids, train_draft
+from dspark_core.training.trainer import TrainConfig, model_layer_ids, same_settings, settings_identity, train_draft
 
 console = Console(width=170)
 
@@ -53,8 +53,9 @@ def config_of(settings: dict) -> TrainConfig:
 
 
 def effective(config: TrainConfig, cache: FeatureCache) -> str:
-    """What a run trains, as a key: layers resolved against the cache, the length cut to the cache's."""
-    settings = config.to_dict()
+    """What a run trains, as a key: layers resolved against the cache, the length cut to the cache's; settings added
+    to the trainer later, at the value runs trained with before them, leave it unchanged."""
+    settings = settings_identity(config)
     settings["layer_ids"] = list(model_layer_ids(cache, config))
     settings["max_length"] = min(config.max_length, int(cache.manifest.get("max_length") or config.max_length))
     return json.dumps(settings, sort_keys=True)
@@ -90,8 +91,8 @@ def decode(target, checkpoint: Path, prompts, temperature: float, baselines: dic
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="smollm2-135m")
-    parser.add_argument("--cache", required=True, help="feature cache: its train split trains, its validation split "
-                                                       "judges every run")
+    parser.add_argument("--cache", help="feature cache: its train split trains, its validation split judges every "
+                                        "run (not needed with --draft-cost: the results file names it)")
     parser.add_argument("--drafters", default="dspark,dflash,eagle3")
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every run (equal steps)")
     parser.add_argument("--budget-min", type=float, default=None,
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.draft_cost:
         return remeasure_draft_cost(args.draft_cost, args.target, args.repeats)
+    if not args.cache:
+        parser.error("--cache is required (the feature cache the ladder trains on and judges with)")
 
     target = load_target(args.target)
     train_cache = FeatureCache(args.cache, target_revision=target.revision, split="train")
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = train_draft(target, train_cache, dspark_home() / "ladder" / f"{run['drafter']}-{run['rung']}-{key}",
                               config, validation=validation, progress=False)
         final = trained.final_metrics
-        entry = {**run, "steps": config.steps, "train_minutes": (time.perf_counter() - started) / 60,
+        entry = {**run, "draft": str(trained.checkpoint), "steps": config.steps, "train_minutes": (time.perf_counter() - started) / 60,
                  "val_tau": final.get("val_tau"),
                  "val_accept": [final.get(f"val_accept_{k}") for k in range(1, config.block_size + 1)]}
         if prompts:
@@ -161,10 +164,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def checkpoint_of(entry: dict, cache: FeatureCache) -> Path:
-    """Where a results entry's run wrote its draft (the run directory is keyed by what it trained)."""
+    """Where a results entry's run wrote its draft: recorded in the entry (files written since it was), else the
+    run directory of that drafter and rung whose draft was trained with the entry's settings on the same cache
+    (directory keys of older files were computed from the trainer's settings of the day)."""
+    if entry.get("draft") and (Path(entry["draft"]) / "config.json").exists():
+        return Path(entry["draft"])
     config = config_of(entry["settings"])
-    key = hashlib.sha256(effective(config, cache).encode() + str(cache.path).encode()).hexdigest()[:10]
-    return dspark_home() / "ladder" / f"{entry['drafter']}-{entry['rung']}-{key}" / "draft"
+    for run_dir in sorted((dspark_home() / "ladder").glob(f"{entry['drafter']}-{entry['rung']}-*")):
+        saved = run_dir / "draft" / "config.json"
+        if saved.exists():
+            training = json.loads(saved.read_text()).get("training", {})
+            if training.get("cache") == str(cache.path) and same_settings(training, config):
+                return run_dir / "draft"
+    raise SystemExit(f"no draft of {entry['drafter']} at rung {entry['rung']} trained on {cache.path} with the "
+                     f"settings the results file records under {dspark_home() / 'ladder'}; run --draft-cost with the "
+                     f"DSPARK_HOME the ladder trained in")
 
 
 def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:

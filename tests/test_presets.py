@@ -205,3 +205,35 @@ def test_the_ladder_compares_dspark_depths_with_eagle3_at_equal_draft_cost(capsy
         ("dflash", 5, 1.5, 1.4, 1.5), ("dspark", 1, 0.5, 1.3, 1.5), ("dspark", 4, 2.0, 1.6, 1.5)]
     ladder_recipe.print_table(results)
     assert "reference-depth-4" in capsys.readouterr().out
+
+
+def test_the_ladder_finds_each_results_entrys_draft_again(tmp_path, monkeypatch):
+    """`--draft-cost` re-times the drafts a results file describes: by the path an entry records, else (files
+    written before entries recorded it) by the run directory of that drafter and rung whose saved training settings
+    and cache are the entry's, whatever that directory's key; none: a message naming the home to run it in."""
+    import json
+    import sys
+    import types
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import ladder_recipe
+
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path))
+    cache = types.SimpleNamespace(path=tmp_path / "cache")
+    entry = {"drafter": "dspark", "rung": "cpu", "settings": {"algorithm": "dspark", "steps": 300}}
+
+    def trained(key: str, **settings) -> Path:
+        draft = tmp_path / "ladder" / f"dspark-cpu-{key}" / "draft"
+        draft.mkdir(parents=True)
+        config = ladder_recipe.config_of({**entry["settings"], **settings}).to_dict()
+        (draft / "config.json").write_text(json.dumps({"training": {**config, "cache": str(cache.path)}}))
+        return draft
+
+    trained("0-other-steps", steps=200)
+    with pytest.raises(SystemExit, match="no draft of dspark at rung cpu.*DSPARK_HOME"):
+        ladder_recipe.checkpoint_of(entry, cache)
+    match = trained("1-its-settings")
+    assert ladder_recipe.checkpoint_of(entry, cache) == match
+    recorded = trained("2-recorded", steps=200)
+    assert ladder_recipe.checkpoint_of({**entry, "draft": str(recorded)}, cache) == recorded
