@@ -9,7 +9,9 @@ Achieved: FLOPs of one run of each stage counted by torch's FLOP counter (`torch
 multiplies, attention, in forward and backward; elementwise work, the optimizer and data movement are not
 counted, so the figure is a floor), divided by its median wall time:
 
-  * a training step of each drafter (collation, forward, backward, clipping, optimizer), at the default recipe;
+  * a training step of each drafter (collation, forward, backward, clipping, optimizer), at the default recipe,
+    in each of --train-modes (float32 and bfloat16 autocast, eager and compiled), on the same batch; utilisation
+    against the attainable figure of the precision the step's matmuls run in;
   * a feature-cache pass of the target over one 512-token sequence (its layers tapped);
   * a verification pass (R requests × w tokens on a 256-token KV cache, then the LM head), as the engine runs it;
   * a draft round of the DSpark drafter for R = 1 and R = 8 requests (one batched pass).
@@ -18,7 +20,7 @@ Utilisation = achieved / attainable at the large shape, same dtype. On a GPU the
 
 Usage:
   python benchmarks/bench_utilisation.py --cache CACHE [--target smollm2-135m] [--drafters dspark,dflash,eagle3]
-         [--out benchmarks/results/utilisation-cpu.json]
+         [--train-modes float32,bfloat16,bfloat16+compile] [--out benchmarks/results/utilisation-cpu.json]
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def attainable(device: torch.device, hidden: int, intermediate: int, draft_vocab
     return rows
 
 
-def stage(name: str, run: Callable[[], object], device: torch.device, roof: float, **extra) -> dict:
-    flops = counted_flops(run)
+def stage(name: str, run: Callable[[], object], device: torch.device, roof: float, flops: int | None = None,
+          **extra) -> dict:
+    """One stage's row: its FLOPs (counted from one call unless given), median time, GFLOP/s and share of `roof`."""
+    flops = counted_flops(run) if flops is None else flops
     seconds = timed(run, device)
     achieved = flops / seconds / 1e9
     return {"stage": name, "gflop": flops / 1e9, "ms": seconds * 1e3, "gflops": achieved,
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="smollm2-135m")
     parser.add_argument("--drafters", default="dspark,dflash,eagle3")
     parser.add_argument("--draft-vocab", type=int, default=4096)
+    parser.add_argument("--train-modes", default="float32,bfloat16,bfloat16+compile",
+                        help="training steps timed in each '<autocast>[+compile]' (dspark train --autocast, --compile)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/utilisation-cpu.json"))
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from dspark_core.models.target import TargetFeatures
     from dspark_core.paths import write_json_atomic
     from dspark_core.provenance import provenance
-    from dspark_core.training.trainer import Batcher, DraftTraining, TrainConfig
+    from dspark_core.training.trainer import Batcher, DraftTraining, TrainConfig, precision
 
     console = Console(highlight=False)
     started_at = provenance()
@@ -122,17 +128,26 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = FeatureCache(args.cache, target_revision=target.revision, split="train")
     for algorithm in [d.strip() for d in args.drafters.split(",") if d.strip()]:
-        train_config = TrainConfig(algorithm=algorithm, draft_vocab_size=args.draft_vocab, steps=100)
-        run = DraftTraining(target, cache, train_config)
-        batcher, step = Batcher(len(cache), train_config.batch_size, 0), [0]
+        flops = None
+        for mode in [m.strip() for m in args.train_modes.split(",") if m.strip()]:
+            autocast, _, compiled = mode.partition("+")
+            train_config = TrainConfig(algorithm=algorithm, draft_vocab_size=args.draft_vocab, steps=100,
+                                       autocast=autocast, compile=compiled == "compile")
+            run = DraftTraining(target, cache, train_config)
+            batcher = Batcher(len(cache), train_config.batch_size, 0)
+            for number in range(3):  # warm-up on batches of three lengths: a compiled step has its dynamic graph
+                run.step(number, batcher.next())
+            fixed, step = batcher.next(), [3]  # the same batch in every mode (the same seeded order)
 
-        def one_step():
-            run.step(step[0], batcher.next())
-            step[0] += 1
+            def one_step():
+                run.step(step[0], fixed)
+                step[0] += 1
 
-        dtype = str(next(run.model.parameters()).dtype).removeprefix("torch.")
-        stages.append(stage(f"training step: {algorithm}", one_step, device, roof[dtype], dtype=dtype,
-                            batch_size=train_config.batch_size))
+            if flops is None:  # the modes do the same arithmetic; count it once, eagerly (compiled kernels hide it)
+                flops = counted_flops(one_step)
+            dtype = precision(train_config, device.type)
+            stages.append(stage(f"training step: {algorithm}, {dtype}{', compiled' if compiled else ''}", one_step,
+                                device, roof[dtype], dtype=dtype, batch_size=train_config.batch_size, flops=flops))
 
     generator = torch.Generator().manual_seed(0)
     sequence = torch.randint(0, target.vocab_size, (1, 512), generator=generator).to(device)

@@ -330,6 +330,25 @@ def train_precision() -> str:
     return "\n".join(parts)
 
 
+def train_compile() -> str:
+    """`bench_train_compile.py`: training positions/s, loss, whole-command seconds and held-out τ per drafter, eager
+    and compiled, in float32 and bfloat16 autocast, against eager float32."""
+    data = _load("train-compile-cpu.json")
+    base = data["modes"][0]
+    lines = [f"| drafter | mode | positions/s | speed-up vs {base} | largest loss deviation | command s "
+             f"({_int(data['steps'])} steps) | final loss | held-out τ |", "|---|---|---|---|---|---|---|---|"]
+    for algorithm in (a for a in _DRAFTER_NAMES if a in data["results"]):
+        row = data["results"][algorithm]
+        for mode in data["modes"]:
+            lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {mode.replace('+', ', ')} | "
+                         f"{_int(row['positions_per_s'][mode])} | {row['speedup'][mode]:.2f}× | "
+                         f"{row['max_loss_deviation'][mode]:.3%} | {row['command_s'][mode]:.0f} | "
+                         f"{row['final_loss'][mode]:.4f} | {_tau(row['val_tau'][mode])} |")
+    runs = f"{data['repeats']} runs per mode in alternating order" if data["repeats"] > 1 else "one run each"
+    return (f"{_int(data['steps'])} steps, the default recipe, {runs} (median positions/s; every compiled run from an "
+            f"empty inductor cache):\n\n" + "\n".join(lines) + "\n\n" + _sources("train-compile-cpu.json"))
+
+
 def verify_cost() -> str:
     """`bench_verify_cost.py`: a verification pass of w tokens as the profile times it and as decoding pays it, by
     context; then decoding at fixed γ with passes plain and padded to the profile's cheapest width."""
@@ -403,6 +422,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "drafters-bf16train": drafters("drafters-cpu-bf16train.json"),
     "dspark-variants": dspark_variants, "recipe-levers": recipe_levers, "serving": serving, "ranks": ranks,
     "utilisation": utilisation, "train-precision": train_precision, "headline": headline,
+    "train-compile": train_compile,
     "verify-cost": verify_cost, "serving-drafting": serving_drafting,
 }
 

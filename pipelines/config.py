@@ -102,6 +102,7 @@ class DraftTrainingConfig(CoreConfig):
     sample_from_anchor: bool | None = core_field(TrainConfig, "sample_from_anchor")
     seed: int = core_field(TrainConfig, "seed")
     autocast: str = core_field(TrainConfig, "autocast")
+    compile: bool = core_field(TrainConfig, "compile")
     continue_from: str = Field(default="auto", description=(
         "Where training starts: 'auto' (continue from the base model's champion when it is this drafter, else from "
         "this drafter's newest registered version, else from scratch; a version of another shape than the "
