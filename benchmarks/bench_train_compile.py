@@ -52,6 +52,7 @@ def main() -> int:
     from dspark_core.recipes.features import find_cache
 
     cache = find_cache(args.target, args.dataset)  # a clear error when there is none yet
+    started_at = provenance()  # the code the runs ran, not what was committed while they ran
     algorithms, modes = args.algorithms.split(","), args.modes.split(",")
     for mode in modes:
         if mode.split("+")[0] not in ("float32", "bfloat16") or mode.count("+") > 1 or \
@@ -86,7 +87,7 @@ def main() -> int:
     write_json_atomic(args.out, {
         "benchmark": "bench_train_compile",
         "command": " ".join(["python", "benchmarks/bench_train_compile.py", *sys.argv[1:]]),
-        **provenance(), "cpu_cores": os.cpu_count(), "target": args.target, "cache": str(cache),
+        **started_at, "cpu_cores": os.cpu_count(), "target": args.target, "cache": str(cache),
         "steps": args.steps, "repeats": args.repeats, "modes": modes, "results": summary, "runs": runs,
     })
     table = Table(title=f"training, {args.target}, default recipe, {args.steps} steps: eager vs compiled")

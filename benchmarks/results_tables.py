@@ -87,24 +87,36 @@ _DEPTHS_FILE = "ladder-eagle3-and-depths-cpu.json"
 def ladder_depths() -> str:
     """DSpark at the reference recipe by depth (depth 1: the `anchors` rung, 5: the reference itself) beside Eagle3
     at its reference rung: held-out τ, acceptance per position, training seconds per step and draft ms per round."""
-    runs = _load(_DEPTHS_FILE)["results"]
+    data = _load(_DEPTHS_FILE)
+    runs = data["results"]
     by_rung = {(run["drafter"], run["rung"]): run for run in runs}
     rows = [(f"DSpark, depth {depth}", by_rung.get(("dspark", rung))) for depth, rung in
             [(1, "anchors"), (2, "reference-depth-2"), (3, "reference-depth-3"), (4, "reference-depth-4"),
              (5, "depth-5")]]
     rows.append(("Eagle3, reference (soft CE, every position, 7 steps)", by_rung.get(("eagle3", "soft-ce"))))
-    lines = ["| draft | held-out τ | acceptance @1..7 | training s/step | draft ms/round (decoding) |",
-             "|---|---|---|---|---|"]
+    timed = "re-timed alone" if "draft_cost_command" in data else "while decoding"
+    eagle3 = by_rung.get(("eagle3", "soft-ce"))
+    lines = [f"| draft | held-out τ | acceptance @1..7 | training s/step | draft ms/round ({timed}) | "
+             "draft cost vs Eagle3's |", "|---|---|---|---|---|---|"]
+
+    def draft_ms(run: dict | None) -> float | None:
+        if run is None:
+            return None
+        return run.get("quiet_draft_ms_per_round") or run.get("greedy", {}).get("draft_ms_per_round")
+
     for label, run in rows:
         if run is None:
-            lines.append(f"| {label} | not run | | | |")
+            lines.append(f"| {label} | not run | | | | |")
             continue
         accept = " / ".join("–" if a is None else f"{a:.2f}" for a in run["val_accept"])
         per_step = run["train_minutes"] * 60 / run["steps"]
-        draft = run.get("quiet_draft_ms_per_round") or run.get("greedy", {}).get("draft_ms_per_round")
+        draft, reference = draft_ms(run), draft_ms(eagle3)
         lines.append(f"| {label} | {_tau(run['val_tau'])} | {accept} | {per_step:.2f} | "
-                     + ("–" if draft is None else f"{draft:.1f}") + " |")
-    return "\n".join(lines) + "\n\n" + _sources(_DEPTHS_FILE)
+                     + ("–" if draft is None else f"{draft:.1f}") + " | "
+                     + ("–" if draft is None or not reference else f"{draft / reference:.2f}×") + " |")
+    command = (f"The draft ms per round were timed again, every draft in turn on the same prompts, alone on the machine: "
+               f"`{data['draft_cost_command']}`.\n\n" if "draft_cost_command" in data else "")
+    return "\n".join(lines) + "\n\n" + command + _sources(_DEPTHS_FILE)
 
 
 def continual() -> str:
@@ -393,6 +405,7 @@ def headline() -> str:
     best_spec = max((row for (method, r), row in serving_rows.items() if r == 8 and method != "autoregressive"),
                     key=lambda row: row["aggregate_tokens_per_s"])
     precision = _load("train-precision-cpu.json")["results"]
+    compiled = _load("train-compile-cpu.json")["results"]
     lines = [
         "| on SmolLM2-135M, 2 CPU cores | result |", "|---|---|",
         f"| greedy output identical to the target's own | {identical} of {len(every)} runs of the drafters benchmark |",
@@ -408,10 +421,12 @@ def headline() -> str:
         f"{serving_rows['autoregressive', 8]['aggregate_tokens_per_s']:.0f}, best speculative "
         f"{best_spec['aggregate_tokens_per_s']:.0f} ({best_spec['method']}) |",
         "| training in bfloat16 vs float32 (DSpark / DFlash / Eagle3) | "
-        + " / ".join(f"{precision[a]['speedup']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " positions/s |",
+        + " / ".join(f"{precision[a]['speedup']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " positions/s; "
+        "compiled (`--compile`) too: "
+        + " / ".join(f"{compiled[a]['speedup']['bfloat16+compile']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " |",
     ]
     files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
-             "serving-cpu.json", "train-precision-cpu.json"]
+             "serving-cpu.json", "train-precision-cpu.json", "train-compile-cpu.json"]
     return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
             + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
 
