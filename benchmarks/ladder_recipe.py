@@ -191,7 +191,7 @@ def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:
     saved = json.loads(path.read_text())
     target = load_target(target_spec)
     cache = FeatureCache(saved["cache"], target_revision=target.revision, split="train")
-    prompts = eval_prompts(target, load_suite("heldout-v1").selected(6).records)
+    prompts = [prompt.ids for prompt in eval_prompts(target, load_suite("heldout-v1").selected(6).records)]
     drafters = [load_drafter(checkpoint_of(entry, cache), target) for entry in saved["results"]]
     timings: list[list[float]] = [[] for _ in drafters]
     for _ in range(repeats):

@@ -237,3 +237,28 @@ def test_the_ladder_finds_each_results_entrys_draft_again(tmp_path, monkeypatch)
     assert ladder_recipe.checkpoint_of(entry, cache) == match
     recorded = trained("2-recorded", steps=200)
     assert ladder_recipe.checkpoint_of({**entry, "draft": str(recorded)}, cache) == recorded
+
+
+def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greedy_cache, tmp_path, monkeypatch):  # noqa: F811
+    """`--draft-cost FILE`: every draft the file lists decodes the same prompts again; the median draft ms per round
+    is written beside its entry, with the command, and the file stays a results file."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from dspark_core.training.trainer import train_draft
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    import ladder_recipe
+
+    monkeypatch.setenv("DSPARK_HOME", str(tmp_path))
+    config = TrainConfig(algorithm="dspark", steps=2, draft_vocab_size=256, head_rank=16, anchors_per_sequence=4)
+    draft = train_draft(tiny_target, greedy_cache, tmp_path / "run", config, progress=False).checkpoint
+    results = tmp_path / "ladder.json"
+    entry = {"drafter": "dspark", "rung": "cpu", "settings": {"algorithm": "dspark"}, "draft": str(draft),
+             "steps": 2, "train_minutes": 0.1, "val_tau": 1.0, "val_accept": [0.0] * 4}
+    results.write_text(json.dumps({"cache": str(greedy_cache.path), "results": [entry]}))
+    assert ladder_recipe.main(["--draft-cost", str(results), "--target", TINY, "--repeats", "1"]) == 0
+    saved = json.loads(results.read_text())
+    assert saved["results"][0]["quiet_draft_ms_per_round"] > 0
+    assert saved["draft_cost_command"].startswith("python benchmarks/ladder_recipe.py") and saved["equal_draft_cost"] == []
