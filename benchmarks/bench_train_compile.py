@@ -26,14 +26,13 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train_ranks import timed_training, training_arguments, use_home  # noqa: E402
+from bench_train_ranks import alternating, timed_training, training_arguments, use_home  # noqa: E402
 
 console = Console(width=160)
 RESULTS = Path(__file__).parent / "results"
@@ -58,16 +57,8 @@ def main() -> int:
         if mode.split("+")[0] not in ("float32", "bfloat16") or mode.count("+") > 1 or \
                 ("+" in mode and not mode.endswith("+compile")):
             parser.error(f"mode {mode!r}: write '<float32|bfloat16>[+compile]'")
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-train-compile-") as scratch:
-        for algorithm in algorithms:
-            for repeat in range(args.repeats):
-                for mode in modes if repeat % 2 == 0 else modes[::-1]:
-                    out = Path(scratch) / f"{algorithm}-{mode}-{repeat}"
-                    runs.append({"algorithm": algorithm, "mode": mode, "repeat": repeat,
-                                 **_timed_training(args, algorithm, mode, out, Path(scratch) / f"inductor-{out.name}")})
-                    console.print(f"{algorithm}, {mode}, repeat {repeat}: {runs[-1]['positions_per_s']:.0f} "
-                                  f"positions/s, {runs[-1]['launch_s']:.0f} s, final loss {runs[-1]['losses'][-1]:.4f}")
+    runs = alternating(algorithms, modes, args.repeats, lambda algorithm, mode, out: _timed_training(
+        args, algorithm, mode, out, out.parent / f"inductor-{out.name}"), prefix="bench-train-compile-")
     summary = {}
     for algorithm in algorithms:
         mine = [r for r in runs if r["algorithm"] == algorithm]

@@ -21,14 +21,13 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train_ranks import timed_training, training_arguments, use_home  # noqa: E402
+from bench_train_ranks import alternating, timed_training, training_arguments, use_home  # noqa: E402
 
 console = Console(width=150)
 RESULTS = Path(__file__).parent / "results"
@@ -46,16 +45,8 @@ def main() -> int:
 
     cache = find_cache(args.target, args.dataset)  # a clear error when there is none yet
     algorithms = args.algorithms.split(",")
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-train-precision-") as scratch:
-        for algorithm in algorithms:
-            for repeat in range(args.repeats):
-                for mode in MODES if repeat % 2 == 0 else MODES[::-1]:
-                    out = Path(scratch) / f"{algorithm}-{mode}-{repeat}"
-                    runs.append({"algorithm": algorithm, "autocast": mode, "repeat": repeat,
-                                 **_timed_training(args, algorithm, mode, out)})
-                    console.print(f"{algorithm}, {mode}, repeat {repeat}: {runs[-1]['positions_per_s']:.0f} "
-                                  f"positions/s, final loss {runs[-1]['losses'][-1]:.4f}")
+    runs = alternating(algorithms, list(MODES), args.repeats, lambda algorithm, mode, out: _timed_training(
+        args, algorithm, mode, out), prefix="bench-train-precision-", key="autocast")
     summary = {}
     for algorithm in algorithms:
         mine = [r for r in runs if r["algorithm"] == algorithm]

@@ -65,16 +65,8 @@ def main() -> int:
 
     cache = find_cache(args.target, args.dataset)  # a clear error when there is none yet
     ranks = [int(n) for n in args.ranks.split(",")]
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="bench-train-ranks-") as scratch:
-        for algorithm in args.algorithms.split(","):
-            for repeat in range(args.repeats):
-                for count in ranks if repeat % 2 == 0 else ranks[::-1]:
-                    out = Path(scratch) / f"{algorithm}-{count}-{repeat}"
-                    runs.append({"algorithm": algorithm, "ranks": count, "repeat": repeat,
-                                 **_timed_training(args, algorithm, count, out)})
-                    console.print(f"{algorithm}, {count} rank(s), repeat {repeat}: "
-                                  f"{runs[-1]['positions_per_s']:.0f} positions/s (launch {runs[-1]['launch_s']:.0f} s)")
+    runs = alternating(args.algorithms.split(","), ranks, args.repeats, lambda algorithm, count, out: _timed_training(
+        args, algorithm, count, out), prefix="bench-train-ranks-", key="ranks")
     summary = {}
     for algorithm in args.algorithms.split(","):
         rows = {str(count): statistics.median(r["positions_per_s"] for r in runs
@@ -102,6 +94,22 @@ def main() -> int:
 
 def _timed_training(args, algorithm: str, ranks: int, out: Path) -> dict:
     return timed_training(args, algorithm, out, ["--nproc", str(ranks)] if ranks > 1 else [])
+
+
+def alternating(algorithms: list[str], modes: list[str], repeats: int, run_one, prefix: str,
+                key: str = "mode") -> list[dict]:
+    """Every (drafter, mode) run `repeats` times, the modes in reverse order every other round (so that drift in the
+    machine's speed hits them alike); `run_one(algorithm, mode, out)` trains one into the fresh directory `out`."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        for algorithm in algorithms:
+            for repeat in range(repeats):
+                for mode in modes if repeat % 2 == 0 else modes[::-1]:
+                    out = Path(scratch) / f"{algorithm}-{mode}-{repeat}"  # (a mode: a string, or e.g. a rank count)
+                    runs.append({"algorithm": algorithm, key: mode, "repeat": repeat, **run_one(algorithm, mode, out)})
+                    console.print(f"{algorithm}, {mode}, repeat {repeat}: {runs[-1]['positions_per_s']:.0f} "
+                                  f"positions/s, {runs[-1]['launch_s']:.0f} s, final loss {runs[-1]['losses'][-1]:.4f}")
+    return runs
 
 
 def timed_training(args, algorithm: str, out: Path, options: list[str]) -> dict:

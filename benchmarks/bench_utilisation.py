@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="training steps timed in each '<autocast>[+compile]' (dspark train --autocast, --compile)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/utilisation-cpu.json"))
     args = parser.parse_args(argv)
+    if args.train_modes.split(",")[0].endswith("+compile"):  # its FLOPs are counted; compiled kernels hide them
+        parser.error("--train-modes: the first mode must be eager (its step's FLOPs are counted for every mode)")
     from rich.console import Console
     from rich.table import Table
 

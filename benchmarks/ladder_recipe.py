@@ -163,43 +163,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def checkpoint_of(entry: dict, cache: FeatureCache) -> Path:
+def checkpoint_of(entry: dict, cache_path: str) -> Path:
     """Where a results entry's run wrote its draft: recorded in the entry (files written since it was), else the
-    run directory of that drafter and rung whose draft was trained with the entry's settings on the same cache
-    (directory keys of older files were computed from the trainer's settings of the day)."""
+    newest run directory of that drafter and rung whose draft was trained with the entry's settings on the same
+    cache (directory keys of older files were computed from the trainer's settings of the day)."""
     if entry.get("draft") and (Path(entry["draft"]) / "config.json").exists():
         return Path(entry["draft"])
     config = config_of(entry["settings"])
-    for run_dir in sorted((dspark_home() / "ladder").glob(f"{entry['drafter']}-{entry['rung']}-*")):
+    matching = []
+    for run_dir in (dspark_home() / "ladder").glob(f"{entry['drafter']}-{entry['rung']}-*"):
         saved = run_dir / "draft" / "config.json"
         if saved.exists():
             training = json.loads(saved.read_text()).get("training", {})
-            if training.get("cache") == str(cache.path) and same_settings(training, config):
-                return run_dir / "draft"
-    raise SystemExit(f"no draft of {entry['drafter']} at rung {entry['rung']} trained on {cache.path} with the "
-                     f"settings the results file records under {dspark_home() / 'ladder'}; run --draft-cost with the "
-                     f"DSPARK_HOME the ladder trained in")
+            if training.get("cache") == str(cache_path) and same_settings(training, config):
+                matching.append(run_dir / "draft")
+    if not matching:
+        raise SystemExit(f"no draft of {entry['drafter']} at rung {entry['rung']} trained on {cache_path} with the "
+                         f"settings the results file records under {dspark_home() / 'ladder'}; run --draft-cost with "
+                         f"the DSPARK_HOME the ladder trained in")
+    return max(matching, key=lambda draft: (draft / "config.json").stat().st_mtime)
 
 
 def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:
-    """Every draft of a ladder results file decodes the same held-out prompts greedily, `repeats` times in
-    turn (so that a slower spell of the machine falls on all of them); the median draft ms per round of each
-    is written beside its entry (`quiet_draft_ms_per_round`), with the equal-draft-cost table redone from it."""
+    """Every draft of a ladder results file decodes the same held-out prompts greedily, one request at a time as
+    evaluation does, `repeats` times in turn (so that a slower spell of the machine falls on all of them); the
+    median over repeats of each draft's ms per round (all its rounds of a repeat) is written beside its entry
+    (`quiet_draft_ms_per_round`, each repeat's in `quiet_draft_ms_runs`), with the equal-draft-cost table redone."""
     from dspark_core.decoding import GenerationConfig, SpeculativeEngine
     from dspark_core.drafters.checkpoint import load_drafter
 
     saved = json.loads(path.read_text())
     target = load_target(target_spec)
-    cache = FeatureCache(saved["cache"], target_revision=target.revision, split="train")
     prompts = [prompt.ids for prompt in eval_prompts(target, load_suite("heldout-v1").selected(6).records)]
-    drafters = [load_drafter(checkpoint_of(entry, cache), target) for entry in saved["results"]]
+    drafters = [load_drafter(checkpoint_of(entry, saved["cache"]), target) for entry in saved["results"]]
     timings: list[list[float]] = [[] for _ in drafters]
+    config = GenerationConfig(max_new_tokens=64)  # as the ladder's own decoding (`decode`)
     for _ in range(repeats):
         for drafter, times in zip(drafters, timings):
-            stats = SpeculativeEngine(target, drafter).generate(prompts, GenerationConfig(max_new_tokens=32)).stats
-            times.append(stats.draft_ms_per_round)
+            engine = SpeculativeEngine(target, drafter)
+            stats = [engine.generate([prompt], config).stats for prompt in prompts]
+            rounds = sum(s.batch_rounds for s in stats)
+            times.append(sum(s.draft_ms_per_round * s.batch_rounds for s in stats) / max(1, rounds))
     for entry, times in zip(saved["results"], timings):
         entry["quiet_draft_ms_per_round"] = sorted(times)[len(times) // 2]
+        entry["quiet_draft_ms_runs"] = [round(t, 3) for t in times]
         console.print(f"{entry['drafter']:<7} {entry['rung']:<20} {entry['quiet_draft_ms_per_round']:.1f} ms/round "
                       f"(γ {entry['settings'].get('block_size', 4)}; {', '.join(f'{t:.1f}' for t in times)})",
                       highlight=False)

@@ -81,6 +81,25 @@ def ladder() -> str:
     return "\n".join(lines) + "\n\n" + _sources(*_LADDER_FILES)
 
 
+def ladder_equal_time() -> str:
+    """Each drafter's `cpu` recipe against its whole reference recipe at the same minutes of training: steps, held-out
+    τ and acceptance per position, beside the reference recipe's τ at 300 steps (the equal-steps ladder)."""
+    data = _load("ladder-equal-time-cpu.json")
+    at_300 = {}
+    for name in _LADDER_FILES:
+        for run in _load(name)["results"]:
+            at_300[run["drafter"], run["rung"]] = run["val_tau"]
+    lines = ["| drafter | recipe | steps in the budget | training minutes | held-out τ | acceptance @1..γ | "
+             "τ at 300 steps |", "|---|---|---|---|---|---|---|"]
+    for run in data["results"]:
+        recipe = "`cpu` preset" if run["rung"] == "cpu" else f"reference (rung `{run['rung']}`)"
+        accept = " / ".join("–" if a is None else f"{a:.2f}" for a in run["val_accept"])
+        lines.append(f"| {_DRAFTER_NAMES[run['drafter']]} | {recipe} | {_int(run['steps'])} | "
+                     f"{run['train_minutes']:.1f} | {_tau(run['val_tau'])} | {accept} | "
+                     f"{_tau(at_300.get((run['drafter'], run['rung'])))} |")
+    return "\n".join(lines) + "\n\n" + _sources("ladder-equal-time-cpu.json")
+
+
 _DEPTHS_FILE = "ladder-eagle3-and-depths-cpu.json"
 
 
@@ -348,14 +367,18 @@ def train_compile() -> str:
     data = _load("train-compile-cpu.json")
     base = data["modes"][0]
     lines = [f"| drafter | mode | positions/s | speed-up vs {base} | largest loss deviation | command s "
-             f"({_int(data['steps'])} steps) | final loss | held-out τ |", "|---|---|---|---|---|---|---|---|"]
+             f"({_int(data['steps'])} steps) | final loss | speed-up per repeat | held-out τ |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for algorithm in (a for a in _DRAFTER_NAMES if a in data["results"]):
         row = data["results"][algorithm]
+        speed = {(run["mode"], run["repeat"]): run["positions_per_s"] for run in data["runs"]
+                 if run["algorithm"] == algorithm}
         for mode in data["modes"]:
+            per_repeat = " / ".join(f"{speed[mode, r] / speed[base, r]:.2f}×" for r in range(data["repeats"]))
             lines.append(f"| {_DRAFTER_NAMES[algorithm]} | {mode.replace('+', ', ')} | "
                          f"{_int(row['positions_per_s'][mode])} | {row['speedup'][mode]:.2f}× | "
                          f"{row['max_loss_deviation'][mode]:.3%} | {row['command_s'][mode]:.0f} | "
-                         f"{row['final_loss'][mode]:.4f} | {_tau(row['val_tau'][mode])} |")
+                         f"{row['final_loss'][mode]:.4f} | {per_repeat} | {_tau(row['val_tau'][mode])} |")
     runs = f"{data['repeats']} runs per mode in alternating order" if data["repeats"] > 1 else "one run each"
     return (f"{_int(data['steps'])} steps, the default recipe, {runs} (median positions/s; every compiled run from an "
             f"empty inductor cache):\n\n" + "\n".join(lines) + "\n\n" + _sources("train-compile-cpu.json"))
@@ -404,7 +427,6 @@ def headline() -> str:
     serving_rows = {(row["method"], row["concurrency"]): row for row in _load("serving-cpu.json")["results"]}
     best_spec = max((row for (method, r), row in serving_rows.items() if r == 8 and method != "autoregressive"),
                     key=lambda row: row["aggregate_tokens_per_s"])
-    precision = _load("train-precision-cpu.json")["results"]
     compiled = _load("train-compile-cpu.json")["results"]
     lines = [
         "| on SmolLM2-135M, 2 CPU cores | result |", "|---|---|",
@@ -420,13 +442,14 @@ def headline() -> str:
         f"| 8 concurrent requests, aggregate tokens/s | autoregressive "
         f"{serving_rows['autoregressive', 8]['aggregate_tokens_per_s']:.0f}, best speculative "
         f"{best_spec['aggregate_tokens_per_s']:.0f} ({best_spec['method']}) |",
-        "| training in bfloat16 vs float32 (DSpark / DFlash / Eagle3) | "
-        + " / ".join(f"{precision[a]['speedup']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " positions/s; "
-        "compiled (`--compile`) too: "
-        + " / ".join(f"{compiled[a]['speedup']['bfloat16+compile']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " |",
+        "| training positions/s against eager float32 (DSpark / DFlash / Eagle3): bfloat16 · bfloat16 and "
+        "`--compile` | "
+        + " / ".join(f"{compiled[a]['speedup']['bfloat16']:.2f}×" for a in ("dspark", "dflash", "eagle3")) + " · "
+        + " / ".join(f"{compiled[a]['speedup']['bfloat16+compile']:.2f}×" for a in ("dspark", "dflash", "eagle3"))
+        + " |",
     ]
     files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
-             "serving-cpu.json", "train-precision-cpu.json", "train-compile-cpu.json"]
+             "serving-cpu.json", "train-compile-cpu.json"]
     return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
             + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
 
@@ -437,7 +460,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "drafters-bf16train": drafters("drafters-cpu-bf16train.json"),
     "dspark-variants": dspark_variants, "recipe-levers": recipe_levers, "serving": serving, "ranks": ranks,
     "utilisation": utilisation, "train-precision": train_precision, "headline": headline,
-    "train-compile": train_compile,
+    "train-compile": train_compile, "ladder-equal-time": ladder_equal_time,
     "verify-cost": verify_cost, "serving-drafting": serving_drafting,
 }
 
