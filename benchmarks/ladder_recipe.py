@@ -18,6 +18,8 @@ sequence length once cut to the cache's) is not run again.
 Usage:
   python benchmarks/ladder_recipe.py --cache DIR [--drafters dspark,dflash,eagle3] [--steps 300 | --budget-min 4]
          [--vocab 4096] [--rungs cpu,no-regression,...] [--decode 2] [--depths 1,2,3,4,5] [--out benchmarks/results/ladder.json]
+  python benchmarks/ladder_recipe.py --draft-cost FILE [--repeats 5]    (time every draft of FILE again, alone)
+  python benchmarks/ladder_recipe.py --decode-again FILE --decode 2     (decode every draft of FILE, greedy and T=1)
 """
 
 from __future__ import annotations
@@ -111,9 +113,16 @@ def main(argv: list[str] | None = None) -> int:
                         "a quiet machine says; timings taken while training ran beside them are noisy), and write "
                         "them into it")
     parser.add_argument("--repeats", type=int, default=5, help="with --draft-cost: rounds of timing per draft")
+    parser.add_argument("--decode-again", type=Path, default=None, help="instead of training: decode --decode "
+                        "prompts per domain with every draft of this results file, greedy and at temperature 1, and "
+                        "write the decoded τ into it (for a ladder run without --decode, or with too few prompts)")
     args = parser.parse_args(argv)
     if args.draft_cost:
         return remeasure_draft_cost(args.draft_cost, args.target, args.repeats)
+    if args.decode_again:
+        if not args.decode:
+            parser.error("--decode-again needs --decode N (prompts per domain of heldout-v1)")
+        return decode_again(args.decode_again, args.target, args.decode)
     if not args.cache:
         parser.error("--cache is required (the feature cache the ladder trains on and judges with)")
 
@@ -214,6 +223,29 @@ def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:
     saved["draft_cost_machine"] = provenance()["machine"]
     saved["equal_draft_cost"] = equal_draft_cost(saved["results"])
     write_json_atomic(path, saved)
+    return 0
+
+
+def decode_again(path: Path, target_spec: str, per_domain: int) -> int:
+    """Every draft of a ladder results file decodes the same `per_domain` prompts per domain of heldout-v1, greedy
+    and at temperature 1 (as --decode does while training); the decoded τ, acceptance and costs replace the entry's
+    `greedy` and `sampled`, the file is rewritten after each draft (a stopped run keeps what it decoded)."""
+    saved = json.loads(path.read_text())
+    target = load_target(target_spec)
+    prompts = eval_prompts(target, load_suite("heldout-v1").selected(per_domain * 3).records)
+    baselines: dict = {}
+    saved["decode_command"] = "python benchmarks/ladder_recipe.py " + shlex.join(sys.argv[1:])
+    saved["decode_provenance"] = provenance()
+    saved["decoded_prompts"] = len(prompts)
+    for entry in saved["results"]:
+        checkpoint = checkpoint_of(entry, saved["cache"])
+        entry["greedy"] = decode(target, checkpoint, prompts, 0.0, baselines)
+        entry["sampled"] = decode(target, checkpoint, prompts, 1.0, baselines)
+        console.print(f"{entry['drafter']:<7} {entry['rung']:<20} decoded τ greedy {entry['greedy']['tau']:.2f}, "
+                      f"T=1 {entry['sampled']['tau']:.2f} ({len(prompts)} prompts; lossless: "
+                      f"{entry['greedy']['lossless']})", highlight=False)
+        saved["equal_draft_cost"] = equal_draft_cost(saved["results"])
+        write_json_atomic(path, saved)
     return 0
 
 

@@ -243,7 +243,8 @@ def test_the_ladder_finds_each_results_entrys_draft_again(tmp_path, monkeypatch)
 
 def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greedy_cache, tmp_path, monkeypatch):  # noqa: F811
     """`--draft-cost FILE`: every draft the file lists decodes the same prompts again; the median draft ms per round
-    is written beside its entry, with the command, and the file stays a results file."""
+    is written beside its entry, with the command, and the file stays a results file. `--decode-again FILE`: every
+    draft decodes held-out prompts greedily (identical to the target's own output) and at temperature 1."""
     import json
     import sys
     from pathlib import Path
@@ -264,3 +265,12 @@ def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greed
     saved = json.loads(results.read_text())
     assert saved["results"][0]["quiet_draft_ms_per_round"] > 0 and len(saved["results"][0]["quiet_draft_ms_runs"]) == 1
     assert saved["draft_cost_command"].startswith("python benchmarks/ladder_recipe.py") and saved["equal_draft_cost"] == []
+
+    with pytest.raises(SystemExit):  # how many prompts is not guessed
+        ladder_recipe.main(["--decode-again", str(results), "--target", TINY])
+    assert ladder_recipe.main(["--decode-again", str(results), "--decode", "1", "--target", TINY]) == 0
+    decoded = json.loads(results.read_text())
+    again = decoded["results"][0]
+    assert decoded["decoded_prompts"] == 3 and again["greedy"]["lossless"] is True
+    assert again["greedy"]["tau"] >= 1.0 and again["sampled"]["tau"] >= 1.0
+    assert again["quiet_draft_ms_per_round"] == saved["results"][0]["quiet_draft_ms_per_round"]  # the rest is kept
