@@ -83,21 +83,31 @@ def ladder() -> str:
 
 def ladder_equal_time() -> str:
     """Each drafter's `cpu` recipe against its whole reference recipe at the same minutes of training: steps, held-out
-    τ and acceptance per position, beside the reference recipe's τ at 300 steps (the equal-steps ladder)."""
+    τ and acceptance per position, beside the reference recipe's τ at 300 steps (the equal-steps ladder); decoded τ
+    greedy and at temperature 1 and the draft's ms per round for one request, where the file has them."""
     data = _load("ladder-equal-time-cpu.json")
     at_300 = {}
     for name in _LADDER_FILES:
         for run in _load(name)["results"]:
             at_300[run["drafter"], run["rung"]] = run["val_tau"]
     lines = ["| drafter | recipe | steps in the budget | training minutes | held-out τ | acceptance @1..γ | "
-             "τ at 300 steps |", "|---|---|---|---|---|---|---|"]
+             "τ at 300 steps | decoded τ, greedy / T = 1 | draft ms/round |", "|---|---|---|---|---|---|---|---|---|"]
     for run in data["results"]:
         recipe = "`cpu` preset" if run["rung"] == "cpu" else f"reference (rung `{run['rung']}`)"
         accept = " / ".join("–" if a is None else f"{a:.2f}" for a in run["val_accept"])
+        decoded = (f"{_tau(run['greedy']['tau'])} / {_tau(run['sampled']['tau'])}" if "sampled" in run else "–")
+        draft = run.get("quiet_draft_ms_per_round")
         lines.append(f"| {_DRAFTER_NAMES[run['drafter']]} | {recipe} | {_int(run['steps'])} | "
                      f"{run['train_minutes']:.1f} | {_tau(run['val_tau'])} | {accept} | "
-                     f"{_tau(at_300.get((run['drafter'], run['rung'])))} |")
-    return "\n".join(lines) + "\n\n" + _sources("ladder-equal-time-cpu.json")
+                     f"{_tau(at_300.get((run['drafter'], run['rung'])))} | {decoded} | "
+                     + ("–" if draft is None else f"{draft:.1f}") + " |")
+    notes = []
+    if "decode_command" in data:
+        notes.append(f"Decoded: {data['decoded_prompts']} held-out suite prompts, 64 tokens each (`{data['decode_command']}`).")
+    if "draft_cost_command" in data:
+        notes.append(f"Draft ms per round: each prompt decoded alone, every draft in turn, the median of the repeats "
+                     f"(`{data['draft_cost_command']}`).")
+    return "\n".join(lines) + "\n\n" + "".join(note + "\n\n" for note in notes) + _sources("ladder-equal-time-cpu.json")
 
 
 _DEPTHS_FILE = "ladder-eagle3-and-depths-cpu.json"
@@ -134,7 +144,8 @@ def ladder_depths() -> str:
                      + ("–" if draft is None else f"{draft:.1f}") + " | "
                      + ("–" if draft is None or not reference else f"{draft / reference:.2f}×") + " |")
     command = (f"The draft ms per round were timed again, every draft in turn on the same prompts, alone on the machine: "
-               f"`{data['draft_cost_command']}`.\n\n" if "draft_cost_command" in data else "")
+               f"`{data['draft_cost_command']}`" + (f" ({data['draft_cost_note']})" if "draft_cost_note" in data else "")
+               + ".\n\n" if "draft_cost_command" in data else "")
     return "\n".join(lines) + "\n\n" + command + _sources(_DEPTHS_FILE)
 
 
