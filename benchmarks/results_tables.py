@@ -439,13 +439,20 @@ def headline() -> str:
     best_spec = max((row for (method, r), row in serving_rows.items() if r == 8 and method != "autoregressive"),
                     key=lambda row: row["aggregate_tokens_per_s"])
     compiled = _load("train-compile-cpu.json")["results"]
+    equal_time = {(run["drafter"], run["rung"] == "cpu"): run["val_tau"]
+                  for run in _load("ladder-equal-time-cpu.json")["results"]}  # (drafter, is the cpu recipe) -> τ
+
+    def at_4_min(cpu_recipe: bool) -> str:
+        return " / ".join(f"{equal_time[drafter, cpu_recipe]:.3f}" for drafter in ("dspark", "dflash", "eagle3"))
+
     lines = [
         "| on SmolLM2-135M, 2 CPU cores | result |", "|---|---|",
         f"| greedy output identical to the target's own | {identical} of {len(every)} runs of the drafters benchmark |",
         "| held-out τ, 5 min of training each (DSpark / DFlash / Eagle3), γ 2 · γ 4 | "
         + " / ".join(f"{run['tau']:.2f}" for run in runs) + " · " + " / ".join(f"{run['tau']:.2f}" for run in gamma4)
         + f"; best speed-up {best['speedup']:.2f}× ({_DRAFTER_NAMES[best_name]}, γ {best['block_size']}) |",
-        f"| the reference recipe at 300 steps (held-out τ) | {order} |",
+        f"| the reference recipe (held-out τ) at 300 steps · at 4 min of training (DSpark / DFlash / Eagle3) | {order} · "
+        f"{at_4_min(False)} against the `cpu` recipe's {at_4_min(True)} |",
         f"| `make run` again and again: DSpark's τ over {len(continual_runs)} cycles | "
         + " → ".join(f"{run['tau']:.3f}" for run in continual_runs) + " |",
         f"| a derived model's draft grown from its parent's | from-scratch τ in {warm['steps_to_reach_scratch_tau']} "
@@ -459,7 +466,7 @@ def headline() -> str:
         + " / ".join(f"{compiled[a]['speedup']['bfloat16+compile']:.2f}×" for a in ("dspark", "dflash", "eagle3"))
         + " |",
     ]
-    files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "continual-cpu.json", "warm-start-derived-cpu.json",
+    files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "ladder-equal-time-cpu.json", "continual-cpu.json", "warm-start-derived-cpu.json",
              "serving-cpu.json", "train-compile-cpu.json"]
     return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
             + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
