@@ -90,6 +90,17 @@ def decode(target, checkpoint: Path, prompts, temperature: float, baselines: dic
             "verify_ms_per_round": report.overall.verify_ms_per_round, "lossless": report.greedy_identical}
 
 
+def heldout_prompts(target, per_domain: int):
+    """`per_domain` prompts of each of the built-in heldout-v1 suite's three domains, as the target reads them."""
+    return eval_prompts(target, load_suite("heldout-v1").selected(per_domain * 3).records)
+
+
+def decode_both(target, checkpoint: Path, prompts, baselines: dict) -> dict:
+    """A draft's decoding of `prompts`, greedy and at temperature 1: the entry's `greedy` and `sampled`."""
+    return {"greedy": decode(target, checkpoint, prompts, 0.0, baselines),
+            "sampled": decode(target, checkpoint, prompts, 1.0, baselines)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="smollm2-135m")
@@ -143,10 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             per_step = seconds_per_step(target, train_cache, config_of(run["settings"]))
             run["settings"] = {**run["settings"], "steps": max(10, int(args.budget_min * 60 / per_step))}
             console.print(f"{run['drafter']} {run['rung']}: {per_step:.3f} s/step -> {run['settings']['steps']} steps")
-    prompts = []
-    if args.decode:
-        records = load_suite("heldout-v1").selected(args.decode * 3).records
-        prompts = eval_prompts(target, records)
+    prompts = heldout_prompts(target, args.decode) if args.decode else []
     baselines: dict = {}
     results, started_at = [], provenance()  # the code the runs ran, not what was committed while they ran
     for run in plan:
@@ -160,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                  "val_tau": final.get("val_tau"),
                  "val_accept": [final.get(f"val_accept_{k}") for k in range(1, config.block_size + 1)]}
         if prompts:
-            entry["greedy"] = decode(target, trained.checkpoint, prompts, 0.0, baselines)
-            entry["sampled"] = decode(target, trained.checkpoint, prompts, 1.0, baselines)
+            entry.update(decode_both(target, trained.checkpoint, prompts, baselines))
         results.append(entry)
         console.print(f"{run['drafter']:<7} {run['rung']:<20} val τ {entry['val_tau']:.3f} "
                       f"({entry['train_minutes']:.1f} min, {config.steps} steps)" +
@@ -203,7 +210,7 @@ def remeasure_draft_cost(path: Path, target_spec: str, repeats: int) -> int:
 
     saved = json.loads(path.read_text())
     target = load_target(target_spec)
-    prompts = [prompt.ids for prompt in eval_prompts(target, load_suite("heldout-v1").selected(6).records)]
+    prompts = [prompt.ids for prompt in heldout_prompts(target, 2)]
     drafters = [load_drafter(checkpoint_of(entry, saved["cache"]), target) for entry in saved["results"]]
     timings: list[list[float]] = [[] for _ in drafters]
     config = GenerationConfig(max_new_tokens=64)  # as the ladder's own decoding (`decode`)
@@ -232,15 +239,13 @@ def decode_again(path: Path, target_spec: str, per_domain: int) -> int:
     `greedy` and `sampled`, the file is rewritten after each draft (a stopped run keeps what it decoded)."""
     saved = json.loads(path.read_text())
     target = load_target(target_spec)
-    prompts = eval_prompts(target, load_suite("heldout-v1").selected(per_domain * 3).records)
+    prompts = heldout_prompts(target, per_domain)
     baselines: dict = {}
     saved["decode_command"] = "python benchmarks/ladder_recipe.py " + shlex.join(sys.argv[1:])
     saved["decode_provenance"] = provenance()
     saved["decoded_prompts"] = len(prompts)
     for entry in saved["results"]:
-        checkpoint = checkpoint_of(entry, saved["cache"])
-        entry["greedy"] = decode(target, checkpoint, prompts, 0.0, baselines)
-        entry["sampled"] = decode(target, checkpoint, prompts, 1.0, baselines)
+        entry.update(decode_both(target, checkpoint_of(entry, saved["cache"]), prompts, baselines))
         console.print(f"{entry['drafter']:<7} {entry['rung']:<20} decoded τ greedy {entry['greedy']['tau']:.2f}, "
                       f"T=1 {entry['sampled']['tau']:.2f} ({len(prompts)} prompts; lossless: "
                       f"{entry['greedy']['lossless']})", highlight=False)

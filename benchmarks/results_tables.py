@@ -103,7 +103,10 @@ def ladder_equal_time() -> str:
                      + ("–" if draft is None else f"{draft:.1f}") + " |")
     notes = []
     if "decode_command" in data:
-        notes.append(f"Decoded: {data['decoded_prompts']} held-out suite prompts, 64 tokens each (`{data['decode_command']}`).")
+        decoded = [run for run in data["results"] if "greedy" in run]
+        identical = "yes" if all(run["greedy"]["lossless"] for run in decoded) else "**no**"
+        notes.append(f"Decoded: {data['decoded_prompts']} held-out suite prompts, 64 tokens each "
+                     f"(`{data['decode_command']}`); every greedy output identical to the target's own: {identical}.")
     if "draft_cost_command" in data:
         notes.append(f"Draft ms per round: each prompt decoded alone, every draft in turn, the median of the repeats "
                      f"(`{data['draft_cost_command']}`).")
@@ -466,8 +469,8 @@ def headline() -> str:
         + " / ".join(f"{compiled[a]['speedup']['bfloat16+compile']:.2f}×" for a in ("dspark", "dflash", "eagle3"))
         + " |",
     ]
-    files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "ladder-equal-time-cpu.json", "continual-cpu.json", "warm-start-derived-cpu.json",
-             "serving-cpu.json", "train-compile-cpu.json"]
+    files = ["drafters-cpu-bf16train.json", *_LADDER_FILES, "ladder-equal-time-cpu.json", "continual-cpu.json",
+             "warm-start-derived-cpu.json", "serving-cpu.json", "train-compile-cpu.json"]
     return ("\n".join(lines) + "\n\n<small>Generated from " + ", ".join(f"`{name}`" for name in files)
             + " by `benchmarks/results_tables.py`; commands, commits and machines in docs/results.md.</small>\n")
 

@@ -241,7 +241,8 @@ def test_the_ladder_finds_each_results_entrys_draft_again(tmp_path, monkeypatch)
     assert ladder_recipe.checkpoint_of({**entry, "draft": str(recorded)}, cache) == recorded
 
 
-def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greedy_cache, tmp_path, monkeypatch):  # noqa: F811
+def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greedy_cache, tmp_path,  # noqa: F811
+                                                               monkeypatch, capsys):
     """`--draft-cost FILE`: every draft the file lists decodes the same prompts again; the median draft ms per round
     is written beside its entry, with the command, and the file stays a results file. `--decode-again FILE`: every
     draft decodes held-out prompts greedily (identical to the target's own output) and at temperature 1."""
@@ -268,6 +269,7 @@ def test_the_ladder_times_its_drafts_again_on_a_quiet_machine(tiny_target, greed
 
     with pytest.raises(SystemExit):  # how many prompts is not guessed
         ladder_recipe.main(["--decode-again", str(results), "--target", TINY])
+    assert "--decode-again needs --decode N" in capsys.readouterr().err
     assert ladder_recipe.main(["--decode-again", str(results), "--decode", "1", "--target", TINY]) == 0
     decoded = json.loads(results.read_text())
     again = decoded["results"][0]
